@@ -1,0 +1,42 @@
+"""The `sbs` command: one entry point, each verb implemented by its own module's `main(argv) -> int`."""
+import importlib
+import sys
+
+# verb -> (module, help). Modules are imported lazily: TF/JAX start-up is slow and most verbs need one of them.
+COMMANDS = {
+    "train": ("sbs_jax.train.main", "train a student (gin: --gin_file=..., --gin.MACRO=value)"),
+    "eval": ("sbs_jax.train.main", "evaluate a checkpoint on a split"),
+    "infer": ("sbs_jax.train.main", "predict labels (and rationales) for JSON lines or plain text"),
+    "quickstart": ("sbs_jax.quickstart", "train tiny students on the embedded task and compare methods"),
+    "convert": ("sbs_jax.checkpoints.convert", "convert HF / T5X checkpoints"),
+    "export": ("sbs_jax.export.cli", "export a trained student for serving (hf, saved_model, stablehlo)"),
+    "data": ("sbs_jax.data.report", "data tools: `sbs data check --data_dir D [--dataset NAME]`"),
+    "vocab": ("sbs_jax.data.vocab", "train a SentencePiece vocabulary: `sbs vocab train ...`"),
+    "teacher": ("sbs_jax.teacher.cli", "teacher rationales: `sbs teacher generate ...`"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: sbs <command> [args]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        print(f"sbs: unknown command {verb!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[verb][0])
+    # Verbs sharing a module (train/eval/infer) get the verb back as argv[0].
+    if COMMANDS[verb][0] == "sbs_jax.train.main":
+        rest = [verb] + rest
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

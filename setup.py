@@ -1,0 +1,29 @@
+"""sbs-jax: Distilling Step-by-Step in JAX/Flax."""
+from setuptools import setup
+
+# The top-level `tasks/` folder (SeqIO registrations) installs as `sbs_jax.tasks`, and `gin/` ships as
+# package data of `sbs_jax.gin_configs`, so a non-editable install finds both.
+setup(
+    name="sbs-jax",
+    version="0.1.0",
+    description="Distilling Step-by-Step (Hsieh et al., 2023): T5 students in JAX/Flax on TPU and GPU",
+    python_requires=">=3.11",
+    packages=[
+        "sbs_jax", "sbs_jax.model", "sbs_jax.checkpoints", "sbs_jax.data", "sbs_jax.train",
+        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.tasks", "sbs_jax.gin_configs",
+    ],
+    package_dir={"sbs_jax.tasks": "tasks", "sbs_jax.gin_configs": "gin"},
+    package_data={"sbs_jax.gin_configs": ["*.gin", "*/*.gin"], "sbs_jax.teacher": ["templates/*"]},
+    install_requires=[
+        "jax>=0.10.2", "flax>=0.12.8", "optax>=0.2.8", "orbax-checkpoint>=0.12.8", "seqio>=0.0.20",
+        # tensorflow-text pins `tensorflow` (not tensorflow-cpu); listing both installs both.
+        "tensorflow>=2.21.0", "tensorflow-text>=2.21.1", "tensorflow-datasets>=4.9.10",
+        "gin-config>=0.5.0", "sentencepiece>=0.2.3", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "transformers==5.24.0"],
+        "tpu": ["jax[tpu]"],
+        "cuda": ["jax[cuda12]"],
+    },
+    entry_points={"console_scripts": ["sbs=sbs_jax.cli:main"]},
+)

@@ -1,0 +1,94 @@
+"""Progress bar (ETA, examples/s) and metric writers (`metrics.jsonl` + TensorBoard) for process 0."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Mapping
+
+import jax
+
+
+def _fmt_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+class ProgressBar:
+    """A one-line bar on stderr; on a non-terminal it prints a plain line every `log_every` steps instead."""
+
+    def __init__(self, total_steps: int, start_step: int, batch_size: int, *, log_every: int = 50,
+                 stream=None, enabled: bool | None = None):
+        self.total, self.start, self.batch_size, self.log_every = total_steps, start_step, batch_size, log_every
+        self.stream = stream or sys.stderr
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.t_first = None  # time after the first step, so that compilation does not skew the rate
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the first completed step."""
+        if self.t_first is None or step <= self.start + 1:
+            return float("nan")
+        return (step - self.start - 1) / max(time.perf_counter() - self.t_first, 1e-9)
+
+    def update(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
+        if self.t_first is None and step > self.start:
+            self.t_first = time.perf_counter()
+        if not self.enabled or not (self.tty or step % self.log_every == 0 or step == self.total):
+            return
+        rate = self.rate(step)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        width = 24
+        done = int(width * step / max(self.total, 1))
+        bar = "#" * done + "-" * (width - done)
+        extra = "".join(f" {k}={v:.4g}" for k, v in (metrics or {}).items())
+        line = (f"[{bar}] {step}/{self.total} {_fmt_seconds(time.perf_counter() - self.t0)}<"
+                f"{_fmt_seconds(eta)} {rate * self.batch_size:.1f} ex/s{extra}")
+        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        if self.tty and step == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetricWriter:
+    """Appends `{"step": s, "split": ..., **metrics}` lines to `metrics.jsonl` and writes TensorBoard scalars
+    under `<model_dir>/tensorboard/<split>`. Only process 0 writes."""
+
+    def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = pathlib.Path(model_dir) / "metrics.jsonl"
+        self.tb_dir = pathlib.Path(model_dir) / "tensorboard"
+        self.tensorboard = tensorboard and self.enabled
+        self._tb = {}
+
+    def _tb_writer(self, split: str):
+        if split not in self._tb:
+            from clu import metric_writers  # TF-backed; imported only when TensorBoard output is on
+            self._tb[split] = metric_writers.SummaryWriter(str(self.tb_dir / split))
+        return self._tb[split]
+
+    def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        if self.tensorboard:
+            writer = self._tb_writer(split)
+            writer.write_scalars(int(step), clean)
+            writer.flush()
+
+    def close(self) -> None:
+        for w in self._tb.values():
+            w.close()

@@ -1,0 +1,78 @@
+"""The train state (params, optimizer state, step, RNG) and its creation directly in its shardings."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array        # int32 scalar: optimizer steps taken == batches consumed
+    params: Any            # float32 master params (compute may be bfloat16)
+    opt_state: Any
+    rng: jax.Array         # uint32 raw key data of the run's base key; step t uses fold_in(rng, t)
+
+
+def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, np.ndarray]:
+    tokens = np.ones((batch, length), np.int32)
+    return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
+
+
+def param_shardings(model, mesh, rules) -> tuple[Any, Any]:
+    """(abstract params, NamedShardings) from the model's logical axis names, without allocating anything."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs()))
+    specs = nn.get_partition_spec(abstract)["params"]
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    return nn.meta.unbox(abstract)["params"], shardings
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, shardings, mesh):
+    """Each optimizer leaf shaped like its param gets the param's sharding; anything else (counts, Adafactor's
+    factored rows/columns) is replicated. Boxing params for `tx.init` fails for the factored leaves."""
+    replicated = NamedSharding(mesh, P())
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+
+    def pick(leaf, param, sharding):
+        return sharding if getattr(leaf, "shape", None) == param.shape else replicated
+
+    return optax.tree_map_params(tx, pick, abstract_opt, abstract_params, shardings,
+                                 transform_non_params=lambda _: replicated)
+
+
+def state_shardings(tx, abstract_params, shardings, mesh) -> TrainState:
+    replicated = NamedSharding(mesh, P())
+    return TrainState(step=replicated, params=shardings,
+                      opt_state=opt_state_shardings(tx, abstract_params, shardings, mesh), rng=replicated)
+
+
+def abstract_state(tx, abstract_params, shardings_tree: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying the target shardings: what orbax restores into and what `lower` traces."""
+    state = jax.eval_shape(lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                                                rng=jax.random.key_data(jax.random.key(0))), abstract_params)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings_tree)
+
+
+def create_state(model, tx, mesh, rules, seed: int, shardings_tree: TrainState, init_params=None) -> TrainState:
+    """A fresh state placed in its shardings. Params come from `model.init` (seeded) or from `init_params`
+    (an imported checkpoint: params only, fresh optimizer)."""
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+
+    def init(params):
+        if params is None:
+            with nn.logical_axis_rules(rules):
+                params = nn.meta.unbox(model.init(init_key, **dummy_inputs()))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(step_key))
+
+    with jax.set_mesh(mesh):
+        if init_params is None:
+            return jax.jit(lambda: init(None), out_shardings=shardings_tree)()
+        placed = jax.device_put(init_params, shardings_tree.params)
+        return jax.jit(init, in_shardings=(shardings_tree.params,), out_shardings=shardings_tree)(placed)

@@ -1,0 +1,94 @@
+"""The unscanned parameter layout (docs/ARCHITECTURE.md) as flat `"a/b/c" -> shape` tables, and the checks
+every importer runs before handing params to the model: nothing missing, nothing extra, every shape right."""
+from typing import Any, Mapping
+
+import numpy as np
+
+from sbs_jax.checkpoints.errors import CheckpointError
+
+_ENCODER_ATTENTION = ("attention",)
+_DECODER_ATTENTION = ("self_attention", "encoder_decoder_attention")
+
+
+def is_gated(config) -> bool:
+    return config.feed_forward_proj.startswith("gated")
+
+
+def num_decoder_layers(config) -> int:
+    return config.num_layers if config.num_decoder_layers is None else config.num_decoder_layers
+
+
+def _layer_shapes(config, attentions, norms) -> dict:
+    embed, joined = config.d_model, config.num_heads * config.d_kv
+    shapes = {f"{n}/scale": (embed,) for n in norms}
+    for att in attentions:
+        for proj in ("query", "key", "value"):
+            shapes[f"{att}/{proj}/kernel"] = (embed, joined)
+        shapes[f"{att}/out/kernel"] = (joined, embed)
+    for wi in (("wi_0", "wi_1") if is_gated(config) else ("wi",)):
+        shapes[f"mlp/{wi}/kernel"] = (embed, config.d_ff)
+    shapes["mlp/wo/kernel"] = (config.d_ff, embed)
+    return shapes
+
+
+def expected_shapes(config) -> dict[str, tuple]:
+    """Flat `path -> shape` for every parameter of `config` in the unscanned layout."""
+    relpos = (config.num_heads, config.relative_attention_num_buckets)
+    shapes = {
+        "token_embedder/embedding": (config.vocab_size, config.d_model),
+        "encoder/relpos_bias/rel_embedding": relpos,
+        "encoder/encoder_norm/scale": (config.d_model,),
+        "decoder/relpos_bias/rel_embedding": relpos,
+        "decoder/decoder_norm/scale": (config.d_model,),
+    }
+    enc = _layer_shapes(config, _ENCODER_ATTENTION, ("pre_attention_layer_norm", "pre_mlp_layer_norm"))
+    dec = _layer_shapes(config, _DECODER_ATTENTION, (
+        "pre_self_attention_layer_norm", "pre_cross_attention_layer_norm", "pre_mlp_layer_norm"))
+    for i in range(config.num_layers):
+        shapes.update({f"encoder/layers_{i}/{k}": v for k, v in enc.items()})
+    for i in range(num_decoder_layers(config)):
+        shapes.update({f"decoder/layers_{i}/{k}": v for k, v in dec.items()})
+    if not config.tie_word_embeddings:
+        shapes["decoder/logits_dense/kernel"] = (config.d_model, config.vocab_size)
+    return shapes
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> `{"a/b/c": leaf}`."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path + "/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def check_params(flat: Mapping[str, np.ndarray], config, source: str) -> dict:
+    """Validate a flat tree against `config`; returns the nested float32 params.
+
+    Raises CheckpointError listing every missing tensor, unexpected tensor and wrong shape at once, so a bad
+    checkpoint is diagnosed in one run.
+    """
+    want = expected_shapes(config)
+    problems = [f"missing tensor {k} (expected shape {want[k]})" for k in sorted(want.keys() - flat.keys())]
+    problems += [f"unexpected tensor {k} with shape {tuple(np.shape(flat[k]))}"
+                 for k in sorted(flat.keys() - want.keys())]
+    problems += [f"tensor {k} has shape {tuple(np.shape(flat[k]))}, expected {want[k]}"
+                 for k in sorted(want.keys() & flat.keys()) if tuple(np.shape(flat[k])) != want[k]]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"{source}: checkpoint does not match the model config:\n  {shown}")
+    return unflatten({k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})

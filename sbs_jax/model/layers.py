@@ -1,0 +1,224 @@
+"""T5 building blocks in flax linen: RMS norm, dense, embedding, relative position bias, attention, MLP.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) and key activations are
+constrained with `nn.with_logical_constraint`; mesh axes are named only in `sbs_jax.partitioning`.
+Parameters are float32; computation runs in `config.compute_dtype`; softmax, norms and logits in float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sbs_jax.model.config import T5Config
+
+# Large negative used for masked attention scores (T5X uses -1e10 as well); finite so that fully masked
+# (padding) query rows give a uniform softmax instead of NaN.
+NEG_INF = -1e10
+
+_ACTIVATION_FNS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu": exact erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # HF "gelu_new": tanh approximation
+    "silu": jax.nn.silu,
+}
+
+
+def fan_in_init(scale: float = 1.0):
+    """Normal init with std = scale / sqrt(fan_in) for [in, out] kernels (HF T5 `_init_weights`)."""
+    return nn.initializers.variance_scaling(scale * scale, "fan_in", "normal")
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, no bias; variance in float32."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x):  # [batch, length, embed]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon)).astype(self.config.compute_dtype)
+        return y * scale.astype(self.config.compute_dtype)
+
+
+class Dense(nn.Module):
+    """Bias-free projection of the last axis; kernel is [in, out] with logical names `axes`."""
+
+    features: int
+    axes: Sequence[str]
+    dtype: jnp.dtype
+    kernel_init: nn.initializers.Initializer = fan_in_init()
+    out_dtype: Optional[jnp.dtype] = None  # e.g. float32 logits from bf16 operands
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.axes)),
+                            (x.shape[-1], self.features), jnp.float32)
+        return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                          preferred_element_type=self.out_dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding [vocab, embed]; `attend` gives the tied output projection."""
+
+    config: T5Config
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            (self.config.vocab_size, self.config.d_model), jnp.float32)
+
+    def __call__(self, tokens):  # [batch, length] -> [batch, length, embed]
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.config.compute_dtype)
+
+    def attend(self, x):  # [batch, length, embed] -> [batch, length, vocab] float32
+        dtype = self.config.compute_dtype
+        return jnp.einsum("ble,ve->blv", x.astype(dtype), self.embedding.astype(dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int, max_distance: int):
+    """Mesh-TF / HF T5 bucketing of `memory_position - query_position` (int32) into [0, num_buckets).
+
+    Half the buckets are exact small distances, the rest logarithmic up to `max_distance`; float32 math
+    in the same order as HF so the buckets agree exactly.
+    """
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).astype(jnp.int32) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # max(distance, 1) only keeps log() finite on the branch that `where` discards.
+    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBiases(nn.Module):
+    """Per-head additive attention bias from bucketed relative positions, shared by all layers of a stack."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, query_positions, key_positions, *, bidirectional: bool):
+        """query_positions [b, q], key_positions [b, k] (b may be 1) -> bias [b, heads, q, k] float32."""
+        cfg = self.config
+        rel_embedding = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.d_model ** -0.5), ("heads", "relpos_buckets")),
+            (cfg.num_heads, cfg.relative_attention_num_buckets), jnp.float32)
+        relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
+        bucket = relative_position_bucket(relative.astype(jnp.int32), bidirectional=bidirectional,
+                                          num_buckets=cfg.relative_attention_num_buckets,
+                                          max_distance=cfg.relative_attention_max_distance)
+        bias = jnp.take(rel_embedding, bucket, axis=1)  # [heads, b, q, k]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(d_kv) scaling, additive relative bias, boolean mask.
+
+    With `decode=True` (self-attention only) keys/values go to a `cache` collection: the first call (inside
+    `init`) only creates `cached_key`/`cached_value` of the full decode length; later calls take one token,
+    write its key/value at `decode_position` and attend over the cache.
+    """
+
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_kv, mask, bias=None, decode_position=None):
+        """inputs_q [b, q, embed], inputs_kv [b, k, embed], mask bool [b|1, 1|heads, q, k],
+        bias float32 [b|1, heads, q, k] or None, decode_position int32 [b] -> [b, q, embed]."""
+        cfg = self.config
+        dtype = cfg.compute_dtype
+        heads, d_kv = cfg.num_heads, cfg.d_kv
+
+        def project(name, x, init):
+            y = Dense(cfg.joined_kv, ("embed", "joined_kv"), dtype, kernel_init=init, name=name)(x)
+            y = y.reshape(y.shape[:-1] + (heads, d_kv))
+            return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+        # HF init: query std (d_model * d_kv)**-0.5, the others d_model**-0.5.
+        query = project("query", inputs_q, fan_in_init(d_kv ** -0.5))  # [b, q, heads, kv]
+        key = project("key", inputs_kv, fan_in_init())  # [b, k, heads, kv]
+        value = project("value", inputs_kv, fan_in_init())
+
+        if self.decode:
+            initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            if initialized:
+                if inputs_q.shape[1] != 1:
+                    raise ValueError(f"decode=True takes one token per step, got length {inputs_q.shape[1]}")
+                length = cached_key.value.shape[1]
+                # One-hot write of this step's key/value at each row's position (TPU friendly, no scatter).
+                slot = jax.nn.one_hot(decode_position, length, dtype=key.dtype)[:, :, None, None]  # [b, L, 1, 1]
+                key = cached_key.value * (1 - slot) + slot * key
+                value = cached_value.value * (1 - slot) + slot * value
+                cached_key.value, cached_value.value = key, value
+
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)  # [b, h, q, k]
+        if bias is not None:
+            scores = scores + bias
+        scores = jnp.where(mask, scores, NEG_INF)
+        weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [b, q, heads, kv]
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        out = out.reshape(out.shape[:-2] + (cfg.joined_kv,))
+        # HF init for `o`: std (heads * d_kv)**-0.5 == fan_in.
+        out = Dense(cfg.d_model, ("joined_kv", "embed"), dtype, name="out")(out)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+class MlpBlock(nn.Module):
+    """T5 FFN: `wo(act(wi x))` (v1.0) or `wo(act(wi_0 x) * wi_1 x)` (gated, v1.1); dropout after the product."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):  # [batch, length, embed]
+        cfg = self.config
+        dtype = cfg.compute_dtype
+        act = _ACTIVATION_FNS[cfg.activation]
+        if cfg.is_gated:
+            hidden = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi_0")(x))
+            hidden = hidden * Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi_1")(x)
+        else:
+            hidden = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi")(x))
+        hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))  # [batch, length, mlp]
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
+        out = Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(hidden)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+def attention_mask(query_valid, key_valid, query_segments=None, key_segments=None, causal: bool = False):
+    """Boolean mask [b, 1, q, k]: both positions real, same segment (packing), key not after query (causal)."""
+    mask = query_valid[:, :, None] & key_valid[:, None, :]
+    if query_segments is not None:
+        mask = mask & (query_segments[:, :, None] == key_segments[:, None, :])
+    if causal:
+        q, k = query_valid.shape[1], key_valid.shape[1]
+        mask = mask & (jnp.arange(q)[:, None] >= jnp.arange(k)[None, :])[None]
+    return mask[:, None]
+
+
+def default_positions(tokens, positions: Optional[jnp.ndarray]):
+    """Given positions, or 0..L-1 shared by the batch ([1, L]) for unpacked inputs."""
+    if positions is not None:
+        return positions
+    return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]

@@ -1,0 +1,180 @@
+"""A client for OpenAI-compatible completion servers (vLLM, TGI, llama.cpp server, hosted APIs); stdlib only.
+
+Retries timeouts, dropped connections, 408, 429, 5xx and malformed bodies with exponential backoff (honouring
+Retry-After); any other HTTP error is fatal because it would fail the same way for every example. The API key
+is only ever put into the Authorization header: it is kept out of repr, logs and error messages.
+"""
+import dataclasses
+import email.utils
+import http.client
+import json
+import logging
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+log = logging.getLogger("sbs_jax.teacher")
+
+APIS = ("completions", "chat")
+_RETRY_STATUS = frozenset({408, 409, 425, 429})
+
+
+class TeacherError(RuntimeError):
+    """Base of the errors a teacher run reports."""
+
+
+class FatalRequestError(TeacherError):
+    """A request the server rejects for reasons retrying cannot fix (bad model name, bad key, bad request)."""
+
+
+class RequestFailed(TeacherError):
+    """A request that still failed after every retry."""
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    endpoint: str                       # base URL (".../v1") or the full ".../completions" URL
+    model: str
+    api: str = "completions"            # "completions" | "chat"
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    timeout_s: float = 120.0            # per socket operation (connect, each read)
+    max_retries: int = 6
+    backoff_s: float = 1.0              # first retry waits about this long, doubling each time
+    max_backoff_s: float = 60.0         # cap on a single wait, Retry-After included
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
+        if not self.endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint must be an http(s) URL, got {self.endpoint!r}")
+
+    @property
+    def url(self) -> str:
+        path = "chat/completions" if self.api == "chat" else "completions"
+        base = self.endpoint.rstrip("/")
+        return base if base.endswith("/" + path) else f"{base}/{path}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class TeacherClient:
+    """Thread-safe: one client serves all worker threads of a run."""
+
+    def __init__(self, config: ClientConfig, *, sleep=time.sleep, seed: int | None = None):
+        self.config = config
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.stats = {"requests": 0, "retries": 0}
+
+    def _count(self, key: str):
+        with self._lock:
+            self.stats[key] += 1
+
+    def _body(self, prompt, n: int) -> dict:
+        c = self.config
+        body = {"model": c.model, "temperature": c.temperature, "max_tokens": c.max_tokens}
+        body["messages" if c.api == "chat" else "prompt"] = prompt
+        if n > 1:
+            body["n"] = n
+        if c.stop:
+            body["stop"] = list(c.stop)
+        if c.top_p is not None:
+            body["top_p"] = c.top_p
+        if c.seed is not None:
+            body["seed"] = c.seed
+        return body
+
+    def _texts(self, payload) -> list[str]:
+        choices = payload.get("choices") if isinstance(payload, dict) else None
+        if not isinstance(choices, list) or not choices:
+            raise _Retryable(f"response has no 'choices' list: {json.dumps(payload)[:200]}")
+        choices = sorted(choices, key=lambda ch: ch.get("index", 0) if isinstance(ch, dict) else 0)
+        texts = []
+        for ch in choices:
+            if self.config.api == "chat":
+                text = ch.get("message", {}).get("content") if isinstance(ch, dict) else None
+                text = "" if text is None and isinstance(ch, dict) and "message" in ch else text
+            else:
+                text = ch.get("text") if isinstance(ch, dict) else None
+            if not isinstance(text, str):
+                raise _Retryable(f"response choice without text: {json.dumps(ch)[:200]}")
+            texts.append(text)
+        return texts
+
+    def _post_once(self, body: dict) -> list[str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        request = urllib.request.Request(self.config.url, data=json.dumps(body).encode(), headers=headers,
+                                         method="POST")
+        self._count("requests")
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode("utf-8", "replace")
+            if self.config.api_key:           # some servers echo the key they rejected
+                detail = detail.replace(self.config.api_key, "<redacted>")
+            reason = f"HTTP {e.code} from {self.config.url}: {detail}"
+            if e.code in _RETRY_STATUS or e.code >= 500:
+                raise _Retryable(reason, _retry_after(e.headers.get("Retry-After"))) from None
+            raise FatalRequestError(reason) from None
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                http.client.HTTPException) as e:
+            raise _Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+        try:
+            payload = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _Retryable(f"malformed JSON body ({e}): {raw[:120]!r}") from None
+        return self._texts(payload)
+
+    def _post(self, body: dict) -> list[str]:
+        c = self.config
+        for attempt in range(c.max_retries + 1):
+            try:
+                return self._post_once(body)
+            except _Retryable as e:
+                if attempt == c.max_retries:
+                    raise RequestFailed(f"{c.url}: gave up after {attempt + 1} attempts; last error: {e}") from None
+                wait = min(c.backoff_s * 2 ** attempt, c.max_backoff_s) * (0.5 + 0.5 * self._rng.random())
+                if e.retry_after is not None:
+                    wait = min(max(wait, e.retry_after), c.max_backoff_s)
+                log.warning("request failed (%s); retry %d/%d in %.2fs", e, attempt + 1, c.max_retries, wait)
+                self._count("retries")
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def sample(self, prompt, n: int = 1) -> list[str]:
+        """n completions of `prompt` (a string, or chat messages when api == "chat"). Servers that return
+        fewer choices than asked (llama.cpp ignores `n`) are asked again for the rest."""
+        texts: list[str] = []
+        while len(texts) < n:
+            texts += self._post(self._body(prompt, n - len(texts)))
+        return texts[:n]

@@ -1,0 +1,134 @@
+"""Per-dataset record formats of the paper's data: model input, gold label, and teacher-output parsing.
+
+The teacher (PaLM 540B, few-shot chain of thought) runs on into invented further exemplars, so each parser
+first cuts the completion, then splits rationale from label. A parser returns None when the completion does
+not follow the format; callers count those instead of inventing a target (the official code silently used
+`' '`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Mapping, Sequence
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")  # e-SNLI / ANLI label ids 0, 1, 2
+CHOICE_LETTERS = "abcdefghij"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherOutput:
+    rationale: str
+    label: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFormat:
+    """How one dataset's JSON records become (input, gold label) and how its teacher outputs parse."""
+    name: str
+    required_fields: Mapping[str, type | tuple[type, ...]]  # field -> accepted JSON type(s)
+    format_input: Callable[[dict], str]
+    gold_label: Callable[[dict], str]
+    parse_teacher: Callable[[str], TeacherOutput | None]
+    metric: str  # key of sbs_jax.data.metrics.METRICS
+
+
+def _nonempty(rationale: str, label: str) -> TeacherOutput | None:
+    rationale, label = rationale.strip(), label.strip()
+    return TeacherOutput(rationale, label) if rationale and label else None
+
+
+def _split_once(text: str, marker: str) -> tuple[str, str] | None:
+    head, sep, tail = text.partition(marker)
+    return (head, tail) if sep else None
+
+
+def parse_cqa(text: str) -> TeacherOutput | None:
+    """`<rationale> So the answer is (x) <answer>.` cut at the first `Q:`; label = answer text."""
+    parts = _split_once(text.split("Q:")[0], "So the answer is")
+    if parts is None:
+        return None
+    match = re.search(r"\(.\)\s*(.*)", parts[1], flags=re.DOTALL)
+    if match is None:
+        return None
+    label = match.group(1).strip()
+    return _nonempty(parts[0], label[:-1] if label.endswith(".") else label)
+
+
+def parse_svamp(text: str) -> TeacherOutput | None:
+    """`<rationale> The answer is (<equation>).` cut at the first `Q:`; label = the parenthesised equation."""
+    parts = _split_once(text.split("Q:")[0], "The answer is")
+    if parts is None:
+        return None
+    match = re.search(r"\(.*\)", parts[1])
+    return _nonempty(parts[0], match.group(0)) if match else None
+
+
+def parse_esnli(text: str) -> TeacherOutput | None:
+    """`<rationale>\\nAnswer: <label>` ; the label runs up to the next invented `Premise`."""
+    parts = _split_once(text, "Answer:")
+    if parts is None:
+        return None
+    return _nonempty(parts[0], parts[1].split("Premise")[0])
+
+
+def parse_anli(text: str) -> TeacherOutput | None:
+    """`<rationale> So the answer is <label>.` cut at the first `Premise:`."""
+    parts = _split_once(text.split("Premise:")[0], "So the answer is")
+    if parts is None:
+        return None
+    label = parts[1].strip()
+    return _nonempty(parts[0], label[:-1] if label.endswith(".") else label)
+
+
+def cqa_input(record: dict) -> str:
+    choices = "\n".join(f"({CHOICE_LETTERS[i]}) {c}" for i, c in enumerate(record["choices"]))
+    return f"{record['question']}\nAnswer Choices:\n{choices}"
+
+
+def nli_input(record: dict) -> str:
+    return f"{record['premise']}\n{record['hypothesis']}"
+
+
+def nli_label(record: dict) -> str:
+    return NLI_LABELS[record["label"]]
+
+
+FORMATS: Mapping[str, DatasetFormat] = {
+    "cqa": DatasetFormat("cqa", {"question": str, "choices": list, "answer": str}, cqa_input,
+                         lambda r: r["answer"], parse_cqa, "exact_match"),
+    "esnli": DatasetFormat("esnli", {"premise": str, "hypothesis": str, "label": int}, nli_input, nli_label,
+                           parse_esnli, "exact_match"),
+    "anli1": DatasetFormat("anli1", {"premise": str, "hypothesis": str, "label": int}, nli_input, nli_label,
+                           parse_anli, "exact_match"),
+    "svamp": DatasetFormat("svamp", {"input": str, "label": str}, lambda r: r["input"], lambda r: r["label"],
+                           parse_svamp, "equation"),
+}
+PAPER_DATASETS: Sequence[str] = ("cqa", "esnli", "anli1", "svamp")
+
+
+def get_format(name: str) -> DatasetFormat:
+    if name not in FORMATS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(FORMATS)}")
+    return FORMATS[name]
+
+
+def validate_record(fmt: DatasetFormat, record, where: str) -> None:
+    """One clear error for a record that lacks a field or holds the wrong type; `where` is `file:line`."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for field, types in fmt.required_fields.items():
+        if field not in record:
+            raise ValueError(f"{where}: missing field {field!r} (a {fmt.name} record needs "
+                             f"{sorted(fmt.required_fields)})")
+        value = record[field]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"{where}: field {field!r} is {type(value).__name__} {value!r:.60}, expected "
+                             f"{getattr(types, '__name__', types)}")
+    if fmt.name in ("esnli", "anli1") and record["label"] not in range(len(NLI_LABELS)):
+        raise ValueError(f"{where}: field 'label' is {record['label']!r}, expected 0, 1 or 2 "
+                         f"({', '.join(NLI_LABELS)})")
+    if fmt.name == "cqa" and not all(isinstance(c, str) for c in record["choices"]):
+        raise ValueError(f"{where}: field 'choices' must be a list of strings")
+    if fmt.name == "cqa" and not 1 <= len(record["choices"]) <= len(CHOICE_LETTERS):
+        raise ValueError(f"{where}: field 'choices' has {len(record['choices'])} entries, expected 1 to "
+                         f"{len(CHOICE_LETTERS)}")

@@ -1,0 +1,182 @@
+"""From registered tasks to the batches the trainer and the evaluator consume (ARCHITECTURE.md, Data).
+
+`get_train_dataset` yields `{"label": {...}, "rationale": {...}}` (only `label` for ft/distill tasks) of
+int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows.
+`get_eval_examples` yields every example of a split exactly once, in order, with its raw strings.
+Inputs longer than the `inputs` length are truncated; how many is counted and logged, never silent.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from sbs_jax.data import feature_converter as fc
+from sbs_jax.data import register
+from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+
+
+def _tasks(name: str) -> list[seqio.Task]:
+    provider = seqio.get_mixture_or_task(name)
+    return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def is_paired(name: str) -> bool:
+    """Whether a task (or every task of a mixture) carries both streams; mixing kinds is an error."""
+    kinds = {t.name: "rationales" in t.output_features for t in _tasks(name)}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"mixture {name!r} mixes step-by-step and label-only tasks {kinds}; a batch needs one "
+                         "kind")
+    return next(iter(kinds.values()))
+
+
+def sequence_lengths(task_feature_lengths: Mapping[str, int], paired: bool) -> dict[str, int]:
+    """Trainer lengths {"inputs", "targets"[, "rationales"]} -> task feature lengths seqio trims to."""
+    needed = ("inputs", "targets", "rationales") if paired else ("inputs", "targets")
+    missing = [k for k in needed if k not in task_feature_lengths]
+    if missing:
+        raise ValueError(f"task_feature_lengths lacks {missing}; expected keys {list(needed)}")
+    for k in needed:
+        if int(task_feature_lengths[k]) < 2:
+            raise ValueError(f"task_feature_lengths[{k!r}] = {task_feature_lengths[k]}; expected at least 2")
+    lengths = {"inputs": int(task_feature_lengths["inputs"]), "targets": int(task_feature_lengths["targets"])}
+    if paired:
+        lengths["rationale_inputs"] = lengths["inputs"]
+        lengths["rationales"] = int(task_feature_lengths["rationales"])
+    return lengths
+
+
+def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
+                      split: str = "train", shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
+                      shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+    """Batched, paired training data for a task or a mixture of same-kind tasks.
+
+    Args:
+      mixture_or_task_name: a registered task (`svamp_sbs`, ...) or seqio Mixture of such tasks.
+      task_feature_lengths: {"inputs": Li, "targets": Lt, "rationales": Lr} ("rationales" for *_sbs* tasks).
+      batch_size: global batch size; with `shard_info` each host gets `batch_size // num_shards` rows.
+      split, shuffle, seed, num_epochs: as in seqio; `num_epochs=None` repeats forever. The same seed gives
+        the same batches in every process, so resuming can skip n batches.
+      shard_info: `seqio.ShardInfo(index=host, num_shards=hosts)` for multi-host input.
+    Returns a `tf.data.Dataset` of nested dicts of int32 tensors with fixed shapes (drop_remainder).
+    """
+    paired = is_paired(mixture_or_task_name)
+    lengths = sequence_lengths(task_feature_lengths, paired)
+    if shard_info is not None and batch_size % shard_info.num_shards:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {shard_info.num_shards} shards")
+    local_batch = batch_size // (shard_info.num_shards if shard_info else 1)
+    log_truncation(mixture_or_task_name, split, lengths)
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
+                              num_epochs=num_epochs, shard_info=shard_info)
+    converter = fc.PairedFeatureConverter() if paired else fc.LabelFeatureConverter()
+    ds = converter(ds, task_feature_lengths=lengths)
+    ds = ds.batch(local_batch, drop_remainder=True).map(fc.nest, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int], batch_size: int,
+                      shard_info: seqio.ShardInfo | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of `split` once, in order, in batches of `batch_size` (the last one padded).
+
+    Yields {"encoder_input_tokens": [B, Li] int32 (label-stream inputs, `predict: ` prefix),
+    "inputs_pretokenized": [B] str (raw x), "targets_pretokenized": [B] str (gold label),
+    "rationales_pretokenized": [B] str (teacher rationale or ""), "mask": [B] bool (False on padding rows)}.
+    """
+    in_len = int(task_feature_lengths["inputs"])
+    log_truncation(task_name, split, {"inputs": in_len})
+    task = seqio.get_mixture_or_task(task_name)
+    lengths = {k: int(v) for k, v in task_feature_lengths.items() if k in task.output_features}
+    ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1,
+                          shard_info=shard_info)
+    rows = []
+    for ex in ds.as_numpy_iterator():
+        rows.append(ex)
+        if len(rows) == batch_size:
+            yield _eval_batch(rows, batch_size, in_len)
+            rows = []
+    if rows:
+        yield _eval_batch(rows, batch_size, in_len)
+
+
+def _eval_batch(rows: list[dict], batch_size: int, in_len: int) -> dict[str, np.ndarray]:
+    tokens = np.zeros((batch_size, in_len), np.int32)  # [batch, inputs length]
+    text = {k: np.full((batch_size,), "", dtype=object) for k in ("input", "label", "rationale")}
+    for i, ex in enumerate(rows):
+        ids = ex["inputs"][:in_len]
+        tokens[i, :len(ids)] = ids
+        for k in text:
+            text[k][i] = ex[k].decode("utf-8")
+    mask = np.arange(batch_size) < len(rows)
+    return {"encoder_input_tokens": tokens, "inputs_pretokenized": text["input"],
+            "targets_pretokenized": text["label"], "rationales_pretokenized": text["rationale"], "mask": mask}
+
+
+def truncation_stats(mixture_or_task_name: str, split: str, lengths: Mapping[str, int]) -> dict[str, dict]:
+    """Per task feature: how many examples of the split are longer than its length (EOS included).
+
+    Counted in Python from the in-memory examples of tasks sbs_jax registered; for other sources the
+    count comes from one pass over the tokenized split.
+    """
+    out: dict[str, dict] = {}
+    for task in _tasks(mixture_or_task_name):
+        counts = _token_lengths(task, split)
+        for feature, limit in lengths.items():
+            if feature in counts:
+                entry = out.setdefault(feature, {"examples": 0, "truncated": 0, "limit": int(limit)})
+                entry["examples"] += len(counts[feature])
+                entry["truncated"] += int(np.sum(counts[feature] > limit))
+    return out
+
+
+def log_truncation(mixture_or_task_name: str, split: str, lengths: Mapping[str, int]) -> dict[str, dict]:
+    stats = truncation_stats(mixture_or_task_name, split, lengths)
+    for feature, s in stats.items():
+        if s["truncated"]:
+            logging.warning("%s:%s: %d of %d examples have %s longer than %d tokens; truncated",
+                            mixture_or_task_name, split, s["truncated"], s["examples"], feature, s["limit"])
+    return stats
+
+
+def _encode_lengths(vocab, texts: list[str]) -> np.ndarray:
+    """Token counts with EOS, batched through SentencePiece where the vocabulary has it."""
+    if not texts:
+        return np.zeros((0,), np.int64)
+    tokenizer = getattr(vocab, "tokenizer", None)
+    ids = tokenizer.encode(texts) if tokenizer is not None else [vocab.encode(t) for t in texts]
+    return np.array([len(x) + 1 for x in ids], np.int64)
+
+
+@functools.lru_cache(maxsize=64)  # keyed by the Task object: re-registering a name gives a fresh entry
+def _token_lengths(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
+    vocab = task.output_features["inputs"].vocabulary
+    try:
+        info = register.get_task_info(task.name)
+    except ValueError:
+        info = None
+    if info is not None and info.split_data is not None and seqio.get_mixture_or_task(task.name) is task:
+        if split not in info.split_data:
+            raise ValueError(f"task {task_name!r} has no split {split!r}; splits: {sorted(info.split_data)}")
+        examples = info.split_data[split].examples
+        label = "teacher_label" if info.label_source == "teacher" else "label"
+        n = functools.partial(_encode_lengths, vocab)
+        out = {"inputs": n([PREDICT_PREFIX + ex.input for ex in examples]),
+               "targets": n([(getattr(ex, label) or ex.label) for ex in examples])}
+        if info.paired:
+            out["rationale_inputs"] = n([EXPLAIN_PREFIX + ex.input for ex in examples])
+            out["rationales"] = n([ex.rationale for ex in examples])
+        return out
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                          trim_output_features=False)
+    keys = [k for k in task.output_features if k in ds.element_spec]
+    lengths = {k: [] for k in keys}
+    for ex in ds.map(lambda ex: {k: tf.size(ex[k]) for k in keys}).as_numpy_iterator():
+        for k in keys:
+            lengths[k].append(int(ex[k]))
+    return {k: np.array(v, np.int64) for k, v in lengths.items()}

@@ -1,0 +1,143 @@
+"""SentencePiece vocabularies with T5's ids (pad 0, eos 1, unk 2), and `sbs vocab train`.
+
+No pretrained vocabulary is reachable offline, so from-scratch students and tests train one from a task's
+text. Training is single-threaded on the text in its given order, which makes the model file byte-identical
+for the same text, size and seed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Iterable, Sequence
+
+# T5 checkpoints reserve 100 sentinel ids for span corruption; distillation never emits them, so vocabularies
+# here default to none (decoding maps any id past the vocabulary to unk). Pass extra_ids=100 for T5's 32100.
+DEFAULT_EXTRA_IDS = 0
+SPIECE_FILENAME = "spiece.model"
+
+
+def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
+    """A `seqio.SentencePieceVocabulary` from a vocabulary object or a spiece.model path (checked)."""
+    import seqio
+
+    if isinstance(vocabulary, seqio.Vocabulary):
+        return vocabulary
+    if vocabulary is None or vocabulary == "":
+        raise ValueError("no vocabulary given: pass a SentencePiece model path (e.g. T5's spiece.model, or set "
+                         "SPIECE_MODEL), or train one with `sbs vocab train`")
+    path = pathlib.Path(os.fspath(vocabulary)).expanduser()
+    if path.is_dir():
+        path = path / SPIECE_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: SentencePiece model not found (expected a spiece.model file)")
+    vocab = seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
+    ids = (vocab.pad_id, vocab.eos_id, vocab.unk_id)
+    if ids != (0, 1, 2):
+        raise ValueError(f"{path}: pad/eos/unk ids are {ids}, expected T5's (0, 1, 2); train with "
+                         "pad_id=0, eos_id=1, unk_id=2, bos_id=-1 (as `sbs vocab train` does)")
+    return vocab
+
+
+def train_vocabulary(texts: Iterable[str], output_dir, *, vocab_size: int, seed: int = 0,
+                     model_type: str = "unigram", character_coverage: float = 1.0) -> pathlib.Path:
+    """Train `<output_dir>/spiece.model` from texts; returns its path. Same inputs -> same file."""
+    import sentencepiece as spm
+
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lines = [t.replace("\n", " ").strip() for t in texts]
+    lines = [t for t in lines if t]
+    if not lines:
+        raise ValueError("no text to train a vocabulary on")
+    with tempfile.TemporaryDirectory(dir=output_dir) as tmp:
+        corpus = pathlib.Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        spm.set_random_generator_seed(seed)
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(pathlib.Path(tmp) / "spiece"), vocab_size=vocab_size,
+            model_type=model_type, character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2,
+            bos_id=-1, num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
+            hard_vocab_limit=False, minloglevel=2)
+        target = output_dir / SPIECE_FILENAME
+        os.replace(pathlib.Path(tmp) / "spiece.model", target)  # atomic: concurrent hosts see whole files
+    return target
+
+
+def model_texts(examples) -> list[str]:
+    """The text a model sees of each example: both prefixed inputs, the label and the rationale."""
+    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+
+    return [t for ex in examples for t in (PREDICT_PREFIX + ex.input, EXPLAIN_PREFIX + ex.input, ex.label,
+                                           ex.rationale, ex.teacher_label) if t]
+
+
+def cached_vocabulary(texts: Sequence[str], *, vocab_size: int, seed: int = 0, cache_dir=None,
+                      tag: str = "vocab", model_type: str = "unigram") -> pathlib.Path:
+    """Train once per (texts, size, seed, type) and reuse from `cache_dir` (default `~/.cache/sbs_jax`)."""
+    digest = hashlib.sha256("\n".join(texts).encode("utf-8"))
+    digest.update(f"{vocab_size}/{seed}/{model_type}".encode())
+    root = pathlib.Path(cache_dir or os.environ.get("SBS_CACHE_DIR", "~/.cache/sbs_jax")).expanduser()
+    folder = root / f"{tag}_{vocab_size}_{digest.hexdigest()[:12]}"
+    path = folder / SPIECE_FILENAME
+    if not path.is_file():
+        train_vocabulary(texts, folder, vocab_size=vocab_size, seed=seed, model_type=model_type)
+    return path
+
+
+def _task_texts(args) -> list[str]:
+    """Inputs, labels and rationales of a dataset's train split (all splits when it has no train)."""
+    from sbs_jax.data import arith, records
+
+    if args.dataset == "arith":
+        splits = arith.generate_splits(seed=args.data_seed)
+    else:
+        if not args.data_dir:
+            raise ValueError(f"--data_dir is required for dataset {args.dataset!r}")
+        names = records.list_splits(args.data_dir, args.dataset)
+        splits = {s: records.read_split(args.data_dir, args.dataset, s).examples for s in names}
+    chosen = ["train"] if "train" in splits else sorted(splits)
+    print(f"vocabulary text: {args.dataset} splits {chosen}", file=sys.stderr)
+    return model_texts(ex for s in chosen for ex in splits[s])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sbs vocab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a SentencePiece model (T5 ids) from a dataset's or a file's text")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="cqa, esnli, anli1, svamp (with --data_dir) or arith (embedded)")
+    source.add_argument("--text_file", help="plain text, one example per line")
+    train.add_argument("--data_dir", help="data dir in the official layout")
+    train.add_argument("--output_dir", required=True, help="writes <output_dir>/spiece.model")
+    train.add_argument("--vocab_size", type=int, default=8000)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "char", "word"))
+    train.add_argument("--data_seed", type=int, default=0, help="generator seed of the arith task")
+    args = parser.parse_args(argv)
+    try:
+        if args.text_file:
+            texts = pathlib.Path(args.text_file).read_text(encoding="utf-8").splitlines()
+        else:
+            texts = _task_texts(args)
+        path = train_vocabulary(texts, args.output_dir, vocab_size=args.vocab_size, seed=args.seed,
+                                model_type=args.model_type)
+    except (ValueError, OSError) as e:
+        print(f"sbs vocab: error: {e}", file=sys.stderr)
+        return 2
+    vocab = load_vocabulary(path)
+    print(f"wrote {path} ({vocab.vocab_size} pieces, from {len(texts)} texts)")
+    return 0
+
+
+def copy_vocabulary(vocabulary, output_dir) -> pathlib.Path:
+    """Copy a vocabulary's SentencePiece model into `output_dir` (e.g. MODEL_DIR/vocab)."""
+    vocab = load_vocabulary(vocabulary)
+    target = pathlib.Path(output_dir) / SPIECE_FILENAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vocab.sentencepiece_model_file, target)
+    return target

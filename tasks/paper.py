@@ -1,0 +1,46 @@
+"""The paper's datasets (cqa, esnli, anli1, svamp) from a data dir in the official layout."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import gin
+
+from sbs_jax.data import formats, records, register
+
+
+@gin.configurable(module="sbs_jax.tasks")
+def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None,
+                         valid_from_train: float | None = None, train_fraction: float = 1.0, seed: int = 0,
+                         vocabulary=None, variants: Sequence[str] = register.VARIANT_NAMES) -> list[str]:
+    """Register `{D}_sbs`, `{D}_sbs_llm`, `{D}_ft`, `{D}_distill` for each dataset D found in `data_dir`.
+
+    Args:
+      data_dir: folder holding `<D>/<D>_<split>.json` and `<D>/llm/<split>_CoT_<i>.json`.
+      datasets: names to register (default: every paper dataset that has a folder in `data_dir`).
+      valid_from_train: carve this seeded fraction of train into a `validation` split (the paper uses 0.1).
+      train_fraction: seeded, nested fraction of the (remaining) train split to keep (data-size studies).
+      seed: seed of the carve-out and of the subset.
+      vocabulary: a seqio vocabulary or a spiece.model path; default: the `SPIECE_MODEL` environment variable.
+    Returns the registered task names. Re-registering replaces earlier registrations.
+    """
+    if vocabulary is None:
+        vocabulary = os.environ.get("SPIECE_MODEL")
+        if not vocabulary:
+            raise ValueError("register_paper_tasks needs a vocabulary: pass vocabulary=<spiece.model path> "
+                             "(gin: register_paper_tasks.vocabulary = %SPIECE_MODEL) or set SPIECE_MODEL")
+    if datasets is None:
+        if not os.path.isdir(data_dir):
+            raise records.DataError(f"data dir {data_dir} does not exist")
+        datasets = [d for d in formats.PAPER_DATASETS if os.path.isdir(os.path.join(data_dir, d))]
+        if not datasets:
+            raise records.DataError(f"data dir {data_dir} holds none of the paper's datasets "
+                                    f"({', '.join(formats.PAPER_DATASETS)})")
+    names = []
+    for name in datasets:
+        fmt = formats.get_format(name)
+        splits = {s: records.read_split(data_dir, name, s) for s in records.list_splits(data_dir, name)}
+        names += register.register_examples_task(
+            name, splits, vocabulary=vocabulary, metric=fmt.metric, variants=variants,
+            valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed)
+    return names

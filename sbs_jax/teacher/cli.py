@@ -119,3 +119,7 @@ def main(argv=None) -> int:
     except (TeacherError, TemplateError, ValueError) as e:
         print(f"sbs teacher: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("sbs teacher: interrupted; finished examples are journaled, run the same command to resume",
+              file=sys.stderr)
+        return 130

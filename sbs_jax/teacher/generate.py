@@ -12,6 +12,7 @@ same bytes as an uninterrupted one.
 """
 import concurrent.futures as futures
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -98,8 +99,10 @@ class _Run:
 
     def settings(self) -> dict:
         c = self.client.config
+        lines = hashlib.sha256("\n".join(self.lines).encode("utf-8")).hexdigest()[:16]
+        # What decides the outputs (not the endpoint URL: replicas of one model may serve the same run).
         return {"dataset": self.config.dataset, "split": self.config.split, "examples": len(self.examples),
-                "template": self.template.fingerprint(), "endpoint": c.url, "model": c.model, "api": c.api,
+                "examples_sha256": lines, "template": self.template.fingerprint(), "model": c.model, "api": c.api,
                 "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens, "stop": list(c.stop),
                 "seed": c.seed, "num_samples": self.config.num_samples}
 

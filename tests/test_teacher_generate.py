@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from sbs_jax.data import records as records_lib
 from sbs_jax.teacher import cli
 from sbs_jax.teacher.templates import load_template
 from teacher_fake_server import FakeTeacher
@@ -74,11 +75,12 @@ def test_layout_matches_official_and_reads_back(tmp_path, datasets_dir, capsys):
     assert summary["examples"] == 30 and summary["kept"] == 30
     assert summary["teacher_correct"] == sum(r["agrees"] for r in records)
     assert summary["parse_failures"] == sum(r["status"] != "ok" for r in records)
-    # Read back by a reader of the official layout (llm lists concatenated in numeric order).
-    from sbs_jax.teacher.generate import read_examples
-    _, examples = read_examples(d / "cqa_train.json")
-    assert [e["id"] for e in examples] == [json.loads(l)["id"] for l in lines]
-    assert len(examples) == len(got)
+    # The tasks' reader (what register_paper_tasks reads) takes the generated dir as it is.
+    split = records_lib.read_split(tmp_path / "out", "cqa", "train")
+    assert split.has_teacher and len(split.examples) == 30
+    assert (split.parse_failures, split.teacher_correct) == (summary["parse_failures"], summary["teacher_correct"])
+    assert [(e.rationale, e.teacher_label) for e in split.examples] == [(r["rationale"] or "", r["label"] or "")
+                                                                        for r in records]
 
 
 def test_faults_give_the_clean_output(tmp_path, datasets_dir):
@@ -232,3 +234,31 @@ def test_self_consistency_needs_temperature(tmp_path, capsys):
     rc = cli.main(["generate", "--task", "cqa", "--data_dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9",
                    "--model", "t", "--out", str(tmp_path), "--num_samples", "3"])
     assert rc == 1 and "--temperature > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generated_dir_trains_as_seqio_tasks(tmp_path, datasets_dir):
+    """The generated dir registered as the paper's SeqIO tasks: the streams carry the teacher's parse."""
+    import seqio
+    from sbs_jax import tasks
+    from sbs_jax.data import vocab
+
+    lines, outputs = official(datasets_dir, "svamp", "train", 20)
+    data = make_data_dir(tmp_path / "data", "svamp", "train", lines)
+    with FakeTeacher(answers_for("svamp", lines, outputs)) as server:
+        assert run_cli("--task", "svamp", "--data_dir", data, "--endpoint", server.url, "--model", "t",
+                       "--out", tmp_path / "out") == 0
+    records = [json.loads(l) for l in (tmp_path / "out/svamp/teacher_train.jsonl").read_text().splitlines()]
+    texts = [r["prompt"] for r in records] + [r["output"] for r in records]
+    spm = vocab.train_vocabulary(texts, tmp_path / "vocab", vocab_size=300)
+    names = tasks.register_paper_tasks(str(tmp_path / "out"), datasets=["svamp"], vocabulary=str(spm))
+    assert "svamp_sbs_llm" in names
+    task = seqio.get_mixture_or_task("svamp_sbs_llm")
+    ds = task.get_dataset({"inputs": 256, "targets": 64, "rationale_inputs": 256, "rationales": 128},
+                          split="train", shuffle=False)
+    vocabulary = task.output_features["rationales"].vocabulary
+    got = [(vocabulary.decode(list(ex["rationales"])), vocabulary.decode(list(ex["targets"])))
+           for ex in ds.as_numpy_iterator()]
+    ok = [(r["rationale"], r["label"]) for r in records if r["status"] == "ok"]
+    assert len(got) == 20 and len(ok) >= 15
+    assert [g for g, r in zip(got, records) if r["status"] == "ok"] == ok

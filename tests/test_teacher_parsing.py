@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from sbs_jax.teacher.parsing import GoldSpec, ParseSpec, agrees, eval_arithmetic, gold_label, parse_output, \
-    select_output
+from sbs_jax.data import formats
+from sbs_jax.teacher.parsing import GoldSpec, ParseSpec, agrees, gold_label, label_key, parse_output, select_output
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, from_dict, load_template
 
 # /work/shared/datasets/README.md: unparseable outputs and teacher accuracy (parsed label = gold, in %).
@@ -31,6 +31,16 @@ def test_builtin_specs_reproduce_readme(datasets_dir, name, split, count, failur
     assert round(100 * correct / count, 2) == accuracy
 
 
+@pytest.mark.parametrize("name,split", [(n, s) for n, s, *_ in README])
+def test_builtin_specs_parse_like_the_tasks(datasets_dir, name, split):
+    """The teacher and the tasks (sbs_jax.data.formats) must split every paper output identically."""
+    spec, task_parse = load_template(name).parse, formats.get_format(name).parse_teacher
+    _, outputs = shared_split(datasets_dir, name, split)
+    for i, text in enumerate(outputs):
+        ours, theirs = parse_output(text, spec), task_parse(text)
+        assert (ours and (ours.rationale, ours.label)) == (theirs and (theirs.rationale, theirs.label)), i
+
+
 def test_rules_on_hand_written_outputs():
     cqa, svamp, esnli, anli = (load_template(n).parse for n in ("cqa", "svamp", "esnli", "anli1"))
     p = parse_output("Birds fly. So the answer is (b) sky.\n\nQ: Where ... So the answer is (a) sea.", cqa)
@@ -46,14 +56,14 @@ def test_rules_on_hand_written_outputs():
     assert parse_output(" So the answer is neutral.", anli) is None            # empty rationale
 
 
-def test_arithmetic_and_gold():
-    assert eval_arithmetic("( 84.0 / 2.0 )") == 42.0
-    assert eval_arithmetic("((6 * 10) - 14)") == 46.0
-    assert eval_arithmetic("-(3 - 5)") == 2.0
-    for bad in ("(2 * x)", "(175, 5)", "(1 / 0)", "__import__('os')", "2 ** 3", "(" * 500 + "1" + ")" * 500):
-        assert eval_arithmetic(bad) is None, bad
+def test_numeric_gold_and_keys():
     numeric = GoldSpec(field="label", compare="numeric")
-    assert agrees("(84 / 2)", "( 84.0 / 2.0 )", numeric) and not agrees("(84 - 2)", "( 84.0 / 2.0 )", numeric)
+    assert agrees("(84 / 2)", "( 84.0 / 2.0 )", numeric) and agrees("((6 * 10) - 14)", "( 46.0 )", numeric)
+    for bad in ("(84 - 2)", "(2 * x)", "(175, 5)", "(1 / 0)", "__import__('os')", "2 ** 3"):
+        assert not agrees(bad, "( 84.0 / 2.0 )", numeric), bad
+    assert label_key("(1 + 1)", numeric) == label_key("( 4.0 / 2.0 )", numeric) != label_key("(3)", numeric)
+    assert label_key("(some - 8)", numeric) == "(some - 8)"              # not arithmetic: votes as text
+    assert not agrees("Neutral", "neutral", GoldSpec(field="label"))
     nli = GoldSpec(field="label", names=("entailment", "neutral", "contradiction"))
     assert gold_label({"label": 2}, nli) == "contradiction"
     with pytest.raises(ValueError, match="outside the label names"):

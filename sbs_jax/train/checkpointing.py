@@ -145,3 +145,68 @@ class Checkpointer:
 def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(step_dir) / "meta" / "metadata"
     return json.loads(path.read_text())
+
+
+def _is_step_dir(p: pathlib.Path) -> bool:
+    return p.name.isdigit() and (p / "state").is_dir()
+
+
+def choose_step(checkpoints_dir: pathlib.Path) -> int:
+    """The best step by recorded validation accuracy (ties: the later), else the latest."""
+    steps = sorted(int(p.name) for p in checkpoints_dir.iterdir() if _is_step_dir(p)) \
+        if checkpoints_dir.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"{checkpoints_dir}: no checkpoints (expected step directories like 1000/)")
+    scored = []
+    for s in steps:
+        metrics = read_meta(checkpoints_dir / str(s)).get("metrics") or {}
+        if BEST_METRIC in metrics:
+            scored.append((float(metrics[BEST_METRIC]), s))
+    return max(scored)[1] if scored else steps[-1]
+
+
+def resolve(model_dir_or_step_dir, step: int | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+    """(model_dir, step_dir) for a run directory (best, or `step`) or one `checkpoints/<step>` directory."""
+    path = pathlib.Path(model_dir_or_step_dir)
+    if _is_step_dir(path):
+        return path.parent.parent, path
+    ckpt_dir = path / "checkpoints"
+    step = choose_step(ckpt_dir) if step is None else step
+    step_dir = ckpt_dir / str(step)
+    if not _is_step_dir(step_dir):
+        raise FileNotFoundError(f"{step_dir}: no such checkpoint")
+    return path, step_dir
+
+
+def load_model_config(model_dir: pathlib.Path):
+    from sbs_jax.model import T5Config
+
+    path = pathlib.Path(model_dir) / "model_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's T5Config there")
+    return T5Config(**json.loads(path.read_text()))
+
+
+def vocab_file(model_dir: pathlib.Path) -> pathlib.Path | None:
+    models = sorted((pathlib.Path(model_dir) / "vocab").glob("*.model"))
+    return models[0] if models else None
+
+
+def load_params(model_dir_or_step_dir, step: int | None = None):
+    """(T5Config, params, vocab_path) of a trained student, params as host numpy arrays in the unscanned
+    layout (the config says `scan_layers=False` accordingly). Only the params are read, not the optimizer."""
+    from sbs_jax.model import unscan_params
+
+    model_dir, step_dir = resolve(model_dir_or_step_dir, step)
+    config = load_model_config(model_dir)
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(step_dir / "state").item_metadata.tree
+    item = {"params": tree["params"]}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+    params = restored["params"]
+    if config.scan_layers:
+        params = unscan_params(params, config)
+        config = config.replace(scan_layers=False)
+    return config, params, vocab_file(model_dir)

@@ -1,0 +1,99 @@
+"""Gin plumbing as T5X users know it: `--gin_file`, `--gin.MACRO=value`, search paths, operative config.
+
+Configurables are registered here, at the top level only; library modules stay gin-free.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+_REGISTERED = False
+# A macro left at %gin.REQUIRED is reported by gin as "<NAME>/macro.value set to %gin.REQUIRED ...".
+_REQUIRED_MACRO = re.compile(r"(\w+)/macro\.value set to %gin\.REQUIRED")
+
+
+def register_configurables() -> None:
+    """Make the typed configs gin-configurable (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from sbs_jax.model import config as model_config
+    from sbs_jax.train import evaluation, objective, optim, trainer
+
+    gin.external_configurable(model_config.get_config, "model_config")
+    gin.external_configurable(optim.OptimizerConfig, "OptimizerConfig")
+    gin.external_configurable(objective.ObjectiveConfig, "ObjectiveConfig")
+    gin.external_configurable(trainer.TrainConfig, "TrainConfig")
+    gin.external_configurable(evaluation.EvalConfig, "EvalConfig")
+    gin.external_configurable(evaluation.DecodeConfig, "DecodeConfig")
+    _REGISTERED = True
+
+
+def default_search_paths() -> list[str]:
+    """The installed `sbs_jax.gin_configs` package data, else the repository's `gin/` (editable installs)."""
+    paths = []
+    spec = importlib.util.find_spec("sbs_jax.gin_configs")
+    if spec is not None and spec.submodule_search_locations:
+        paths += [p for p in spec.submodule_search_locations if os.path.isdir(p)]
+    repo_gin = pathlib.Path(__file__).resolve().parents[2] / "gin"
+    if repo_gin.is_dir() and str(repo_gin) not in paths:
+        paths.append(str(repo_gin))
+    return paths
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (absl has no flag named `gin.NAME`)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--gin."):
+            name, sep, value = arg[len("--gin."):].partition("=")
+            if not sep:
+                raise ValueError(f"{arg!r}: expected --gin.NAME=VALUE")
+            out.append(f"--gin_bindings={name} = {value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+    """Parse files (looked up on the search paths) and bindings; unknown names are errors."""
+    register_configurables()
+    gin.clear_config()
+    for path in list(search_paths) + default_search_paths():
+        gin.add_config_file_search_path(path)
+    for f in gin_files:
+        if not _findable(f, list(search_paths) + default_search_paths()):
+            raise FileNotFoundError(f"gin file {f!r} not found as given nor under the search paths "
+                                    f"{list(search_paths) + default_search_paths()}")
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), skip_unknown=False,
+                                        finalize_config=False)
+
+
+def _findable(name: str, search_paths: Sequence[str]) -> bool:
+    return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
+
+
+def build(configurable):
+    """Call a registered configurable with its gin bindings; a macro left at %gin.REQUIRED is named."""
+    try:
+        return gin.get_configurable(configurable)()
+    except ValueError as e:
+        match = _REQUIRED_MACRO.search(str(e))
+        if match:
+            raise ValueError(f"gin macro {match.group(1)} is required but not set; pass "
+                             f"--gin.{match.group(1)}=... or set it in a --gin_file") from None
+        raise
+    except TypeError as e:
+        raise ValueError(f"gin config for {configurable}: {e}") from None
+
+
+def write_operative_config(model_dir: str | os.PathLike) -> pathlib.Path:
+    path = pathlib.Path(model_dir) / "config.gin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(gin.operative_config_str())
+    return path

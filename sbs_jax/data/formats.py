@@ -11,6 +11,10 @@ import dataclasses
 import re
 from typing import Callable, Mapping, Sequence
 
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file, line or field and what was expected."""
+
+
 NLI_LABELS = ("entailment", "neutral", "contradiction")  # e-SNLI / ANLI label ids 0, 1, 2
 CHOICE_LETTERS = "abcdefghij"
 
@@ -108,27 +112,27 @@ PAPER_DATASETS: Sequence[str] = ("cqa", "esnli", "anli1", "svamp")
 
 def get_format(name: str) -> DatasetFormat:
     if name not in FORMATS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(FORMATS)}")
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(FORMATS)}")
     return FORMATS[name]
 
 
 def validate_record(fmt: DatasetFormat, record, where: str) -> None:
     """One clear error for a record that lacks a field or holds the wrong type; `where` is `file:line`."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for field, types in fmt.required_fields.items():
         if field not in record:
-            raise ValueError(f"{where}: missing field {field!r} (a {fmt.name} record needs "
+            raise DataError(f"{where}: missing field {field!r} (a {fmt.name} record needs "
                              f"{sorted(fmt.required_fields)})")
         value = record[field]
         if not isinstance(value, types) or isinstance(value, bool):
-            raise ValueError(f"{where}: field {field!r} is {type(value).__name__} {value!r:.60}, expected "
+            raise DataError(f"{where}: field {field!r} is {type(value).__name__} {value!r:.60}, expected "
                              f"{getattr(types, '__name__', types)}")
     if fmt.name in ("esnli", "anli1") and record["label"] not in range(len(NLI_LABELS)):
-        raise ValueError(f"{where}: field 'label' is {record['label']!r}, expected 0, 1 or 2 "
+        raise DataError(f"{where}: field 'label' is {record['label']!r}, expected 0, 1 or 2 "
                          f"({', '.join(NLI_LABELS)})")
     if fmt.name == "cqa" and not all(isinstance(c, str) for c in record["choices"]):
-        raise ValueError(f"{where}: field 'choices' must be a list of strings")
+        raise DataError(f"{where}: field 'choices' must be a list of strings")
     if fmt.name == "cqa" and not 1 <= len(record["choices"]) <= len(CHOICE_LETTERS):
-        raise ValueError(f"{where}: field 'choices' has {len(record['choices'])} entries, expected 1 to "
+        raise DataError(f"{where}: field 'choices' has {len(record['choices'])} entries, expected 1 to "
                          f"{len(CHOICE_LETTERS)}")

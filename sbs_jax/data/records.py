@@ -14,10 +14,7 @@ from typing import Iterable, Sequence
 
 from sbs_jax.data import formats as formats_lib
 from sbs_jax.data import metrics
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file, line or field."""
+from sbs_jax.data.formats import DataError  # noqa: F401  (re-exported: the data package's error type)
 
 
 @dataclasses.dataclass(frozen=True)

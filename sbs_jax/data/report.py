@@ -1,0 +1,118 @@
+"""`sbs data check`: per-split counts, teacher parse failures, teacher accuracy and token lengths.
+
+    sbs data check --data_dir D [--dataset NAME] [--spiece_model spiece.model] [--json]
+
+Token lengths are counted under the given SentencePiece model (default: $SPIECE_MODEL), EOS included, with
+the `predict: ` prefix on inputs; without a vocabulary the length columns are left out and the report says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Mapping
+
+import numpy as np
+
+from sbs_jax.data import formats, records
+from sbs_jax.data.preprocessors import PREDICT_PREFIX
+from sbs_jax.data.records import DataError, SplitData
+
+PERCENTILES = (50, 90, 95, 99, 100)
+
+
+def load_dataset(data_dir: str | None, name: str) -> dict[str, SplitData]:
+    if name not in formats.FORMATS and name != "arith":
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(formats.FORMATS) + ['arith']}")
+    if name == "arith":
+        from sbs_jax.data import arith
+        return arith.generate_split_data()
+    if not data_dir:
+        raise DataError(f"--data_dir is required for dataset {name!r}")
+    return {s: records.read_split(data_dir, name, s) for s in records.list_splits(data_dir, name)}
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int] | None:
+    if not lengths:
+        return None
+    values = np.percentile(np.array(lengths), PERCENTILES, method="higher")
+    return {f"p{p}" if p < 100 else "max": int(v) for p, v in zip(PERCENTILES, values)}
+
+
+def split_report(data: SplitData, vocabulary=None) -> dict:
+    """Numbers for one split; token lengths only with a vocabulary."""
+    out = {"examples": len(data.examples), "teacher_outputs": data.has_teacher,
+           "parse_failures": data.parse_failures if data.has_teacher else None,
+           "teacher_accuracy": None if data.teacher_accuracy is None else round(data.teacher_accuracy, 2)}
+    if vocabulary is not None:
+        texts = {"inputs": [PREDICT_PREFIX + ex.input for ex in data.examples],
+                 "labels": [ex.label for ex in data.examples],
+                 "rationales": [ex.rationale for ex in data.examples if ex.rationale]}
+        out["tokens"] = {k: _percentiles([len(ids) + 1 for ids in vocabulary.tokenizer.encode(v)] if v else [])
+                         for k, v in texts.items()}
+    return out
+
+
+def dataset_report(splits: Mapping[str, SplitData], vocabulary=None) -> dict[str, dict]:
+    return {name: split_report(data, vocabulary) for name, data in sorted(splits.items())}
+
+
+def format_report(name: str, report: Mapping[str, dict]) -> str:
+    lines = [f"== {name}",
+             f"{'split':<12}{'examples':>10}{'teacher':>9}{'unparsed':>10}{'teacher acc':>13}"]
+    for split, r in report.items():
+        acc = "-" if r["teacher_accuracy"] is None else f"{r['teacher_accuracy']:.2f}%"
+        fails = "-" if r["parse_failures"] is None else str(r["parse_failures"])
+        lines.append(f"{split:<12}{r['examples']:>10}{'yes' if r['teacher_outputs'] else 'no':>9}{fails:>10}"
+                     f"{acc:>13}")
+    if any("tokens" in r for r in report.values()):
+        cols = "".join(f"{('p' + str(p)) if p < 100 else 'max':>7}" for p in PERCENTILES)
+        lines.append(f"token lengths (EOS included){'':<2}{cols}")
+        for split, r in report.items():
+            for field, pct in r["tokens"].items():
+                values = "".join(f"{v:>7}" for v in pct.values()) if pct else f"{'(none)':>7}"
+                lines.append(f"  {split + ' ' + field:<28}{values}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="sbs data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate a data dir and report its statistics")
+    check.add_argument("--data_dir", help="data dir in the official layout")
+    check.add_argument("--dataset", action="append",
+                       help="cqa, esnli, anli1, svamp or arith (repeatable; default: all found in --data_dir)")
+    check.add_argument("--spiece_model", default=os.environ.get("SPIECE_MODEL"),
+                       help="SentencePiece model for token lengths (default: $SPIECE_MODEL)")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args(argv)
+    try:
+        names = args.dataset or _found_datasets(args.data_dir)
+        vocabulary = None
+        if args.spiece_model:
+            from sbs_jax.data import vocab
+            vocabulary = vocab.load_vocabulary(args.spiece_model)
+        reports = {name: dataset_report(load_dataset(args.data_dir, name), vocabulary) for name in names}
+    except (ValueError, OSError) as e:
+        print(f"sbs data check: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(reports, indent=1))
+    else:
+        print("\n\n".join(format_report(name, r) for name, r in reports.items()))
+        if vocabulary is None:
+            print("\ntoken lengths: skipped (no vocabulary; pass --spiece_model or set SPIECE_MODEL)")
+    return 0
+
+
+def _found_datasets(data_dir: str | None) -> list[str]:
+    if not data_dir:
+        raise DataError("pass --data_dir (or --dataset arith for the embedded task)")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"data dir {data_dir} does not exist")
+    found = [d for d in formats.PAPER_DATASETS if os.path.isdir(os.path.join(data_dir, d))]
+    if not found:
+        raise DataError(f"data dir {data_dir} holds none of the paper's datasets "
+                        f"({', '.join(formats.PAPER_DATASETS)})")
+    return found

@@ -1,6 +1,6 @@
 """A client for OpenAI-compatible completion servers (vLLM, TGI, llama.cpp server, hosted APIs); stdlib only.
 
-Retries timeouts, dropped connections, 408, 429, 5xx and malformed bodies with exponential backoff (honouring
+Retries timeouts, dropped connections, 408, 409, 429, 5xx and malformed bodies with exponential backoff (honouring
 Retry-After); any other HTTP error is fatal because it would fail the same way for every example. The API key
 is only ever put into the Authorization header: it is kept out of repr, logs and error messages.
 """
@@ -19,7 +19,7 @@ import urllib.request
 log = logging.getLogger("sbs_jax.teacher")
 
 APIS = ("completions", "chat")
-_RETRY_STATUS = frozenset({408, 409, 425, 429})
+_RETRY_STATUS = frozenset({408, 409, 429})     # and 5xx; the statuses the openai client retries
 
 
 class TeacherError(RuntimeError):
@@ -113,16 +113,17 @@ class TeacherClient:
 
     def _texts(self, payload) -> list[str]:
         choices = payload.get("choices") if isinstance(payload, dict) else None
-        if not isinstance(choices, list) or not choices:
-            raise _Retryable(f"response has no 'choices' list: {json.dumps(payload)[:200]}")
-        choices = sorted(choices, key=lambda ch: ch.get("index", 0) if isinstance(ch, dict) else 0)
+        if not isinstance(choices, list) or not choices or not all(isinstance(ch, dict) for ch in choices):
+            raise _Retryable(f"response has no 'choices' list of objects: {json.dumps(payload)[:200]}")
         texts = []
-        for ch in choices:
+        for ch in sorted(choices, key=lambda ch: ch.get("index", 0)):
             if self.config.api == "chat":
-                text = ch.get("message", {}).get("content") if isinstance(ch, dict) else None
-                text = "" if text is None and isinstance(ch, dict) and "message" in ch else text
+                message = ch.get("message")
+                # content is null when a chat model answers with something else (a refusal, a tool call):
+                # an empty completion, which then counts as a parse failure.
+                text = (message.get("content") or "") if isinstance(message, dict) else None
             else:
-                text = ch.get("text") if isinstance(ch, dict) else None
+                text = ch.get("text")
             if not isinstance(text, str):
                 raise _Retryable(f"response choice without text: {json.dumps(ch)[:200]}")
             texts.append(text)

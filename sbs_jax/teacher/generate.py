@@ -196,8 +196,8 @@ class _Run:
             "model": self.client.config.model, "num_samples": self.config.num_samples,
             "examples": len(records), "parsed": len(parsed), "parse_failures": len(records) - len(parsed),
             "with_gold": len(with_gold), "teacher_correct": correct,
-            # over all examples with gold, unparsed ones counted wrong (the README's convention)
-            "teacher_accuracy": round(correct / len(with_gold), 6) if with_gold else None,
+            # percent of the examples with gold; unparsed ones count as wrong (the datasets README's convention)
+            "teacher_accuracy": round(100 * correct / len(with_gold), 2) if with_gold else None,
             "filter_agree": self.config.filter_agree, "kept": sum(r["kept"] for r in records),
             "rationale_words": _percentiles([len(r["rationale"].split()) for r in parsed]),
             "rationale_chars": _percentiles([len(r["rationale"]) for r in parsed]),

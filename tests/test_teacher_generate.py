@@ -266,3 +266,33 @@ def test_generated_dir_trains_as_seqio_tasks(tmp_path, datasets_dir):
     ok = [(r["rationale"], r["label"]) for r in records if r["status"] == "ok"]
     assert len(got) == 20 and len(ok) >= 15
     assert [g for g, r in zip(got, records) if r["status"] == "ok"] == ok
+
+
+def test_user_task_with_template_file(tmp_path, capsys):
+    template = {
+        "name": "sentiment", "query": "Review: {text}\nAnswer:", "completion": " {rationale} Overall: {label}.",
+        "stop": ["\n\nReview:"], "parse": {"cut_at": "Review:", "marker": "Overall:"},
+        "gold": {"field": "stars", "names": ["negative", "positive"]},
+        "exemplars": [{"text": "Loved it.", "rationale": "Loving is positive.", "label": "positive"}]}
+    (tmp_path / "sentiment.json").write_text(json.dumps(template))
+    rows = [{"text": "Dull and slow.", "stars": 0}, {"text": "A delight.", "stars": 1}, {"text": "Fine.", "stars": 1}]
+    lines = [json.dumps(r) for r in rows]
+    data = make_data_dir(tmp_path / "data", "reviews", "train", lines)
+    answers = {"Review: Dull and slow.\nAnswer:": " Slow is bad. Overall: negative.\n\nReview: x",
+               "Review: A delight.\nAnswer:": " A delight is a pleasure to watch. Overall: positive.",
+               "Review: Fine.\nAnswer:": " Hard to say."}
+    with FakeTeacher(answers) as server:
+        assert run_cli("--dataset", "reviews", "--template", tmp_path / "sentiment.json", "--data_dir", data,
+                       "--endpoint", server.url, "--model", "t", "--out", tmp_path / "out") == 0
+        assert server.log[0][2] in answers
+    d = tmp_path / "out" / "reviews"
+    assert json.loads((d / "llm" / "train_CoT_0.json").read_text()) == list(answers.values())
+    records = [json.loads(l) for l in (d / "teacher_train.jsonl").read_text().splitlines()]
+    assert [(r["status"], r["label"], r["gold"], r["agrees"]) for r in records] == [
+        ("ok", "negative", "negative", True), ("ok", "positive", "positive", True),
+        ("parse_error", None, "positive", None)]
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["parsed"], summary["parse_failures"], summary["teacher_accuracy"]) == (2, 1, 66.67)
+    # nearest rank over the word counts [3, 7]
+    assert summary["rationale_words"] == {"p5": 3, "p25": 3, "p50": 3, "p75": 7, "p95": 7, "min": 3, "max": 7,
+                                          "mean": 5.0}

@@ -120,3 +120,26 @@ def test_concurrent_use_is_thread_safe():
         with futures.ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda i: c.sample(f"x\n\nQ: {i}\nA:")[0], range(40)))
     assert got == [f"answer {i}" for i in range(40)] and c.stats["requests"] == 40
+
+
+def test_cancel_ends_backoff_and_retries():
+    import threading
+    from sbs_jax.teacher.client import Cancelled
+    outcome = []
+    with FakeTeacher({"Q: two\nA:": "a"}, {"Q: two\nA:": ["500"] * 10}) as server:
+        c = TeacherClient(ClientConfig(endpoint=server.url, model="m", backoff_s=30.0, max_backoff_s=30.0))
+
+        def run():
+            try:
+                c.sample(PROMPT)
+            except Cancelled as e:
+                outcome.append(e)
+        worker = threading.Thread(target=run)
+        worker.start()
+        while not server.log:
+            time.sleep(0.01)
+        start = time.monotonic()
+        c.cancel()                              # the worker is in its ~15-30 s backoff wait
+        worker.join(timeout=5)
+        assert not worker.is_alive() and time.monotonic() - start < 1.0
+    assert len(outcome) == 1 and len(server.log) == 1

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -296,3 +297,21 @@ def test_user_task_with_template_file(tmp_path, capsys):
     # nearest rank over the word counts [3, 7]
     assert summary["rationale_words"] == {"p5": 3, "p25": 3, "p50": 3, "p75": 7, "p95": 7, "min": 3, "max": 7,
                                           "mean": 5.0}
+
+
+@pytest.mark.parametrize("rows,match", [
+    (['{"premise": "p", "hypothesis": "h", "label": 0}', "", '{"premise": "p", "hypothesis": "h", "label": 7}'],
+     r"anli1_valid.json:3: gold label 7 outside the label names"),
+    (['{"premise": "p", "hypothesis": "h", "label": 0}', '{"premise": "p", "label": 1}'],
+     r"cannot format example 1 \(.*anli1_valid.json:2\)"),
+    (['{"premise": "p", "hypothesis": "h", "label": 0}', '{"premise": "p",'],
+     r"anli1_valid.json:2: invalid JSON"),
+])
+def test_bad_examples_are_named_before_requests(tmp_path, capsys, rows, match):
+    data = make_data_dir(tmp_path / "data", "anli1", "valid", rows)
+    with FakeTeacher({}) as server:
+        rc = run_cli("--task", "anli1", "--split", "valid", "--data_dir", data, "--endpoint", server.url,
+                     "--model", "t", "--out", tmp_path / "out", "--concurrency", 1)
+        assert rc == 1 and len(server.log) <= 1     # at most the valid first example was requested
+    err = capsys.readouterr().err
+    assert re.search(match, err), err

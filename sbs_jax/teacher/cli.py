@@ -99,10 +99,10 @@ def _generate(args) -> int:
 def _prompt(args) -> int:
     dataset, template = _resolve(args)
     path = os.path.join(args.data_dir, dataset, f"{dataset}_{args.split}.json")
-    _, examples = read_examples(pathlib.Path(path), args.index + 1)
+    _, examples, linenos = read_examples(pathlib.Path(path), args.index + 1)
     if args.index >= len(examples):
         raise TeacherError(f"{path} has {len(examples)} examples; --index {args.index} is out of range")
-    where = f"example {args.index} ({path}:{args.index + 1})"
+    where = f"example {args.index} ({path}:{linenos[args.index]})"
     if args.api == "chat":
         print(json.dumps(template.messages(examples[args.index], where), indent=2, ensure_ascii=False))
     else:

@@ -34,6 +34,10 @@ class RequestFailed(TeacherError):
     """A request that still failed after every retry."""
 
 
+class Cancelled(TeacherError):
+    """A request abandoned because the run is stopping."""
+
+
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
@@ -86,9 +90,10 @@ def _retry_after(value: str | None) -> float | None:
 class TeacherClient:
     """Thread-safe: one client serves all worker threads of a run."""
 
-    def __init__(self, config: ClientConfig, *, sleep=time.sleep, seed: int | None = None):
+    def __init__(self, config: ClientConfig, *, sleep=None, seed: int | None = None):
         self.config = config
-        self._sleep = sleep
+        self._cancelled = threading.Event()
+        self._sleep = sleep if sleep is not None else self._cancelled.wait   # waits end early on cancel()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0}
@@ -156,9 +161,15 @@ class TeacherClient:
             raise _Retryable(f"malformed JSON body ({e}): {raw[:120]!r}") from None
         return self._texts(payload)
 
+    def cancel(self):
+        """Stops retrying: requests in progress end after their current attempt with `Cancelled`."""
+        self._cancelled.set()
+
     def _post(self, body: dict) -> list[str]:
         c = self.config
         for attempt in range(c.max_retries + 1):
+            if self._cancelled.is_set():
+                raise Cancelled("the run is stopping")
             try:
                 return self._post_once(body)
             except _Retryable as e:

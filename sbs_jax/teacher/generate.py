@@ -48,11 +48,12 @@ class GenerateConfig:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
 
-def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[str], list[dict]]:
-    """The JSON-lines examples file: raw lines (copied verbatim to the output) and the parsed objects."""
+def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[str], list[dict], list[int]]:
+    """The JSON-lines examples file: raw lines (copied verbatim to the output), the parsed objects and their
+    line numbers (blank lines are skipped)."""
     if not path.is_file():
         raise TeacherError(f"examples file {path} not found (expected <data_dir>/<dataset>/<dataset>_<split>.json)")
-    lines, examples = [], []
+    lines, examples, linenos = [], [], []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if limit is not None and len(lines) >= limit:
@@ -67,7 +68,8 @@ def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[st
                 raise TeacherError(f"{path}:{lineno}: expected a JSON object, got {type(example).__name__}")
             lines.append(line.rstrip("\n"))
             examples.append(example)
-    return lines, examples
+            linenos.append(lineno)
+    return lines, examples, linenos
 
 
 def _atomic_write(path: pathlib.Path, text: str):
@@ -93,9 +95,18 @@ class _Run:
     def __init__(self, config: GenerateConfig, template: Template, client: TeacherClient):
         self.config, self.template, self.client = config, template, client
         self.examples_path = pathlib.Path(config.data_dir) / config.dataset / f"{config.dataset}_{config.split}.json"
-        self.lines, self.examples = read_examples(self.examples_path, config.limit)
+        self.lines, self.examples, self.linenos = read_examples(self.examples_path, config.limit)
         self.out = pathlib.Path(config.out_dir) / config.dataset
         self.chat = client.config.api == "chat"
+        if config.filter_agree and template.gold.field is None:
+            raise TeacherError(f"--filter_agree needs gold labels, but template {template.name!r} names no gold "
+                               f"field (set gold.field)")
+        self.golds = []                 # checked before any request is made
+        for example, lineno in zip(self.examples, self.linenos):
+            try:
+                self.golds.append(gold_label(example, template.gold))
+            except (KeyError, ValueError) as e:
+                raise TeacherError(f"{self.examples_path}:{lineno}: {e}") from None
 
     def settings(self) -> dict:
         c = self.client.config
@@ -107,17 +118,14 @@ class _Run:
                 "seed": c.seed, "num_samples": self.config.num_samples}
 
     def prompt(self, index: int):
-        where = f"example {index} ({self.examples_path}:{index + 1})"
+        where = f"example {index} ({self.examples_path}:{self.linenos[index]})"
         ex = self.examples[index]
         return self.template.messages(ex, where) if self.chat else self.template.prompt(ex, where)
 
     def record(self, index: int, prompt, texts: list[str]) -> dict:
         t = self.template
         sel = select_output(texts, t.parse, t.gold)
-        try:
-            gold = gold_label(self.examples[index], t.gold)
-        except (KeyError, ValueError) as e:
-            raise TeacherError(f"{self.examples_path}:{index + 1}: {e}") from None
+        gold = self.golds[index]
         label = sel.parsed.label if sel.parsed else None
         rec = {"index": index, "status": "ok" if sel.parsed else "parse_error", "prompt": prompt,
                "outputs": texts, "output": texts[sel.index],
@@ -158,17 +166,19 @@ class _Run:
                     rate = (len(done) - n_start) / (last_log - start)
                     log.info("%d/%d examples done (%.1f/s, %d retries)", len(done), len(self.examples), rate,
                              self.client.stats["retries"])
+        except BaseException:
+            # Stop retrying and let the requests in flight end (their results are not journaled), so no
+            # thread outlives the run.
+            self.client.cancel()
+            raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
         return sorted(failed)
 
     def finalize(self, done: dict[int, dict]) -> dict:
         records = [dict(done[i]) for i in range(len(self.examples))]
         for rec in records:
             rec["kept"] = rec["agrees"] is True if self.config.filter_agree else True
-        if self.config.filter_agree and any(r["gold"] is None for r in records):
-            raise TeacherError(f"--filter_agree needs gold labels, but template {self.template.name!r} names no "
-                               f"gold field (set gold.field)")
         kept = [r for r in records if r["kept"]]
         llm = self.out / "llm"
         llm.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""`sbs export`: a trained student (params only) to a serving format.
+
+    sbs export --checkpoint=MODEL_DIR --format=hf --output=/tmp/student_hf
+    sbs export --checkpoint=MODEL_DIR/checkpoints/2000 --format=saved_model --outputs=label,rationale \
+        --dtype=bfloat16 --output=/tmp/student_sm
+
+`--checkpoint` takes a training run directory (its best step, or `--step`), one step directory, or any
+checkpoint `sbs convert` reads (HF directory, T5X); the optimizer state is never read.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import pathlib
+import re
+import sys
+
+from sbs_jax.export.serving import STREAMS, ServingSpec
+
+FORMATS = ("hf", "saved_model", "stablehlo")
+
+
+class ExportError(ValueError):
+    """What the user asked for cannot be exported; the message says why and what was expected."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sbs export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoints/<step> directory, HF or T5X")
+    p.add_argument("--step", type=int, default=None, help="step of a run directory (default: best, else latest)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, help="directory to write (must be empty or absent)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--vocab", default=None, help="SentencePiece model (default: the run's vocab/)")
+    p.add_argument("--outputs", default="label", help="streams to serve: label or label,rationale")
+    p.add_argument("--max_input_length", type=int, default=None, help="default: the run's inputs length, or 512")
+    p.add_argument("--max_label_length", type=int, default=None, help="default: the run's targets length, or 64")
+    p.add_argument("--max_rationale_length", type=int, default=None,
+                   help="default: the run's rationales length, or 256")
+    p.add_argument("--num_beams", type=int, default=1, help="1 = greedy (as `sbs infer`)")
+    p.add_argument("--length_penalty", type=float, default=1.0)
+    p.add_argument("--platforms", default="cpu",
+                   help="saved_model/stablehlo: comma-separated platforms the artifact runs on (cpu,cuda,tpu)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --output")
+    return p
+
+
+def run_feature_lengths(model_dir: pathlib.Path) -> dict:
+    """TASK_FEATURE_LENGTHS from the run's operative gin config, {} when the run does not record one."""
+    gin_path = model_dir / "config.gin"
+    if not gin_path.is_file():
+        return {}
+    match = re.search(r"^TASK_FEATURE_LENGTHS\s*=\s*(\{[^}]*\})", gin_path.read_text(), flags=re.MULTILINE)
+    if not match:
+        return {}
+    try:
+        lengths = ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError) as e:
+        raise ExportError(f"{gin_path}: TASK_FEATURE_LENGTHS is not a literal dict: {e}") from e
+    return {k: int(v) for k, v in lengths.items()}
+
+
+def load_checkpoint(path: str, step: int | None):
+    """(config, params, vocab_path or None, run_dir or None) from any checkpoint the project reads."""
+    from sbs_jax.checkpoints import CheckpointError, detect_format, load_pretrained
+    from sbs_jax.checkpoints.layout import check_params, flatten
+
+    try:
+        kind = detect_format(path)
+        if kind == "sbs":
+            from sbs_jax.train.checkpointing import load_params, resolve
+
+            run_dir, _ = resolve(path, step)
+            config, params, vocab = load_params(path, step)
+        else:
+            if step is not None:
+                raise ExportError(f"{path}: --step only applies to a training run directory, this is {kind}")
+            (config, params), vocab, run_dir = load_pretrained(path), None, None
+        check_params(flatten(params), config, str(path))
+    except ExportError:
+        raise
+    except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"cannot export {path}: {e}") from e
+    except Exception as e:  # orbax/tensorstore raise their own types for unreadable or foreign data
+        raise ExportError(f"cannot export {path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    return config, params, vocab, run_dir
+
+
+def _check_vocab(vocab, config) -> pathlib.Path:
+    import sentencepiece as spm
+
+    vocab = pathlib.Path(vocab)
+    if not vocab.is_file():
+        raise ExportError(f"{vocab}: SentencePiece model not found")
+    try:
+        pieces = spm.SentencePieceProcessor(model_file=str(vocab)).GetPieceSize()
+    except (OSError, RuntimeError) as e:
+        raise ExportError(f"{vocab}: not a SentencePiece model: {e}") from e
+    if pieces > config.vocab_size:
+        raise ExportError(f"{vocab}: {pieces} pieces, more than the model's vocab_size {config.vocab_size}; "
+                          "this vocabulary does not belong to this checkpoint")
+    return vocab
+
+
+def _spec(args, lengths: dict) -> ServingSpec:
+    outputs = tuple(s.strip() for s in args.outputs.split(",") if s.strip())
+    if set(outputs) - set(STREAMS):
+        raise ExportError(f"--outputs: expected label or label,rationale, got {args.outputs!r}")
+    try:
+        return ServingSpec(
+            max_input_length=args.max_input_length or lengths.get("inputs", 512),
+            max_label_length=args.max_label_length or lengths.get("targets", 64),
+            max_rationale_length=args.max_rationale_length or lengths.get("rationales", 256),
+            outputs=outputs, num_beams=args.num_beams, length_penalty=args.length_penalty)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
+
+
+def export(args) -> pathlib.Path:
+    output = pathlib.Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ExportError(f"{output}: exists and is not an empty directory (pass --overwrite to replace files)")
+    config, params, vocab, run_dir = load_checkpoint(args.checkpoint, args.step)
+    spec = _spec(args, run_feature_lengths(run_dir) if run_dir else {})
+    vocab = args.vocab or vocab
+    if vocab is not None:
+        vocab = _check_vocab(vocab, config)
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    if args.format == "hf":
+        from sbs_jax.export.hf import export_hf
+
+        return export_hf(output, config, params, spec=spec, dtype=args.dtype, spm_model=vocab)
+    if vocab is None:
+        raise ExportError(f"--format {args.format} tokenises inside the artifact and needs the student's "
+                          f"SentencePiece model: {args.checkpoint} records none, pass --vocab")
+    if args.format == "saved_model":
+        from sbs_jax.export.saved_model import export_saved_model
+
+        return export_saved_model(output, config, params, spm_model=vocab, spec=spec, dtype=args.dtype,
+                                  platforms=platforms)
+    from sbs_jax.export.stablehlo import export_stablehlo
+
+    return export_stablehlo(output, config, params, spm_model=vocab, spec=spec, dtype=args.dtype,
+                            platforms=platforms)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        output = export(args)
+    except ExportError as e:
+        print(f"sbs export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"sbs export: wrote {args.format} ({args.dtype}) to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

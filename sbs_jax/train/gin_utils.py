@@ -22,8 +22,10 @@ def register_configurables() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    import sbs_jax.tasks  # noqa: F401 - registers sbs_jax.tasks.register_* with gin
+    from sbs_jax.data import register  # noqa: F401 - registers sbs_jax.data.register_* with gin
     from sbs_jax.model import config as model_config
-    from sbs_jax.train import evaluation, objective, optim, trainer
+    from sbs_jax.train import evaluation, infer, objective, optim, trainer
 
     gin.external_configurable(model_config.get_config, "model_config")
     gin.external_configurable(optim.OptimizerConfig, "OptimizerConfig")
@@ -31,7 +33,15 @@ def register_configurables() -> None:
     gin.external_configurable(trainer.TrainConfig, "TrainConfig")
     gin.external_configurable(evaluation.EvalConfig, "EvalConfig")
     gin.external_configurable(evaluation.DecodeConfig, "DecodeConfig")
+    gin.external_configurable(infer.InferConfig, "InferConfig")
+    gin.external_configurable(task_name, "task_name")
     _REGISTERED = True
+
+
+def task_name(dataset: str, variant: str) -> str:
+    """`{dataset}_{variant}`: lets a dataset gin file (DATASET) and a run gin file (TASK_VARIANT: sbs, sbs_llm,
+    ft, distill) together name the task, since gin macros cannot concatenate strings."""
+    return f"{dataset}_{variant}"
 
 
 def default_search_paths() -> list[str]:

@@ -52,6 +52,8 @@ def make_schedule(config: OptimizerConfig) -> optax.Schedule:
                                         [warmup])
         return optax.constant_schedule(lr)
     if config.schedule == "linear":
+        if not warmup:  # HF Trainer's default: linear decay from the first step
+            return optax.linear_schedule(lr, config.end_learning_rate, config.decay_steps)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, lr, warmup),
              optax.linear_schedule(lr, config.end_learning_rate, config.decay_steps - warmup)], [warmup])

@@ -1,0 +1,211 @@
+"""Evaluation: decode the label stream, score it with the task's metric, write predictions; teacher-forced
+per-stream losses. Selection uses the validation split; the test split is only reported."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from sbs_jax import partitioning
+from sbs_jax.model import decoding
+from sbs_jax.train import objective as objective_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """num_beams 1 = greedy (the paper's setting); otherwise HF-exact beam search with `length_penalty`."""
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def __post_init__(self):
+        if self.num_beams < 1:
+            raise ValueError(f"DecodeConfig.num_beams: expected >= 1, got {self.num_beams}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`sbs eval`: score a trained student on a split (default: the best checkpoint by validation accuracy).
+
+    task_registrations: evaluated by gin to register the tasks (e.g. `[@sbs_jax.tasks.register_arith_tasks()]`).
+    rationale_length: decode this many rationale tokens per example into the predictions file (0 = none).
+    """
+    model_dir: str
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    split: str = "test"
+    step: int | None = None
+    batch_size: int = 64
+    decode: DecodeConfig = DecodeConfig()
+    rationale_length: int = 0
+    max_examples: int | None = None
+    task_registrations: Sequence[Any] = ()
+    partitioning: str = "data_parallel"
+    mesh_model: int = 1
+
+
+class Decoder:
+    """Jitted label (and rationale) decoding on the mesh; every process gets every result."""
+
+    def __init__(self, model, mesh, rules, decode: DecodeConfig):
+        self.model, self.mesh, self.rules, self.decode = model, mesh, rules, decode
+        self._fns: dict[int, Callable] = {}
+
+    def _fn(self, length: int):
+        if length not in self._fns:
+            def run(params, tokens):
+                if self.decode.num_beams == 1:
+                    return decoding.greedy_decode(self.model, params, tokens, max_decode_length=length,
+                                                  eos_id=self.model.config.eos_id)
+                return decoding.beam_search(self.model, params, tokens, max_decode_length=length,
+                                            num_beams=self.decode.num_beams,
+                                            length_penalty=self.decode.length_penalty,
+                                            eos_id=self.model.config.eos_id)
+            self._fns[length] = jax.jit(run, out_shardings=partitioning.replicated(self.mesh))
+        return self._fns[length]
+
+    def __call__(self, params, tokens: np.ndarray, length: int) -> np.ndarray:
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            tokens = jax.device_put(tokens, partitioning.data_sharding(self.mesh))
+            out = self._fn(length)(params, tokens)  # [batch, length] int32, replicated
+        return np.asarray(out.addressable_data(0))
+
+
+def detokenize(vocab, ids: np.ndarray, eos_id: int) -> str:
+    ids = [int(t) for t in ids]
+    if eos_id in ids:
+        ids = ids[:ids.index(eos_id)]
+    return vocab.decode([t for t in ids if t > 0])
+
+
+def _encode_rationale_inputs(vocab, inputs: Sequence[str], length: int) -> np.ndarray:
+    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX
+
+    tokens = np.zeros((len(inputs), length), np.int32)
+    for i, text in enumerate(inputs):
+        ids = list(vocab.encode(EXPLAIN_PREFIX + text))[:length - 1] + [1]
+        tokens[i, :len(ids)] = ids
+    return tokens
+
+
+def predict_split(decoder: Decoder, params, vocab, batches: Iterable[Mapping[str, np.ndarray]], *,
+                  target_length: int, rationale_length: int = 0, max_examples: int | None = None) -> list[dict]:
+    """Decoded predictions for every real row of `batches` (from `pipeline.get_eval_examples`)."""
+    eos = decoder.model.config.eos_id
+    rows = []
+    for batch in batches:
+        pred = decoder(params, batch["encoder_input_tokens"], target_length)
+        rat = None
+        if rationale_length:
+            rat_in = _encode_rationale_inputs(vocab, list(batch["inputs_pretokenized"]),
+                                              batch["encoder_input_tokens"].shape[1])
+            rat = decoder(params, rat_in, rationale_length)
+        for i in np.flatnonzero(batch["mask"]):
+            row = {"input": str(batch["inputs_pretokenized"][i]), "gold": str(batch["targets_pretokenized"][i]),
+                   "prediction": detokenize(vocab, pred[i], eos)}
+            if rat is not None:
+                row["rationale"] = detokenize(vocab, rat[i], eos)
+            rows.append(row)
+            if max_examples is not None and len(rows) >= max_examples:
+                return rows
+    return rows
+
+
+def metric_name(task_name: str) -> str:
+    """The name of the task's label metric (`exact_match` | `equation`), as recorded at registration."""
+    from sbs_jax.data import register
+
+    try:
+        return register.get_task_info(task_name).metric
+    except ValueError:
+        return "exact_match"
+
+
+def score_predictions(task_name: str, rows: list[dict]) -> dict[str, float]:
+    """The task's metric over the rows (its registered metric_fns), a per-row `correct` flag by the same rule,
+    and the example count."""
+    from sbs_jax.data import metrics
+
+    result = metrics.score(task_name, [r["gold"] for r in rows], [r["prediction"] for r in rows])
+    metric = metric_name(task_name)
+    for r in rows:
+        r["correct"] = bool(metrics.label_matches(metric, r["gold"], r["prediction"]))
+    return {**{k: float(v) for k, v in result.items()}, "num_examples": float(len(rows))}
+
+
+def write_predictions(path: pathlib.Path, rows: list[dict]) -> None:
+    if jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def teacher_forced_metrics(eval_step_fn: Callable, params, batches: Iterable, config: objective_lib.ObjectiveConfig,
+                           to_global: Callable) -> dict[str, float]:
+    """Per-stream token-mean loss and token accuracy over `batches` (no dropout)."""
+    from sbs_jax.train.step import finish_eval_metrics
+
+    sums = None
+    for batch in batches:
+        out = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), eval_step_fn(params, to_global(batch)))
+        sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    if sums is None:
+        return {}
+    return finish_eval_metrics(sums, config)
+
+
+def eval_step_with_shardings(model, config, mesh, rules, param_shardings):
+    from sbs_jax.train.step import make_eval_step
+
+    fn = jax.jit(make_eval_step(model, config), out_shardings=partitioning.replicated(mesh))
+
+    def run(params, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn(params, batch)
+    return run
+
+
+
+def load_for_inference(model_dir, step: int | None, mesh_model: int = 1, preset: str = "data_parallel"):
+    """(model, params on the mesh, vocab, mesh, rules, step) of a trained student."""
+    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.model import Transformer
+    from sbs_jax.train import checkpointing, state as state_lib
+
+    _, step_dir = checkpointing.resolve(model_dir, step)
+    model_config, params, vocab_path = checkpointing.load_params(step_dir)
+    if vocab_path is None:
+        raise FileNotFoundError(f"{model_dir}: no vocab/*.model; a training run copies its vocabulary there")
+    model = Transformer(model_config.replace(dropout_rate=0.0))
+    mesh, rules = partitioning.make_mesh(data=-1, model=mesh_model), partitioning.get_rules(preset)
+    _, shardings = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs())
+    params = jax.device_put(params, shardings)
+    return model, params, vocab_lib.load_vocabulary(str(vocab_path)), mesh, rules, int(step_dir.name)
+
+
+def run_eval(config: EvalConfig) -> dict:
+    """`sbs eval`: decode a split, score it, write `predictions/eval_<split>_step<step>.jsonl`."""
+    from sbs_jax.data import pipeline
+    from sbs_jax.train import progress
+
+    model, params, vocab, mesh, rules, step = load_for_inference(config.model_dir, config.step, config.mesh_model,
+                                                                 config.partitioning)
+    decoder = Decoder(model, mesh, rules, config.decode)
+    data = mesh.shape[partitioning.DATA]
+    batch_size = -(-config.batch_size // data) * data
+    batches = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
+                                         task_feature_lengths=config.task_feature_lengths, batch_size=batch_size)
+    rows = predict_split(decoder, params, vocab, batches,
+                         target_length=int(config.task_feature_lengths["targets"]),
+                         rationale_length=config.rationale_length, max_examples=config.max_examples)
+    metrics = score_predictions(config.mixture_or_task_name, rows)
+    path = pathlib.Path(config.model_dir) / "predictions" / f"eval_{config.split}_step{step}.jsonl"
+    write_predictions(path, rows)
+    progress.MetricWriter(config.model_dir, tensorboard=False).write(step, metrics, f"eval_{config.split}")
+    return {"step": step, "split": config.split, **metrics, "predictions": str(path)}

@@ -1,0 +1,88 @@
+"""`sbs infer`: labels (and optionally rationales) for new inputs, from JSON lines or plain text."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Iterator
+
+import numpy as np
+
+from sbs_jax.train import evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """input_path: `.jsonl`/`.json` (one object per line, text under `input_field`, other fields copied to the
+    output) or any other file as plain text (one input per line). output_path: JSON lines
+    `{..., "input", "prediction"[, "rationale"]}`."""
+    model_dir: str
+    input_path: str
+    output_path: str
+    step: int | None = None
+    input_field: str = "input"
+    input_length: int = 512
+    target_length: int = 64
+    rationale_length: int = 0
+    batch_size: int = 32
+    decode: evaluation.DecodeConfig = evaluation.DecodeConfig()
+
+
+def read_inputs(path: str, input_field: str) -> list[dict]:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: input file not found")
+    rows = []
+    json_lines = p.suffix in (".jsonl", ".json")
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if not json_lines:
+            rows.append({"input": line})
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(input_field), str):
+            raise ValueError(f"{p}:{lineno}: expected an object with a string field {input_field!r}")
+        rows.append({**record, "input": record[input_field]})
+    return rows
+
+
+def _batches(vocab, rows: list[dict], batch_size: int, length: int) -> Iterator[dict]:
+    from sbs_jax.data.preprocessors import PREDICT_PREFIX
+
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        tokens = np.zeros((batch_size, length), np.int32)  # [batch, inputs length]
+        for i, r in enumerate(chunk):
+            ids = list(vocab.encode(PREDICT_PREFIX + r["input"]))[:length - 1] + [1]
+            tokens[i, :len(ids)] = ids
+        texts = np.array([r["input"] for r in chunk] + [""] * (batch_size - len(chunk)), dtype=object)
+        yield {"encoder_input_tokens": tokens, "inputs_pretokenized": texts,
+               "targets_pretokenized": np.full((batch_size,), "", dtype=object),
+               "mask": np.arange(batch_size) < len(chunk)}
+
+
+def run_infer(config: InferConfig) -> dict:
+    import jax
+
+    from sbs_jax import partitioning
+
+    rows = read_inputs(config.input_path, config.input_field)
+    model, params, vocab, mesh, rules, step = evaluation.load_for_inference(config.model_dir, config.step)
+    decoder = evaluation.Decoder(model, mesh, rules, config.decode)
+    data = mesh.shape[partitioning.DATA]
+    batch_size = -(-config.batch_size // data) * data
+    preds = evaluation.predict_split(decoder, params, vocab, _batches(vocab, rows, batch_size, config.input_length),
+                                     target_length=config.target_length, rationale_length=config.rationale_length)
+    if jax.process_index() == 0:
+        out = pathlib.Path(config.output_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            for record, pred in zip(rows, preds):
+                extra = {"rationale": pred["rationale"]} if "rationale" in pred else {}
+                f.write(json.dumps({**record, "prediction": pred["prediction"], **extra}, ensure_ascii=False)
+                        + "\n")
+    return {"step": step, "num_examples": len(rows), "output": config.output_path}

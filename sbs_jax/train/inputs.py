@@ -1,0 +1,68 @@
+"""Host-side input for the trainer: deterministic input shards, exact resume, global arrays.
+
+The global batch is the concatenation of `num_input_shards` seqio shards' local batches, in shard order.
+Each process reads the shards it owns (shard k belongs to process k // (num_input_shards / processes)), so
+the same seed gives the same global batches whatever the number of processes: a run on one host with
+`num_input_shards=2` sees exactly what two hosts see. Resuming skips the batches already consumed.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+import seqio
+
+from sbs_jax import partitioning
+
+
+def owned_shards(num_input_shards: int | None) -> tuple[int, list[int]]:
+    """(total shards, the shard indices this process reads)."""
+    processes = jax.process_count()
+    total = processes if num_input_shards is None else int(num_input_shards)
+    if total < 1 or total % processes:
+        raise ValueError(f"num_input_shards={total} must be a positive multiple of the {processes} processes")
+    per = total // processes
+    first = jax.process_index() * per
+    return total, list(range(first, first + per))
+
+
+def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
+                  seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
+                  split: str = "train") -> Iterator[dict]:
+    """This process's rows of every global batch from `start_batch` on (numpy, nested by stream)."""
+    from sbs_jax.data import pipeline
+
+    total, mine = owned_shards(num_input_shards)
+    if batch_size % total:
+        raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by num_input_shards={total}")
+    iterators = []
+    for k in mine:
+        shard = seqio.ShardInfo(index=k, num_shards=total) if total > 1 else None
+        ds = pipeline.get_train_dataset(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+                                        batch_size=batch_size, split=split, shuffle=True, seed=seed,
+                                        num_epochs=None, shard_info=shard)
+        iterators.append(ds.skip(start_batch).as_numpy_iterator())
+    while True:
+        parts = [next(it) for it in iterators]
+        yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in streams}
+
+
+def to_global(local_batch, mesh) -> dict:
+    """Process-local rows -> global arrays sharded over `data` (each process contributes its rows)."""
+    sharding = partitioning.data_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def replicate_to_global(batch, mesh) -> dict:
+    """Host arrays every process holds in full -> global arrays sharded over `data`."""
+    sharding = partitioning.data_sharding(mesh)
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+
+def abstract_batch(local_batch, mesh) -> dict:
+    """ShapeDtypeStructs of the global batch (for ahead-of-time compilation)."""
+    sharding = partitioning.data_sharding(mesh)
+    scale = jax.process_count()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale,) + x.shape[1:], x.dtype,
+                                                       sharding=sharding), local_batch)

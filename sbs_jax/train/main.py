@@ -1,0 +1,79 @@
+"""`sbs train | eval | infer`: parse flags and gin, start the distributed runtime, call the library.
+
+    sbs train --gin_file=models/t5_1_1_base.gin --gin_file=runs/step_by_step.gin --gin_file=datasets/cqa.gin \
+        --gin.MODEL_DIR="'/runs/cqa'" --gin.DATA_DIR="'/data/datasets'" --gin.TRAIN_STEPS=100
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import flags
+
+VERBS = ("train", "eval", "infer")
+_CONFIGURABLE = {"train": "TrainConfig", "eval": "EvalConfig", "infer": "InferConfig"}
+
+
+def _flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_multi_string("gin_file", [], "gin files (looked up on the search paths too)", flag_values=fv)
+    flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; `--gin.NAME=VALUE` is short for "
+                              "`--gin_bindings='NAME = VALUE'`", flag_values=fv)
+    flags.DEFINE_list("gin_search_paths", [], "extra folders to look for gin files in", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "multi-process: host:port of process 0, or `auto` (TPU)",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "multi-process: number of processes", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "multi-process: this process's index", flag_values=fv)
+    flags.DEFINE_string("log_level", "INFO", "Python logging level", flag_values=fv)
+    return fv
+
+
+def main(argv) -> int:
+    argv = list(argv)
+    if not argv or argv[0] not in VERBS:
+        print(f"usage: sbs {{{'|'.join(VERBS)}}} --gin_file=... [--gin.MACRO=value ...]", file=sys.stderr)
+        return 2
+    verb = argv[0]
+    from sbs_jax.train import gin_utils
+
+    fv = _flags()
+    try:
+        fv([f"sbs {verb}"] + gin_utils.rewrite_gin_args(argv[1:]))
+    except (flags.Error, ValueError) as e:
+        print(f"sbs {verb}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=fv.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    from sbs_jax.train import distributed
+
+    distributed.maybe_initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+    import jax
+
+    try:
+        gin_utils.parse(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
+        config = gin_utils.build(_CONFIGURABLE[verb])
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sbs {verb}: {e}", file=sys.stderr)
+        return 2
+    if verb == "train":
+        from sbs_jax.train import trainer
+
+        if jax.process_index() == 0:
+            gin_utils.write_operative_config(config.model_dir)
+        result = trainer.train(config)
+    elif verb == "eval":
+        from sbs_jax.train import evaluation
+
+        result = evaluation.run_eval(config)
+    else:
+        from sbs_jax.train import infer
+
+        result = infer.run_infer(config)
+    if jax.process_index() == 0:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,306 @@
+"""The training loop: sharded state, an ahead-of-time compiled step, periodic evaluation and checkpoints.
+
+Batches become steps here, and steps become checkpoints (`checkpointing`). Everything a resumed run needs
+(params, optimizer state, step, base RNG, data position) is in the checkpoint, so SIGKILL + restart ends
+bit-identical (on CPU) to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from sbs_jax import partitioning
+from sbs_jax.model import T5Config, Transformer, scan_params
+from sbs_jax.train import checkpointing, evaluation, inputs, objective as objective_lib, optim, progress
+from sbs_jax.train import state as state_lib, step as step_lib
+
+log = logging.getLogger(__name__)
+
+# Fields a run may change on top of an imported checkpoint's architecture.
+_RUNTIME_FIELDS = ("dtype", "dropout_rate", "scan_layers", "remat_policy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run (gin macros in capitals in the comments).
+
+    model_dir: MODEL_DIR. mixture_or_task_name: MIXTURE_OR_TASK_NAME. task_feature_lengths:
+    TASK_FEATURE_LENGTHS ({"inputs", "targets", "rationales"}). train_steps: TRAIN_STEPS. batch_size: BATCH_SIZE
+    (global, before accumulation). initial_checkpoint_path: INITIAL_CHECKPOINT_PATH (HF dir, T5X checkpoint or a
+    previous run; params only, fresh optimizer). task_registrations: gin-evaluated calls registering the tasks.
+    eval_every: validation (decode + teacher-forced losses) every N steps and at the end (0 = end only).
+    eval_task: task to evaluate (default: the training task; required when training on a mixture).
+    num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
+    batches independent of the number of processes.
+    """
+    model_dir: str
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    train_steps: int
+    batch_size: int
+    model: T5Config
+    optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
+    objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig()
+    initial_checkpoint_path: str | None = None
+    task_registrations: Sequence[Any] = ()
+    seed: int = 0
+    grad_accum_steps: int = 1
+    partitioning: str = "data_parallel"
+    mesh_model: int = 1
+    num_input_shards: int | None = None
+    eval_every: int = 0
+    eval_task: str | None = None
+    validation_split: str = "validation"
+    test_split: str | None = "test"
+    eval_batch_size: int = 64
+    decode: evaluation.DecodeConfig = evaluation.DecodeConfig()
+    rationale_length: int = 0
+    save_every: int = 1000
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    log_every: int = 50
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        for name in ("train_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "keep_checkpoints",
+                     "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
+                             f"grad_accum_steps={self.grad_accum_steps}")
+
+
+def resolve_model_config(config: TrainConfig, vocab_size: int):
+    """(T5Config, imported params or None). An imported checkpoint fixes the architecture; the run keeps its
+    own runtime fields (dtype, dropout, scan, remat)."""
+    model_config, params = config.model, None
+    if config.initial_checkpoint_path:
+        from sbs_jax.checkpoints import load_pretrained
+
+        ckpt_config, params = load_pretrained(config.initial_checkpoint_path)
+        runtime = {f: getattr(model_config, f) for f in _RUNTIME_FIELDS}
+        differ = [f.name for f in dataclasses.fields(T5Config) if f.name not in _RUNTIME_FIELDS
+                  and getattr(ckpt_config, f.name) != getattr(model_config, f.name)]
+        if differ:
+            log.warning("INITIAL_CHECKPOINT_PATH %s fixes the architecture; gin model fields %s differ and are "
+                        "taken from the checkpoint", config.initial_checkpoint_path, differ)
+        model_config = ckpt_config.replace(**runtime)
+        if model_config.scan_layers:
+            params = scan_params(params, model_config)
+    if vocab_size > model_config.vocab_size:
+        raise ValueError(f"the task's vocabulary has {vocab_size} pieces but the model's vocab_size is "
+                         f"{model_config.vocab_size}; set model_config.vocab_size >= {vocab_size}")
+    return model_config, params
+
+
+class Trainer:
+    """Builds everything a run needs; `run()` trains, evaluates and returns a summary."""
+
+    def __init__(self, config: TrainConfig):
+        from sbs_jax.data import pipeline, register
+
+        self.config = config
+        self.model_dir = pathlib.Path(config.model_dir)
+        self.task = config.mixture_or_task_name
+        self.eval_task = config.eval_task or self.task
+        paired = pipeline.is_paired(self.task)
+        if config.objective.mode == "step_by_step" and not paired:
+            raise ValueError(f"ObjectiveConfig.mode='step_by_step' needs a paired task (`*_sbs*`); "
+                             f"{self.task!r} has only the label stream")
+        self.vocab = register.get_vocabulary(self.task)
+        model_config, init_params = resolve_model_config(config, self.vocab.vocab_size)
+        self.model_config = model_config
+        self.model = Transformer(model_config)
+        self.mesh = partitioning.make_mesh(data=-1, model=config.mesh_model)
+        self.rules = partitioning.get_rules(config.partitioning)
+        self.schedule = optim.make_schedule(config.optimizer)
+        self.tx = optim.make_optimizer(config.optimizer)
+        abs_params, param_sh = partitioning.param_shardings(self.model, self.mesh, self.rules,
+                                                            **state_lib.dummy_inputs())
+        self.param_shardings = param_sh
+        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(self.tx.init, abs_params), abs_params, param_sh,
+                                                  self.mesh)
+        rep = partitioning.replicated(self.mesh)
+        self.state_shardings = state_lib.TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+        self.abstract_state = state_lib.abstract_state(self.tx, abs_params, self.state_shardings)
+        self._init_params = init_params
+        self.checkpointer = checkpointing.Checkpointer(self.model_dir / "checkpoints", save_every=config.save_every,
+                                                       keep=config.keep_checkpoints,
+                                                       async_save=config.async_checkpointing)
+        self.writer = progress.MetricWriter(self.model_dir, tensorboard=config.tensorboard)
+        self.decoder = evaluation.Decoder(self.model, self.mesh, self.rules, config.decode)
+        self.eval_step = evaluation.eval_step_with_shardings(self.model, config.objective, self.mesh, self.rules,
+                                                             param_sh)
+        self._eval_cache: dict = {}
+
+    # ------------------------------------------------------------------------------------------ setup
+    def write_run_files(self) -> None:
+        """model_config.json and vocab/ in MODEL_DIR (process 0)."""
+        if jax.process_index() != 0:
+            return
+        from sbs_jax.data import vocab as vocab_lib
+
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        (self.model_dir / "model_config.json").write_text(json.dumps(self.model_config.to_dict(), indent=2) + "\n")
+        vocab_lib.copy_vocabulary(self.vocab, self.model_dir / "vocab")
+
+    def initial_state(self):
+        """(state, first step): the newest intact checkpoint, else a fresh state."""
+        restored = self.checkpointer.restore(self.abstract_state)
+        if restored is not None:
+            state, meta = restored
+            if meta["seed"] != self.config.seed:
+                raise ValueError(f"{self.model_dir}: checkpoint step {meta['step']} was trained with seed "
+                                 f"{meta['seed']}, this run has seed {self.config.seed}")
+            print(f"resumed from {self.checkpointer.directory / str(meta['step'])} "
+                  f"(data position {meta['data_position']} batches)", flush=True)
+            return state, int(meta["data_position"])
+        state = state_lib.create_state(self.model, self.tx, self.mesh, self.rules, self.config.seed,
+                                       self.state_shardings, init_params=self._init_params)
+        return state, 0
+
+    def compile_step(self, local_batch):
+        cfg = self.config
+        train_step = step_lib.make_train_step(self.model, self.tx, cfg.objective, self.schedule,
+                                              cfg.grad_accum_steps)
+        batch_abstract = inputs.abstract_batch(local_batch, self.mesh)
+        t0 = time.perf_counter()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            jitted = jax.jit(train_step, in_shardings=(self.state_shardings, jax.tree.map(lambda a: a.sharding,
+                                                                                            batch_abstract)),
+                             out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+                             donate_argnums=0)
+            compiled = jitted.lower(self.abstract_state, batch_abstract).compile()
+        memory = compiled.memory_analysis()
+        if memory is not None and jax.process_index() == 0:
+            log.info("train step compiled in %.1fs; temp %.1f MiB, arguments %.1f MiB per device",
+                     time.perf_counter() - t0, memory.temp_size_in_bytes / 2**20,
+                     memory.argument_size_in_bytes / 2**20)
+        return compiled
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _eval_batches(self, split: str):
+        from sbs_jax.data import pipeline
+
+        key = ("decode", split)
+        if key not in self._eval_cache:
+            bs = self._eval_batch_size()
+            self._eval_cache[key] = list(pipeline.get_eval_examples(
+                self.eval_task, split=split, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs))
+        return self._eval_cache[key]
+
+    def _eval_batch_size(self) -> int:
+        data = self.mesh.shape[partitioning.DATA]
+        return -(-self.config.eval_batch_size // data) * data
+
+    def _forced_batches(self, split: str, num_examples: int):
+        from sbs_jax.data import pipeline
+
+        key = ("forced", split)
+        if key not in self._eval_cache:
+            data = self.mesh.shape[partitioning.DATA]
+            bs = min(self._eval_batch_size(), num_examples // data * data)
+            batches = []
+            if bs > 0:
+                ds = pipeline.get_train_dataset(self.eval_task, task_feature_lengths=self.config.task_feature_lengths,
+                                                batch_size=bs, split=split, shuffle=False, num_epochs=1)
+                streams = self.config.objective.streams
+                batches = [{s: b[s] for s in streams} for b in ds.as_numpy_iterator()]
+            self._eval_cache[key] = batches
+        return self._eval_cache[key]
+
+    def evaluate(self, params, split: str, step: int) -> dict[str, float]:
+        """Decode-and-score accuracy plus teacher-forced per-stream losses; predictions to
+        `predictions/<split>_step<step>.jsonl`."""
+        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(split),
+                                        target_length=int(self.config.task_feature_lengths["targets"]),
+                                        rationale_length=self.config.rationale_length)
+        metrics = evaluation.score_predictions(self.eval_task, rows)
+        evaluation.write_predictions(self.model_dir / "predictions" / f"{split}_step{step}.jsonl", rows)
+        forced = evaluation.teacher_forced_metrics(
+            self.eval_step, params, self._forced_batches(split, len(rows)), self.config.objective,
+            lambda b: inputs.replicate_to_global(b, self.mesh))
+        metrics.update({k: v for k, v in forced.items()})
+        return metrics
+
+    def _has_split(self, split: str | None) -> bool:
+        import seqio
+
+        return bool(split) and split in seqio.get_mixture_or_task(self.eval_task).splits
+
+    # ------------------------------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        cfg = self.config
+        self.write_run_files()
+        state, start = self.initial_state()
+        batches = inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
+                                       batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
+                                       start_batch=start, num_input_shards=cfg.num_input_shards)
+        validate = self._has_split(cfg.validation_split)
+        if not validate:
+            print(f"note: task {self.eval_task!r} has no {cfg.validation_split!r} split; no validation or "
+                  "best-checkpoint selection", flush=True)
+        bar = progress.ProgressBar(cfg.train_steps, start, cfg.batch_size, log_every=cfg.log_every)
+        compiled, last_val = None, {}
+        multi_process = jax.process_count() > 1
+        for step in range(start, cfg.train_steps):
+            local = next(batches)
+            if compiled is None:
+                compiled = self.compile_step(local)
+            state, metrics = compiled(state, inputs.to_global(local, self.mesh))
+            if multi_process:
+                # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
+                metrics["loss"].block_until_ready()
+            done = step + 1
+            shown = None
+            if done % cfg.log_every == 0 or done == cfg.train_steps:
+                shown = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
+                self.writer.write(done, shown, "train")
+            bar.update(done, None if shown is None else {"loss": shown["loss"]})
+            evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
+            val = None
+            if evaluate_now:
+                val = self.evaluate(state.params, cfg.validation_split, done)
+                self.writer.write(done, val, cfg.validation_split)
+                last_val = val
+            if evaluate_now or self.checkpointer.should_save(done) or done == cfg.train_steps:
+                self.checkpointer.save(done, state, data_position=done, seed=cfg.seed, metrics=val)
+        bar.close()
+        self.checkpointer.wait()
+        summary = {"model_dir": str(self.model_dir), "final_step": int(cfg.train_steps),
+                   "validation": last_val}
+        best = self.checkpointer.best_step()
+        if best is not None:
+            summary["best_step"] = int(best)
+        if self._has_split(cfg.test_split):
+            summary["test"] = self.evaluate_test(state, best)
+        self.checkpointer.close()
+        self.writer.close()
+        if jax.process_index() == 0:
+            (self.model_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def evaluate_test(self, state, best: int | None) -> dict:
+        """The test split with the best checkpoint by validation accuracy (else the final params)."""
+        step = int(np.asarray(state.step.addressable_data(0)))
+        params = state.params
+        if best is not None and best != step:
+            restored, _ = self.checkpointer.restore(self.abstract_state, step=best)
+            params, step = restored.params, best
+        metrics = self.evaluate(params, self.config.test_split, step)
+        metrics["step"] = float(step)
+        self.writer.write(step, metrics, self.config.test_split)
+        return metrics
+
+
+def train(config: TrainConfig) -> dict:
+    return Trainer(config).run()

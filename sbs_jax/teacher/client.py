@@ -166,10 +166,8 @@ class TeacherClient:
         self._cancelled.set()
 
     def _post(self, body: dict) -> list[str]:
-        c = self.config
-        for attempt in range(c.max_retries + 1):
-            if self._cancelled.is_set():
-                raise Cancelled("the run is stopping")
+        c, attempt = self.config, 0
+        while not self._cancelled.is_set():
             try:
                 return self._post_once(body)
             except _Retryable as e:
@@ -178,10 +176,11 @@ class TeacherClient:
                 wait = min(c.backoff_s * 2 ** attempt, c.max_backoff_s) * (0.5 + 0.5 * self._rng.random())
                 if e.retry_after is not None:
                     wait = min(max(wait, e.retry_after), c.max_backoff_s)
-                log.warning("request failed (%s); retry %d/%d in %.2fs", e, attempt + 1, c.max_retries, wait)
+                attempt += 1
+                log.warning("request failed (%s); retry %d/%d in %.2fs", e, attempt, c.max_retries, wait)
                 self._count("retries")
                 self._sleep(wait)
-        raise AssertionError("unreachable")
+        raise Cancelled("the run is stopping")
 
     def sample(self, prompt, n: int = 1) -> list[str]:
         """n completions of `prompt` (a string, or chat messages when api == "chat"). Servers that return

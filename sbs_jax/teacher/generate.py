@@ -151,6 +151,7 @@ class _Run:
                 if not in_flight:
                     break
                 finished, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+                batch = []
                 for fut in finished:
                     index, prompt = in_flight.pop(fut)
                     try:
@@ -159,8 +160,10 @@ class _Run:
                         failed.append(index)
                         log.error("example %d failed: %s", index, e)
                         continue
-                    done[index] = self.record(index, prompt, texts)
-                    journal.append(done[index])
+                    batch.append(self.record(index, prompt, texts))
+                if batch:
+                    journal.append(*batch)
+                done.update((rec["index"], rec) for rec in batch)
                 if time.monotonic() - last_log > 10:
                     last_log = time.monotonic()
                     rate = (len(done) - n_start) / (last_log - start)

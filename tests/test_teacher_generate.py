@@ -101,10 +101,17 @@ def test_faults_give_the_clean_output(tmp_path, datasets_dir):
         assert run_cli(*common, "--out", tmp_path / "faulty") == 0
         log = list(server.log)
     assert final_files(tmp_path / "faulty", "svamp", "train") == final_files(tmp_path / "clean", "svamp", "train")
-    with FakeTeacher({}) as idle:           # a finished run run again: nothing is requested, nothing changes
+    # Killed while writing the final files (one gone, one half-written): a rerun requests nothing and
+    # rewrites them; a rerun with another chunk size re-chunks and removes the stale chunk files.
+    (tmp_path / "clean/svamp/teacher_train.jsonl").unlink()
+    (tmp_path / "clean/svamp/llm/.train_CoT_1.json.tmp").write_text('["half')
+    with FakeTeacher({}) as idle:
         common[5] = idle.url
-        assert run_cli(*common, "--out", tmp_path / "clean") == 0 and not idle.log
-    assert final_files(tmp_path / "faulty", "svamp", "train") == final_files(tmp_path / "clean", "svamp", "train")
+        assert run_cli(*common, "--out", tmp_path / "clean") == 0
+        assert final_files(tmp_path / "faulty", "svamp", "train") == final_files(tmp_path / "clean", "svamp", "train")
+        assert run_cli(*common, "--out", tmp_path / "clean", "--chunk_size", 100) == 0 and not idle.log
+    assert sorted(p.name for p in (tmp_path / "clean/svamp/llm").iterdir()) == ["train_CoT_0.json"]
+    assert json.loads((tmp_path / "clean/svamp/llm/train_CoT_0.json").read_text()) == outputs
     for q, f in faults.items():
         assert server.attempts[q] == len(f) + 1
     assert all(server.attempts[q] == 1 for q in queries if q not in faults)

@@ -304,6 +304,13 @@ def test_user_task_with_template_file(tmp_path, capsys):
     # nearest rank over the word counts [3, 7]
     assert summary["rationale_words"] == {"p5": 3, "p25": 3, "p50": 3, "p75": 7, "p95": 7, "min": 3, "max": 7,
                                           "mean": 5.0}
+    # Filtering a finished run afterwards needs no requests.
+    with FakeTeacher({}) as idle:
+        assert run_cli("--dataset", "reviews", "--template", tmp_path / "sentiment.json", "--data_dir", data,
+                       "--endpoint", idle.url, "--model", "t", "--out", tmp_path / "out", "--filter_agree") == 0
+        assert not idle.log
+    assert (d / "reviews_train.json").read_text().splitlines() == lines[:2]
+    assert json.loads((d / "llm" / "train_CoT_0.json").read_text()) == list(answers.values())[:2]
 
 
 @pytest.mark.parametrize("rows,match", [

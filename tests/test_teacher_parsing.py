@@ -5,7 +5,7 @@ import pytest
 
 from sbs_jax.data import formats
 from sbs_jax.teacher.parsing import GoldSpec, ParseSpec, agrees, gold_label, label_key, parse_output, select_output
-from sbs_jax.teacher.templates import BUILTIN, TemplateError, from_dict, load_template
+from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
 
 # /work/shared/datasets/README.md: unparseable outputs and teacher accuracy (parsed label = gold, in %).
 README = [("cqa", "train", 9741, 3, 74.26), ("esnli", "valid", 9842, 4, 73.17), ("anli1", "valid", 1000, 9, 66.80),
@@ -14,7 +14,8 @@ README = [("cqa", "train", 9741, 3, 74.26), ("esnli", "valid", 9842, 4, 73.17), 
 
 def shared_split(datasets_dir, name, split):
     examples = [json.loads(l) for l in (datasets_dir / name / f"{name}_{split}.json").read_text().splitlines()]
-    files = sorted((datasets_dir / name / "llm").glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    files = sorted((datasets_dir / name / "llm").glob(f"{split}_CoT_*.json"),
+                   key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     outputs = [o for f in files for o in json.loads(f.read_text())]
     return examples, outputs
 

@@ -63,7 +63,8 @@ def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[st
             try:
                 example = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TeacherError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one example object per line") from None
+                raise TeacherError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one example object per "
+                                   f"line") from None
             if not isinstance(example, dict):
                 raise TeacherError(f"{path}:{lineno}: expected a JSON object, got {type(example).__name__}")
             lines.append(line.rstrip("\n"))

@@ -242,6 +242,14 @@ def test_self_consistency_and_filter(tmp_path, datasets_dir, capsys):
     assert records[0]["prompt"][0]["role"] == "system" and records[0]["prompt"][-1]["role"] == "user"
 
 
+def test_refuses_to_overwrite_its_input(tmp_path, capsys):
+    data = make_data_dir(tmp_path, "anli1", "valid", ['{"premise": "p", "hypothesis": "h", "label": 0}'])
+    rc = run_cli("--task", "anli1", "--split", "valid", "--data_dir", data, "--endpoint", "http://127.0.0.1:9",
+                 "--model", "t", "--out", tmp_path)
+    assert rc == 1 and "is the input data dir" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "anli1").iterdir()) == ["anli1_valid.json"]
+
+
 def test_self_consistency_needs_temperature(tmp_path, capsys):
     rc = cli.main(["generate", "--task", "cqa", "--data_dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9",
                    "--model", "t", "--out", str(tmp_path), "--num_samples", "3"])

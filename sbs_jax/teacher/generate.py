@@ -98,6 +98,9 @@ class _Run:
         self.examples_path = pathlib.Path(config.data_dir) / config.dataset / f"{config.dataset}_{config.split}.json"
         self.lines, self.examples, self.linenos = read_examples(self.examples_path, config.limit)
         self.out = pathlib.Path(config.out_dir) / config.dataset
+        if self.out.resolve() == self.examples_path.parent.resolve():
+            raise TeacherError(f"--out {config.out_dir} is the input data dir: its examples and teacher files "
+                               f"would be overwritten; write to another directory")
         self.chat = client.config.api == "chat"
         if config.filter_agree and template.gold.field is None:
             raise TeacherError(f"--filter_agree needs gold labels, but template {template.name!r} names no gold "

@@ -26,12 +26,8 @@ def _tasks(name: str) -> list[seqio.Task]:
 
 
 def is_paired(name: str) -> bool:
-    """Whether a task (or every task of a mixture) carries both streams; mixing kinds is an error."""
-    kinds = {t.name: "rationales" in t.output_features for t in _tasks(name)}
-    if len(set(kinds.values())) > 1:
-        raise ValueError(f"mixture {name!r} mixes step-by-step and label-only tasks {kinds}; a batch needs one "
-                         "kind")
-    return next(iter(kinds.values()))
+    """Whether a task or mixture carries both streams (seqio keeps a mixture's output features uniform)."""
+    return "rationales" in seqio.get_mixture_or_task(name).output_features
 
 
 def sequence_lengths(task_feature_lengths: Mapping[str, int], paired: bool) -> dict[str, int]:

@@ -57,7 +57,8 @@ def _teacher_output(rng: random.Random, question: str, start: int, steps) -> str
     for i, (op, n, _) in enumerate(steps):
         result = value + n if op == "+" else value - n if op == "-" else value * n
         if i == slip_at:
-            result += rng.choice((-2, -1, 1, 2))
+            slip = rng.choice((-2, -1, 1, 2))
+            result += slip if result + slip >= 0 else -slip
         parts.append(f"{value} {op} {n} = {result}.")
         value = result
     rationale = " ".join(parts)

@@ -63,6 +63,7 @@ def train_vocabulary(texts: Iterable[str], output_dir, *, vocab_size: int, seed:
             model_type=model_type, character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2,
             bos_id=-1, num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
             hard_vocab_limit=False, minloglevel=2)
+        _strip_paths(pathlib.Path(tmp) / "spiece.model")
         target = output_dir / SPIECE_FILENAME
         os.replace(pathlib.Path(tmp) / "spiece.model", target)  # atomic: concurrent hosts see whole files
     return target
@@ -74,6 +75,16 @@ def model_texts(examples) -> list[str]:
 
     return [t for ex in examples for t in (PREDICT_PREFIX + ex.input, EXPLAIN_PREFIX + ex.input, ex.label,
                                            ex.rationale, ex.teacher_label) if t]
+
+
+def _strip_paths(path: pathlib.Path) -> None:
+    """Drop the temporary corpus/prefix paths SentencePiece records, so the file depends on content only."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(path.read_bytes())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = "spiece"
+    path.write_bytes(proto.SerializeToString())
 
 
 def cached_vocabulary(texts: Sequence[str], *, vocab_size: int, seed: int = 0, cache_dir=None,

@@ -1,0 +1,47 @@
+"""The embedded quickstart task: deterministic generation, consistent rationales, registration."""
+import re
+
+from sbs_jax.data import arith, metrics, register, report
+
+
+def test_generator_is_deterministic_and_splits_are_disjoint():
+    a = arith.generate_splits(seed=3)
+    assert a == arith.generate_splits(seed=3)
+    assert a["train"] != arith.generate_splits(seed=4)["train"]
+    assert {k: len(v) for k, v in a.items()} == {"train": 4000, "validation": 400, "test": 400}
+    inputs = [set(ex.input for ex in v) for v in a.values()]
+    assert not (inputs[0] & inputs[1] or inputs[0] & inputs[2] or inputs[1] & inputs[2])
+
+
+def test_rationales_spell_out_steps_that_reach_the_teacher_label():
+    data = arith.generate_split_data(seed=0)["train"]
+    for ex in data.examples:
+        if not ex.rationale:
+            assert not ex.teacher_label
+            continue
+        steps = re.findall(r"(-?\d+) ([-+*]) (\d+) = (-?\d+)\.", ex.rationale)
+        assert steps and steps[-1][3] == ex.teacher_label
+        # Each step starts from the previous step's result.
+        assert all(prev[3] == cur[0] for prev, cur in zip(steps, steps[1:]))
+    # A teacher like the paper's: mostly right, sometimes wrong, occasionally unparsable.
+    assert 80.0 < data.teacher_accuracy < 95.0
+    assert 0 < data.parse_failures < 0.05 * len(data.examples)
+    correct = sum(metrics.label_matches("exact_match", ex.label, ex.teacher_label) for ex in data.examples)
+    assert correct == data.teacher_correct
+
+
+def test_register_arith_tasks(tmp_path):
+    from sbs_jax import tasks
+    names = tasks.register_arith_tasks(vocab_cache_dir=str(tmp_path))
+    assert names == ["arith_sbs", "arith_sbs_llm", "arith_ft", "arith_distill"]
+    v = register.get_vocabulary("arith_sbs")
+    assert 300 <= v.vocab_size <= 800
+    ex = arith.generate_splits(seed=0)["test"][0]
+    assert len(v.encode("predict: " + ex.input)) < 48  # short inputs for a tiny student
+    assert list(tmp_path.glob("arith_*/spiece.model"))  # cached for the next run
+
+
+def test_data_check_reports_the_embedded_task(capsys):
+    assert report.main(["check", "--dataset", "arith"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"train\s+4000\s+yes\s+\d+\s+\d+\.\d\d%", out)

@@ -1,1 +1,16 @@
-"""data."""
+"""Data: from a data dir (or a generator, JSON lines, TFDS, any SeqIO source) to paired batches.
+
+    formats / records   the paper's record formats, teacher-output parsing, reading the official layout
+    splits              seeded validation carve-out and nested training fractions
+    sources             in-memory seqio.DataSource over parsed examples
+    preprocessors       label stream (`predict: `) and rationale stream (`explain: `) features
+    register            task registration in the variants D_sbs, D_sbs_llm, D_ft, D_distill
+    feature_converter   paired encoder-decoder arrays
+    pipeline            get_train_dataset / get_eval_examples for the trainer
+    metrics             exact-match and equation-value accuracy (safe arithmetic parser)
+    vocab               SentencePiece vocabularies, `sbs vocab train`
+    report              `sbs data check`
+    arith               the embedded quickstart task's generator
+
+Submodules are imported on demand: SeqIO and TensorFlow take seconds to import.
+"""

@@ -17,6 +17,7 @@ from absl import logging
 
 from sbs_jax.data import feature_converter as fc
 from sbs_jax.data import register
+from sbs_jax.data.records import DataError
 from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
 
 
@@ -114,11 +115,14 @@ def _eval_batch(rows: list[dict], batch_size: int, in_len: int) -> dict[str, np.
             "targets_pretokenized": text["label"], "rationales_pretokenized": text["rationale"], "mask": mask}
 
 
+MAX_COUNTED_EXAMPLES = 200_000  # other sources: truncation is counted on (at most) this many examples
+
+
 def truncation_stats(mixture_or_task_name: str, split: str, lengths: Mapping[str, int]) -> dict[str, dict]:
     """Per task feature: how many examples of the split are longer than its length (EOS included).
 
     Counted in Python from the in-memory examples of tasks sbs_jax registered; for other sources the
-    count comes from one pass over the tokenized split.
+    count comes from one pass over (the first MAX_COUNTED_EXAMPLES of) the tokenized split.
     """
     out: dict[str, dict] = {}
     for task in _tasks(mixture_or_task_name):
@@ -158,7 +162,7 @@ def _token_lengths(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
         info = None
     if info is not None and info.split_data is not None and seqio.get_mixture_or_task(task.name) is task:
         if split not in info.split_data:
-            raise ValueError(f"task {task_name!r} has no split {split!r}; splits: {sorted(info.split_data)}")
+            raise DataError(f"task {task.name!r} has no split {split!r}; splits: {sorted(info.split_data)}")
         examples = info.split_data[split].examples
         label = "teacher_label" if info.label_source == "teacher" else "label"
         n = functools.partial(_encode_lengths, vocab)
@@ -169,7 +173,7 @@ def _token_lengths(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
             out["rationales"] = n([ex.rationale for ex in examples])
         return out
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                          trim_output_features=False)
+                          trim_output_features=False).take(MAX_COUNTED_EXAMPLES)
     keys = [k for k in task.output_features if k in ds.element_spec]
     lengths = {k: [] for k in keys}
     for ex in ds.map(lambda ex: {k: tf.size(ex[k]) for k in keys}).as_numpy_iterator():

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import gin
 import seqio
 
-from sbs_jax.data import metrics, preprocessors, records, sources, vocab as vocab_lib
+from sbs_jax.data import metrics, preprocessors, records, sources, splits as splits_lib, vocab as vocab_lib
 from sbs_jax.data.records import DataError, Example, SplitData
 
 VARIANT_NAMES: tuple[str, ...] = tuple(preprocessors.VARIANTS)
@@ -119,12 +119,13 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
             for s, v in splits.items()}
     for s, d in data.items():
         records.check_examples(d.examples, d.source or f"{name}:{s}")
-    planned = sources.plan_splits({s: d.examples for s, d in data.items()}, valid_from_train=valid_from_train,
-                                  train_fraction=train_fraction, seed=seed, where=name)
+    planned = splits_lib.plan_splits({s: d.examples for s, d in data.items()},
+                                     valid_from_train=valid_from_train, train_fraction=train_fraction,
+                                     seed=seed, where=name)
     split_data = {s: _restat(data.get(s) or data["train"], s, ex, metric) for s, ex in planned.items()}
     largest = max(len(ex) for ex in planned.values())
     return register_source_task(
-        name, sources.examples_source(planned), vocabulary=vocabulary, metric=metric, variants=variants,
+        name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,
         teacher_label_field="teacher_label", shuffle_buffer_size=max(1, min(largest, MAX_SHUFFLE_BUFFER)),
         split_data=split_data)
 

@@ -1,89 +1,48 @@
-"""SeqIO data sources over in-memory examples, with seeded validation carve-out and nested train subsets.
+"""An in-memory `seqio.DataSource` over parsed examples.
 
-Examples are parsed in Python (exact line-numbered errors) and served with `seqio.FunctionDataSource` from
+Examples are parsed in Python (exact line-numbered errors) and served from
 `tf.data.Dataset.from_tensor_slices`: no `tf.py_function` JSON parsing (it can hang at interpreter exit).
-Source examples have the string fields of `SOURCE_FIELDS`.
+Each source example has the string fields of `SOURCE_FIELDS` ("" where a rationale or teacher label is absent).
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import numpy as np
+import seqio
+import tensorflow as tf
 
 from sbs_jax.data.records import DataError, Example
 
 SOURCE_FIELDS = ("input", "label", "rationale", "teacher_label")
-CARVED_VALIDATION = "validation"
 
 
-def _seeded_order(n: int, seed: int, purpose: int) -> np.ndarray:
-    # A separate stream per purpose, so changing the carve-out fraction does not reshuffle the subsets.
-    return np.random.default_rng([seed, purpose]).permutation(n)
+def to_columns(examples: Sequence[Example]) -> dict[str, list[str]]:
+    return {f: [getattr(ex, f) for ex in examples] for f in SOURCE_FIELDS}
 
 
-def subset_size(fraction: float, n: int) -> int:
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
-    return max(1, min(n, int(round(fraction * n))))
+class InMemoryDataSource(seqio.DataSource):
+    """Parsed examples held in memory, served in file order (the Task shuffles with its seed) and sharded by
+    example, so any number of hosts works."""
 
+    def __init__(self, splits: Mapping[str, Sequence[Example]]):
+        self._columns = {name: to_columns(examples) for name, examples in splits.items()}
+        super().__init__(splits=sorted(self._columns), num_input_examples={n: len(e) for n, e in splits.items()})
 
-def plan_splits(splits: Mapping[str, Sequence[Example]], *, valid_from_train: float | None = None,
-                train_fraction: float = 1.0, seed: int = 0, train_split: str = "train",
-                where: str = "data") -> dict[str, list[Example]]:
-    """Apply the validation carve-out, then the training fraction, to the train split.
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
 
-    - `valid_from_train=f` moves a seeded `f` share of train into a new `validation` split (disjoint from
-      what stays in train; the paper's code uses 10%).
-    - `train_fraction=f` keeps a seeded `f` share of the (remaining) train examples; the subsets are nested
-      for one seed (the first k of one fixed permutation), so 25% contains 12.5%.
-    Kept examples stay in their file order; shuffling happens in the pipeline.
-    """
-    out = {name: list(examples) for name, examples in splits.items()}
-    if valid_from_train is None and train_fraction == 1.0:
-        return out
-    if train_split not in out:
-        raise DataError(f"{where}: no {train_split!r} split to carve validation from or subsample (splits: "
-                        f"{', '.join(sorted(out)) or 'none'})")
-    train = out[train_split]
-    if valid_from_train is not None:
-        if not 0.0 < valid_from_train < 1.0:
-            raise ValueError(f"valid_from_train must be in (0, 1), got {valid_from_train}")
-        if CARVED_VALIDATION in out:
-            raise DataError(f"{where}: already has a {CARVED_VALIDATION!r} split; not carving another from train")
-        n_valid = max(1, int(round(valid_from_train * len(train))))
-        if n_valid >= len(train):
-            raise DataError(f"{where}: {len(train)} train examples are too few to carve {valid_from_train:.0%}")
-        order = _seeded_order(len(train), seed, purpose=0)
-        held_out = set(order[:n_valid].tolist())
-        out[CARVED_VALIDATION] = [train[i] for i in sorted(held_out)]
-        train = [ex for i, ex in enumerate(train) if i not in held_out]
-    if train_fraction != 1.0:
-        keep = _seeded_order(len(train), seed, purpose=1)[:subset_size(train_fraction, len(train))]
-        train = [train[i] for i in sorted(keep.tolist())]
-    out[train_split] = train
-    return out
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [split]
 
-
-def to_columns(examples: Sequence[Example]) -> dict[str, np.ndarray]:
-    return {f: np.array([getattr(ex, f) for ex in examples], dtype=object) for f in SOURCE_FIELDS}
-
-
-def examples_source(splits: Mapping[str, Sequence[Example]]):
-    """A `seqio.FunctionDataSource` serving each split's examples in order (seqio shards and shuffles)."""
-    import seqio
-    import tensorflow as tf
-
-    columns = {name: to_columns(examples) for name, examples in splits.items()}
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
-        del shuffle_files, seed  # one in-memory "file"; the task shuffles examples with its seed
-        if split not in columns:
-            raise DataError(f"split {split!r} does not exist; available splits: {', '.join(sorted(columns))}")
-        return tf.data.Dataset.from_tensor_slices(
-            {f: tf.constant(col, dtype=tf.string) if len(col) else tf.constant([], tf.string)
-             for f, col in columns[split].items()})
-
-    return seqio.FunctionDataSource(
-        dataset_fn, splits=sorted(columns),
-        num_input_examples={name: len(examples) for name, examples in splits.items()})
-
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None, shard_info=None,
+                    *, sequence_length=None, use_cached=False, num_epochs=1) -> tf.data.Dataset:
+        del shuffle, seed, sequence_length, use_cached, num_epochs  # the Task shuffles and repeats
+        if split not in self._columns:
+            raise DataError(f"split {split!r} does not exist; available splits: {', '.join(sorted(self._columns))}")
+        columns = self._columns[split]
+        ds = tf.data.Dataset.from_tensor_slices(
+            {f: tf.constant(col, dtype=tf.string, shape=[len(col)]) for f, col in columns.items()})
+        if shard_info is not None and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        return ds

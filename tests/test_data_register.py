@@ -1,0 +1,104 @@
+"""Registering user tasks: the gin-callable form, re-registration, and bad input to the registration API."""
+import json
+import re
+
+import gin
+import pytest
+import seqio
+
+from sbs_jax import tasks
+from sbs_jax.data import arith, register, vocab
+from sbs_jax.data.records import DataError
+
+
+@pytest.fixture(scope="module")
+def spiece(tmp_path_factory):
+    texts = vocab.model_texts(arith.generate_splits(seed=0, sizes={"train": 300})["train"])
+    return str(vocab.train_vocabulary(texts, tmp_path_factory.mktemp("vocab"), vocab_size=200, model_type="bpe"))
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_gin_callable_registration(tmp_path, spiece):
+    files = {"train": _jsonl(tmp_path / "t.jsonl", [{"q": "Tom has 3 apples.", "a": "3", "r": "3 = 3."}] * 5)}
+    gin.clear_config()
+    try:
+        gin.parse_config(f"""
+            SPIECE_MODEL = "{spiece}"
+            register_tasks.registrations = [@gintask/register_jsonl_task()]
+            gintask/register_jsonl_task.name = "gintask"
+            gintask/register_jsonl_task.files = {json.dumps(files)}
+            gintask/register_jsonl_task.vocabulary = %SPIECE_MODEL
+            gintask/register_jsonl_task.input_field = "q"
+            gintask/register_jsonl_task.label_field = "a"
+            gintask/register_jsonl_task.rationale_field = "r"
+            gintask/register_jsonl_task.variants = ["sbs", "ft"]
+        """)
+        assert register.register_tasks() == ["gintask_sbs", "gintask_ft"]
+    finally:
+        gin.clear_config()
+    task = seqio.get_mixture_or_task("gintask_sbs")
+    assert task.source.num_input_examples("train") == 5
+    assert register.get_task_info("gintask_sbs").split_data["train"].parse_failures == 0
+
+
+def test_reregistering_replaces(tmp_path, spiece):
+    for n in (3, 4):
+        path = _jsonl(tmp_path / "r.jsonl", [{"input": f"x{i}", "label": "y", "rationale": "z"} for i in range(n)])
+        register.register_jsonl_task("again", {"train": path}, vocabulary=spiece, variants=("ft",))
+        assert seqio.get_mixture_or_task("again_ft").source.num_input_examples("train") == n
+
+
+def test_jsonl_missing_label_names_file_and_line(tmp_path, spiece):
+    path = _jsonl(tmp_path / "bad.jsonl", [{"input": "a", "label": "b"}, {"input": "c", "rationale": "d"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: missing field 'label'")):
+        register.register_jsonl_task("bad", {"train": path}, vocabulary=spiece)
+
+
+def test_jsonl_wrong_type_and_empty_input(tmp_path, spiece):
+    path = _jsonl(tmp_path / "bad.jsonl", [{"input": ["a"], "label": "b"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: field 'input' is list, expected a string")):
+        register.register_jsonl_task("bad", {"train": path}, vocabulary=spiece)
+    path = _jsonl(tmp_path / "bad2.jsonl", [{"input": "  ", "label": "b"}])
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: field 'input' is empty")):
+        register.register_jsonl_task("bad", {"train": path}, vocabulary=spiece)
+
+
+def test_jsonl_missing_file(tmp_path, spiece):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'nope.jsonl'}: file not found")):
+        register.register_jsonl_task("bad", {"train": str(tmp_path / "nope.jsonl")}, vocabulary=spiece)
+
+
+def test_unknown_variant_and_metric(tmp_path, spiece):
+    path = _jsonl(tmp_path / "ok.jsonl", [{"input": "a", "label": "b", "rationale": "c"}])
+    with pytest.raises(ValueError, match="unknown variant\\(s\\) \\['cot'\\]"):
+        register.register_jsonl_task("v", {"train": path}, vocabulary=spiece, variants=("cot",))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        register.register_jsonl_task("v", {"train": path}, vocabulary=spiece, metric="bleu")
+
+
+def test_paper_tasks_need_a_vocabulary(datasets_dir, monkeypatch):
+    monkeypatch.delenv("SPIECE_MODEL", raising=False)
+    with pytest.raises(ValueError, match="needs a vocabulary: pass vocabulary=<spiece.model path>"):
+        tasks.register_paper_tasks(str(datasets_dir), datasets=["svamp"])
+
+
+def test_paper_tasks_bad_data_dir_and_dataset(tmp_path, spiece, datasets_dir):
+    with pytest.raises(DataError, match="holds none of the paper's datasets"):
+        tasks.register_paper_tasks(str(tmp_path), vocabulary=spiece)
+    with pytest.raises(DataError, match="unknown dataset 'gsm8k'"):
+        tasks.register_paper_tasks(str(datasets_dir), datasets=["gsm8k"], vocabulary=spiece)
+    with pytest.raises(DataError, match="no 'train' split to carve validation from"):
+        tasks.register_paper_tasks(str(datasets_dir), datasets=["anli1"], vocabulary=spiece, valid_from_train=0.1)
+
+
+def test_missing_split_at_pipeline_time(tmp_path, spiece):
+    from sbs_jax.data import pipeline
+    path = _jsonl(tmp_path / "ok.jsonl", [{"input": "a b", "label": "b", "rationale": "c"}] * 4)
+    register.register_jsonl_task("onesplit", {"train": path}, vocabulary=spiece, variants=("ft",))
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        next(pipeline.get_eval_examples("onesplit_ft", split="test", task_feature_lengths={"inputs": 8},
+                                        batch_size=2))

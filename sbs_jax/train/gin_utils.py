@@ -5,6 +5,7 @@ Configurables are registered here, at the top level only; library modules stay g
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pathlib
 import re
@@ -80,8 +81,19 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
         if not _findable(f, list(search_paths) + default_search_paths()):
             raise FileNotFoundError(f"gin file {f!r} not found as given nor under the search paths "
                                     f"{list(search_paths) + default_search_paths()}")
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), skip_unknown=False,
-                                        finalize_config=False)
+    # gin tries each include relative to the working directory first and logs "Path not found" at ERROR
+    # before it finds the file on the search path; that is not an error, so filter it out while parsing.
+    root = logging.getLogger()
+    root.addFilter(_path_not_found_filter)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(bindings), skip_unknown=False,
+                                            finalize_config=False)
+    finally:
+        root.removeFilter(_path_not_found_filter)
+
+
+def _path_not_found_filter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found:")
 
 
 def _findable(name: str, search_paths: Sequence[str]) -> bool:

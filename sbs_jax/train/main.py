@@ -25,7 +25,8 @@ def _flags() -> flags.FlagValues:
                         flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "multi-process: number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "multi-process: this process's index", flag_values=fv)
-    flags.DEFINE_string("log_level", "INFO", "Python logging level", flag_values=fv)
+    flags.DEFINE_string("log_level", "WARNING", "Python logging level (INFO shows orbax/absl detail)",
+                       flag_values=fv)
     return fv
 
 
@@ -44,6 +45,7 @@ def main(argv) -> int:
         print(f"sbs {verb}: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=fv.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(fv.log_level.upper())
 
     from sbs_jax.train import distributed
 

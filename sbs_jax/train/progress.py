@@ -73,9 +73,12 @@ class MetricWriter:
         self._tb = {}
 
     def _tb_writer(self, split: str):
+        # tf.summary.scalar needs the tensorboard package; the low-level write with the scalars plugin's
+        # metadata produces the same event records without it.
+        import tensorflow as tf
+
         if split not in self._tb:
-            from clu import metric_writers  # TF-backed; imported only when TensorBoard output is on
-            self._tb[split] = metric_writers.SummaryWriter(str(self.tb_dir / split))
+            self._tb[split] = tf.summary.create_file_writer(str(self.tb_dir / split))
         return self._tb[split]
 
     def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
@@ -85,8 +88,15 @@ class MetricWriter:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
         if self.tensorboard:
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
             writer = self._tb_writer(split)
-            writer.write_scalars(int(step), clean)
+            with writer.as_default():
+                for k, v in clean.items():
+                    tf.summary.write(k, tf.constant(v, tf.float32), step=int(step), metadata=metadata)
             writer.flush()
 
     def close(self) -> None:

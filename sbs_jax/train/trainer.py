@@ -181,10 +181,10 @@ class Trainer:
                              donate_argnums=0)
             compiled = jitted.lower(self.abstract_state, batch_abstract).compile()
         memory = compiled.memory_analysis()
-        if memory is not None and jax.process_index() == 0:
-            log.info("train step compiled in %.1fs; temp %.1f MiB, arguments %.1f MiB per device",
-                     time.perf_counter() - t0, memory.temp_size_in_bytes / 2**20,
-                     memory.argument_size_in_bytes / 2**20)
+        if jax.process_index() == 0:
+            mem = "" if memory is None else (f"; per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
+                                             f"MiB, temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB")
+            print(f"train step compiled in {time.perf_counter() - t0:.1f}s{mem}", flush=True)
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -297,9 +297,8 @@ class Trainer:
             restored, _ = self.checkpointer.restore(self.abstract_state, step=best)
             params, step = restored.params, best
         metrics = self.evaluate(params, self.config.test_split, step)
-        metrics["step"] = float(step)
         self.writer.write(step, metrics, self.config.test_split)
-        return metrics
+        return {**metrics, "step": step}
 
 
 def train(config: TrainConfig) -> dict:

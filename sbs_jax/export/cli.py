@@ -50,7 +50,7 @@ def run_feature_lengths(model_dir: pathlib.Path) -> dict:
     gin_path = model_dir / "config.gin"
     if not gin_path.is_file():
         return {}
-    match = re.search(r"^TASK_FEATURE_LENGTHS\s*=\s*(\{[^}]*\})", gin_path.read_text(), flags=re.MULTILINE)
+    match = re.search(r"^TASK_FEATURE_LENGTHS\s*=\s*\\?\s*(\{[^}]*\})", gin_path.read_text(), flags=re.MULTILINE)
     if not match:
         return {}
     try:

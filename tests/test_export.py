@@ -1,0 +1,202 @@
+"""`sbs export`: every format serves the same predictions as `sbs infer` on the same training checkpoint.
+
+The student is a tiny T5 v1.1 with random weights, saved as a training run (params + AdamW state) with the
+trainer's checkpointer; random weights give a different output for every input, so equal predictions mean
+equal tokenisation, decoding and detokenisation, not just equal defaults.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import export_fixtures as fx
+from sbs_jax.export import cli
+
+# The run's operative config records these lengths; export must pick them up (sbs infer gets them as flags).
+INPUT_LENGTH, LABEL_LENGTH, RATIONALE_LENGTH = 48, 12, 20
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    vocab = fx.train_vocab(root / "vocab")
+    config, params = fx.random_student(vocab)
+    run_dir = fx.write_run_dir(root / "run", config, params, vocab)
+    return {"root": root, "vocab": vocab, "config": config, "params": params, "run_dir": run_dir}
+
+
+@pytest.fixture(scope="module")
+def infer_predictions(student):
+    """What `sbs infer` writes for the sample inputs: {"label": [...], "rationale": [...]}."""
+    from sbs_jax import cli as sbs_cli
+
+    texts = fx.sample_inputs()
+    root = student["root"]
+    (root / "inputs.jsonl").write_text("".join(json.dumps({"input": t}) + "\n" for t in texts))
+    rc = sbs_cli.main([
+        "infer", "--gin_file=runs/infer.gin", f"--gin.MODEL_DIR='{student['run_dir']}'",
+        f"--gin.INFER_INPUT='{root / 'inputs.jsonl'}'", f"--gin.INFER_OUTPUT='{root / 'predictions.jsonl'}'",
+        f"--gin.INPUT_LENGTH={INPUT_LENGTH}", f"--gin.TARGET_LENGTH={LABEL_LENGTH}",
+        f"--gin.RATIONALE_LENGTH={RATIONALE_LENGTH}"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == texts
+    predictions = {"label": [r["prediction"] for r in rows], "rationale": [r["rationale"] for r in rows]}
+    # Random weights: the predictions must not collapse to one string, or equality would prove little.
+    assert len(set(predictions["label"])) >= 8 and len(set(predictions["rationale"])) >= 8
+    return predictions
+
+
+def _export(student, fmt, output, *extra):
+    return cli.main([f"--checkpoint={student['run_dir']}", f"--format={fmt}", f"--output={output}", *extra])
+
+
+def test_hf_export_loads_in_transformers_and_matches_sbs_infer(student, infer_predictions, tmp_path):
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    out = tmp_path / "hf"
+    assert _export(student, "hf", out) == 0
+    assert {"config.json", "model.safetensors", "generation_config.json", "spiece.model"} <= {
+        p.name for p in out.iterdir()}
+    model = T5ForConditionalGeneration.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    sp = spm.SentencePieceProcessor(model_file=str(out / "spiece.model"))
+    texts = fx.sample_inputs()
+    # HF's tokenizer (built from the shipped spiece.model) gives the ids our pipeline feeds the model.
+    batch = tokenizer(["predict: " + t for t in texts], max_length=INPUT_LENGTH, truncation=True,
+                      padding="max_length", return_tensors="pt")
+    for row, text in zip(batch["input_ids"].tolist(), texts):
+        ids = sp.EncodeAsIds("predict: " + text)[: INPUT_LENGTH - 1] + [1]
+        assert row == ids + [0] * (INPUT_LENGTH - len(ids))
+    with torch.no_grad():
+        generated = model.generate(**batch)  # greedy, max_new_tokens from generation_config.json
+    assert model.generation_config.max_new_tokens == LABEL_LENGTH
+    # Drop the decoder start token; ids past the SentencePiece model decode as unk, as in `sbs infer`.
+    labels = [sp.DecodeIds([i if i < sp.GetPieceSize() else sp.unk_id() for i in row[1:] if i > 1])
+              for row in generated.tolist()]
+    assert labels == infer_predictions["label"]
+
+
+def test_hf_export_bfloat16_halves_the_weights(student, tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "hf_bf16"
+    assert _export(student, "hf", out, "--dtype=bfloat16") == 0
+    tensors = load_file(str(out / "model.safetensors"))
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert all(t.dtype == ml_dtypes.bfloat16 for t in tensors.values())
+    embedding = student["params"]["token_embedder"]["embedding"]
+    np.testing.assert_array_equal(tensors["shared.weight"], embedding.astype(ml_dtypes.bfloat16))
+
+
+@pytest.mark.slow
+def test_saved_model_strings_in_strings_out_matches_sbs_infer(student, infer_predictions, tmp_path):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops of the serving graph)
+
+    out = tmp_path / "saved_model"
+    assert _export(student, "saved_model", out, "--outputs=label,rationale") == 0
+    loaded = tf.saved_model.load(str(out))
+    serve = loaded.signatures["serving_default"]
+    assert serve.structured_input_signature[1]["inputs"].shape.as_list() == [None]
+    assert serve.structured_input_signature[1]["inputs"].dtype == tf.string
+    texts = fx.sample_inputs()
+    outputs = serve(inputs=tf.constant(texts))
+    got = {k: [s.decode("utf-8") for s in v.numpy().tolist()] for k, v in outputs.items()}
+    assert got == infer_predictions
+    # Batch-polymorphic: another batch size gives the same per-example answers.
+    few = serve(inputs=tf.constant(texts[:3]))
+    assert [s.decode("utf-8") for s in few["label"].numpy().tolist()] == infer_predictions["label"][:3]
+    spec = json.loads((out / "assets.extra" / "sbs_serving.json").read_text())
+    assert spec["serving"]["max_input_length"] == INPUT_LENGTH
+
+
+def test_stablehlo_export_matches_sbs_infer(student, infer_predictions, tmp_path):
+    from sbs_jax.export.stablehlo import StableHLOStudent
+
+    out = tmp_path / "stablehlo"
+    assert _export(student, "stablehlo", out, "--outputs=label,rationale") == 0
+    served = StableHLOStudent(out)
+    assert (served.spec.max_input_length, served.spec.max_label_length, served.spec.max_rationale_length) == (
+        INPUT_LENGTH, LABEL_LENGTH, RATIONALE_LENGTH)
+    assert served.predict(fx.sample_inputs()) == infer_predictions
+
+
+@pytest.mark.slow
+def test_stablehlo_bfloat16_stores_bfloat16(student, tmp_path):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    from sbs_jax.export.stablehlo import StableHLOStudent
+
+    out = tmp_path / "stablehlo_bf16"
+    assert _export(student, "stablehlo", out, "--dtype=bfloat16") == 0
+    assert {t.dtype for t in load_file(str(out / "params.safetensors")).values()} == {np.dtype(ml_dtypes.bfloat16)}
+    labels = StableHLOStudent(out).predict(fx.sample_inputs()[:4])["label"]
+    assert len(labels) == 4 and all(isinstance(s, str) for s in labels)
+
+
+def _error(capsys, argv) -> str:
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sbs export: error: ") and "Traceback" not in err
+    return err
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
+    missing = tmp_path / "no_such_run"
+    err = _error(capsys, [f"--checkpoint={missing}", "--format=hf", f"--output={tmp_path / 'o'}"])
+    assert str(missing) in err and "no such file or directory" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _error(capsys, [f"--checkpoint={empty}", "--format=hf", f"--output={tmp_path / 'o'}"])
+    assert "unrecognised checkpoint layout" in err
+
+
+def test_incompatible_checkpoint_is_one_clear_error(student, datasets_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(student["run_dir"], run)
+    # The recorded config no longer matches the saved weights (d_ff 128 -> 96).
+    config = json.loads((run / "model_config.json").read_text())
+    (run / "model_config.json").write_text(json.dumps({**config, "d_ff": 96}))
+    err = _error(capsys, [f"--checkpoint={run}", "--format=hf", f"--output={tmp_path / 'o'}"])
+    assert "encoder/layers_0/mlp/wo/kernel has shape (128, 64), expected (96, 64)" in err
+    # A step that does not exist, and a vocabulary too large for the model.
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--step=99", "--format=hf",
+                          f"--output={tmp_path / 'o'}"])
+    assert "99" in err and "no such checkpoint" in err
+    from sbs_jax.data.vocab import train_vocabulary
+
+    svamp = [json.loads(line)["input"] for line in (datasets_dir / "svamp" / "svamp_train.json").open()]
+    big_vocab = train_vocabulary(svamp, tmp_path / "big", vocab_size=400)
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=saved_model", f"--vocab={big_vocab}",
+                          f"--output={tmp_path / 'o'}"])
+    assert str(big_vocab) in err and f"more than the model's vocab_size {student['config'].vocab_size}" in err
+
+
+def test_unusable_vocab_and_output_are_clear_errors(student, tmp_path, capsys):
+    not_spm = tmp_path / "vocab.model"
+    not_spm.write_text("not a sentencepiece model")
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=stablehlo", f"--vocab={not_spm}",
+                          f"--output={tmp_path / 'o'}"])
+    assert str(not_spm) in err and "not a SentencePiece model" in err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "file").write_text("x")
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=hf", f"--output={taken}"])
+    assert "not an empty directory" in err
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=hf", "--outputs=label,answer",
+                          f"--output={tmp_path / 'o'}"])
+    assert "--outputs" in err
+
+
+def test_serving_prefixes_are_the_training_prefixes():
+    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+    from sbs_jax.export.serving import ServingSpec
+
+    assert (ServingSpec().label_prefix, ServingSpec().rationale_prefix) == (PREDICT_PREFIX, EXPLAIN_PREFIX)

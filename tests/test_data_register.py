@@ -102,3 +102,28 @@ def test_missing_split_at_pipeline_time(tmp_path, spiece):
     with pytest.raises(ValueError, match="has no split 'test'"):
         next(pipeline.get_eval_examples("onesplit_ft", split="test", task_feature_lengths={"inputs": 8},
                                         batch_size=2))
+
+
+@pytest.mark.slow  # model compile on CPU: ~1-3 minutes on 2 shared cores
+def test_user_jsonl_task_trains_through_the_trainer(tmp_path, spiece):
+    """A JSONL task registered by a user trains on the same path as the built-in tasks (both streams)."""
+    from sbs_jax.model import get_config
+    from sbs_jax.train import objective, optim, trainer
+
+    rows = [{"input": ex.input, "label": ex.label, "rationale": ex.rationale}
+            for ex in arith.generate_splits(seed=5, sizes={"train": 64})["train"]]
+    rows[3]["rationale"] = None  # one example without a rationale: label stream only
+    register.register_jsonl_task("userarith", {"train": _jsonl(tmp_path / "train.jsonl", rows)},
+                                 vocabulary=spiece, variants=("sbs",))
+    config = trainer.TrainConfig(
+        model_dir=str(tmp_path / "run"), mixture_or_task_name="userarith_sbs",
+        task_feature_lengths={"inputs": 48, "targets": 8, "rationales": 32}, train_steps=2, batch_size=8,
+        model=get_config("t5_1_1_tiny", vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                         num_heads=2, dropout_rate=0.0, dtype="float32"),
+        optimizer=optim.OptimizerConfig(learning_rate=1e-3), objective=objective.ObjectiveConfig(alpha=0.5),
+        validation_split=None, test_split=None, save_every=2, tensorboard=False)
+    assert trainer.train(config)["final_step"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if x["split"] == "train"][-1]
+    assert train["label/num_tokens"] > 0 and train["rationale/num_tokens"] > train["label/num_tokens"]
+    assert 3.0 < train["label/loss"] < 7.0  # near ln(256) = 5.5 for a random student

@@ -127,3 +127,35 @@ def test_user_jsonl_task_trains_through_the_trainer(tmp_path, spiece):
     train = [x for x in lines if x["split"] == "train"][-1]
     assert train["label/num_tokens"] > 0 and train["rationale/num_tokens"] > train["label/num_tokens"]
     assert 3.0 < train["label/loss"] < 7.0  # near ln(256) = 5.5 for a random student
+
+
+def test_any_seqio_source_with_renamed_fields_and_int_labels(spiece):
+    """A user DataSource with its own field names and integer labels, through the whole pipeline."""
+    import numpy as np
+    import tensorflow as tf
+
+    from sbs_jax.data import pipeline
+
+    premises = [f"Tom has {i} apples." for i in range(12)]
+
+    def dataset_fn(split, shuffle_files, seed=None):
+        return tf.data.Dataset.from_tensor_slices({
+            "text": premises, "gold": np.arange(12, dtype=np.int64) % 3,
+            "why": [f"{i} is {i}." if i % 3 else "" for i in range(12)]})
+
+    source = seqio.FunctionDataSource(dataset_fn, splits=["train"])
+    names = register.register_source_task(
+        "custom", source, vocabulary=spiece, input_field="text", label_field="gold", rationale_field="why",
+        label_names=["entailment", "neutral", "contradiction"], variants=("sbs",))
+    assert names == ["custom_sbs"]
+    lengths = {"inputs": 32, "targets": 24, "rationales": 16}
+    batch = next(pipeline.get_train_dataset("custom_sbs", task_feature_lengths=lengths, batch_size=12,
+                                            shuffle=False, num_epochs=1).as_numpy_iterator())
+    vocab_ = register.get_vocabulary("custom_sbs")
+    labels = [vocab_.decode(t.tolist()) for t in batch["label"]["decoder_target_tokens"]]
+    assert labels == [["entailment", "neutral", "contradiction"][i % 3] for i in range(12)]
+    assert (batch["rationale"]["decoder_loss_weights"].sum(1) > 0).tolist() == [bool(i % 3) for i in range(12)]
+    # Truncation is counted for sources sbs_jax did not build too (one pass over the tokenized split).
+    stats = pipeline.truncation_stats("custom_sbs", "train", {"inputs": 4, "rationales": 64})
+    assert stats["inputs"] == {"examples": 12, "truncated": 12, "limit": 4}
+    assert stats["rationales"]["truncated"] == 0

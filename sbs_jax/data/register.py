@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import gin
 import seqio
+from absl import logging
 
 from sbs_jax.data import metrics, preprocessors, records, sources, splits as splits_lib, vocab as vocab_lib
 from sbs_jax.data.records import DataError, Example, SplitData
@@ -123,6 +124,13 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
                                      valid_from_train=valid_from_train, train_fraction=train_fraction,
                                      seed=seed, where=name)
     split_data = {s: _restat(data.get(s) or data["train"], s, ex, metric) for s, ex in planned.items()}
+    for s, d in sorted(split_data.items()):
+        if d.has_teacher:
+            logging.info("%s:%s: %d examples, %d without a usable rationale (label stream only)%s", name, s,
+                         len(d.examples), d.parse_failures, "" if d.teacher_accuracy is None else
+                         f", teacher accuracy {d.teacher_accuracy:.2f}%")
+        else:
+            logging.info("%s:%s: %d examples, no teacher outputs", name, s, len(d.examples))
     largest = max(len(ex) for ex in planned.values())
     return register_source_task(
         name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bench.timing import host_peak_bytes, reset_host_peak, time_steps
@@ -78,18 +78,26 @@ class OursStep:
         obj = objective.ObjectiveConfig(mode="step_by_step", alpha=0.5, fused=variant.fused)
         train_step = step_lib.make_train_step(model, tx, obj, optim.make_schedule(opt_config))
 
+        # Sharded exactly as `sbs_jax.train.trainer.Trainer` does (that module imports seqio through
+        # `train.inputs`, so the timed path cannot import it on a machine without seqio).
         self.mesh = partitioning.make_mesh(data=-1, model=1)
         rules = partitioning.get_rules("data_parallel")
-        abstract_params, param_shardings = state_lib.param_shardings(model, self.mesh, rules)
-        shardings = state_lib.state_shardings(tx, abstract_params, param_shardings, self.mesh)
+        abstract_params, param_sh = partitioning.param_shardings(model, self.mesh, rules,
+                                                                 **state_lib.dummy_inputs())
+        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params,
+                                                  param_sh, self.mesh)
+        replicated = partitioning.replicated(self.mesh)
+        shardings = state_lib.TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
+        abstract_state = state_lib.abstract_state(tx, abstract_params, shardings)
         self.state = state_lib.create_state(model, tx, self.mesh, rules, seed, shardings)
         data = partitioning.data_sharding(self.mesh)
         self.batch = jax.device_put(paired_batch(shape, self.config.vocab_size, seed), data)
+        abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data), self.batch)
         precision = "highest" if variant.dtype == "float32" else None
-        with jax.set_mesh(self.mesh), jax.default_matmul_precision(precision):
-            jitted = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, None),
+        with (jax.set_mesh(self.mesh), nn.logical_axis_rules(rules), jax.default_matmul_precision(precision)):
+            jitted = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, replicated),
                              donate_argnums=0)
-            self.compiled = jitted.lower(self.state, self.batch).compile()
+            self.compiled = jitted.lower(abstract_state, abstract_batch).compile()
 
     def step(self):
         self.state, metrics = self.compiled(self.state, self.batch)

@@ -1,0 +1,143 @@
+"""Where a step's time goes: kernel-time profiles of our step (jax.profiler) and the reference (torch.profiler).
+
+    python -m bench.profile --shape paper --variant ours_bf16_fused --reference bf16 --out /tmp/bench
+
+For ours: device kernel time per step (or, on CPU, XLA thread time) split into matmul kernels and the rest,
+against the wall time of a step: busy < wall means the device waits on the host; matmul share < 1 means
+elementwise/fusion work, not the tensor cores, bounds the step. For the reference: torch's own kernel table.
+Writes `<out>/profile_<shape>.md` and the raw traces under `<out>/traces/`.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from bench.shapes import SHAPES, get_shape  # noqa: E402
+from bench.timing import limit_cpu_threads  # noqa: E402
+
+# cuBLAS/cuBLASLt (xmma, nvjet), CUTLASS and Triton GEMM fusions on GPU; dot thunks on CPU.
+_MATMUL = re.compile(r"gemm|xmma|nvjet|cutlass|cublas|wgmma|matmul|\bdot|dot_|convolution", re.I)
+_HOST_XLA = re.compile(r"XLAPjRtCpuClient|XLAEigen")
+
+
+def kernel_times(trace_file: pathlib.Path) -> tuple[dict[str, float], str]:
+    """Microseconds per kernel name from a perfetto trace: device kernels if any, else XLA CPU threads."""
+    data = json.load(gzip.open(trace_file))
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    device_pids = {pid for pid, name in procs.items() if name.startswith("/device:")}
+    times: dict[str, float] = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        if device_pids:
+            if e["pid"] in device_pids:
+                times[e["name"]] += e.get("dur", 0.0)
+        elif _HOST_XLA.search(threads.get((e["pid"], e["tid"]), "")) and "Await" not in e["name"]:
+            times[e["name"]] += e.get("dur", 0.0)
+    return dict(times), ("device kernels" if device_pids else "XLA CPU thread time")
+
+
+def summarize(times: dict[str, float], steps: int, wall_step_s: float, source: str, top: int = 12) -> list[str]:
+    busy = sum(times.values()) / steps / 1e6
+    matmul = sum(t for name, t in times.items() if _MATMUL.search(name)) / steps / 1e6
+    lines = [f"- wall {1e3 * wall_step_s:.1f} ms/step; {source}: {1e3 * busy:.1f} ms/step "
+             f"({100 * busy / wall_step_s:.0f}% of wall), of which matmul kernels {1e3 * matmul:.1f} ms "
+             f"({100 * matmul / max(busy, 1e-12):.0f}%)", "",
+             "| kernel | ms/step | share |", "|---|---|---|"]
+    for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| `{name[:90]}` | {t / steps / 1e3:.2f} | {100 * t / max(sum(times.values()), 1e-9):.1f}% |")
+    return lines
+
+
+def profile_ours(shape, variant: str, steps: int, trace_dir: pathlib.Path) -> list[str]:
+    import jax
+
+    from bench.ours import VARIANTS, OursStep
+    ours = OursStep(shape, VARIANTS[variant])
+    for _ in range(3):
+        out = ours.step()
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = ours.step()
+    jax.block_until_ready(out)
+    wall = (time.perf_counter() - t0) / steps
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        for _ in range(steps):
+            out = ours.step()
+        jax.block_until_ready(out)
+    trace = sorted(trace_dir.glob("**/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)[-1]
+    times, source = kernel_times(trace)
+    return [f"#### ours `{variant}`", ""] + summarize(times, steps, wall, source) + [""]
+
+
+def profile_reference(shape, mode: str, steps: int) -> list[str]:
+    import torch
+
+    from bench.ours import model_config
+    from bench.reference import ReferenceStep
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ref = ReferenceStep(model_config(shape).to_hf_dict(), batch=shape.batch, inputs=shape.inputs,
+                        targets=shape.targets, rationales=shape.rationales, mode=mode, device=device)
+    for _ in range(3):
+        out = ref.step()
+    ref.sync(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = ref.step()
+    ref.sync(out)
+    wall = (time.perf_counter() - t0) / steps
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            out = ref.step()
+        ref.sync(out)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=15)
+    ref.release()
+    return [f"#### reference `hf_{mode}`", "", f"- wall {1e3 * wall:.1f} ms/step; torch.profiler over {steps} "
+            "steps:", "", "```", table, "```", ""]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="kernel-time profile of our step and the reference step")
+    p.add_argument("--shape", default="cpu_tiny", choices=sorted(SHAPES))
+    p.add_argument("--variant", default="ours_bf16_fused")
+    p.add_argument("--reference", default="bf16", help="reference mode to profile ('' for none)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--cpu_threads", type=int, default=1)
+    args = p.parse_args(argv)
+    import torch
+    if not torch.cuda.is_available():
+        limit_cpu_threads(args.cpu_threads)
+    shape = get_shape(args.shape)
+    lines = [f"### Profile, shape `{shape.name}`", ""]
+    lines += profile_ours(shape, args.variant, args.steps, args.out / "traces" / shape.name)
+    if args.reference:
+        lines += profile_reference(shape, args.reference, args.steps)
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"profile_{shape.name}.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -116,6 +116,13 @@ def test_shards_split_the_examples(svamp):
         assert next(train.as_numpy_iterator())["label"]["encoder_input_tokens"].shape == (4, 128)
     assert len(seen[0]) == len(seen[1]) == 100
     assert not set(seen[0]) & set(seen[1])
+    # 80 validation examples over 3 hosts: 27/27/26 rows; all hosts yield the same number of batches.
+    counts = []
+    for index in range(3):
+        batches = list(pipeline.get_eval_examples("svamp_ft", split="validation", task_feature_lengths=LENGTHS,
+                                                  batch_size=26, shard_info=seqio.ShardInfo(index, 3)))
+        counts.append((len(batches), int(sum(b["mask"].sum() for b in batches))))
+    assert counts == [(2, 27), (2, 27), (2, 26)]  # host 2 gets one all-padding batch
 
 
 def test_truncation_is_counted(svamp):

@@ -85,6 +85,8 @@ def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mappi
     Yields {"encoder_input_tokens": [B, Li] int32 (label-stream inputs, `predict: ` prefix),
     "inputs_pretokenized": [B] str (raw x), "targets_pretokenized": [B] str (gold label),
     "rationales_pretokenized": [B] str (teacher rationale or ""), "mask": [B] bool (False on padding rows)}.
+    With `shard_info`, every host yields the same number of batches (padding rows masked), so multi-host
+    decoding stays in lockstep whenever the source knows its split size.
     """
     in_len = int(task_feature_lengths["inputs"])
     log_truncation(task_name, split, {"inputs": in_len})
@@ -92,14 +94,21 @@ def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mappi
     lengths = {k: int(v) for k, v in task_feature_lengths.items() if k in task.output_features}
     ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1,
                           shard_info=shard_info)
-    rows = []
+    rows, yielded = [], 0
     for ex in ds.as_numpy_iterator():
         rows.append(ex)
         if len(rows) == batch_size:
             yield _eval_batch(rows, batch_size, in_len)
-            rows = []
+            rows, yielded = [], yielded + 1
     if rows:
         yield _eval_batch(rows, batch_size, in_len)
+        yielded += 1
+    # Hosts decode in lockstep, so every shard yields as many batches as the largest one (extra rows masked).
+    total = task.source.num_input_examples(split) if shard_info is not None else None
+    if total:
+        largest_shard = -(-total // shard_info.num_shards)
+        for _ in range(yielded, -(-largest_shard // batch_size)):
+            yield _eval_batch([], batch_size, in_len)
 
 
 def _eval_batch(rows: list[dict], batch_size: int, in_len: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ Configurables are registered here, at the top level only; library modules stay g
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -14,6 +15,9 @@ from typing import Sequence
 import gin
 
 _REGISTERED = False
+# A macro that is referenced but never defined: gin calls `macro()` without a value in the macro's scope.
+_UNSET_MACRO = re.compile(r"In call to configurable 'macro' .* in scope '(\w+)'")
+_REGISTERED_NAMES = {"T5Config": "model_config"}
 # A macro left at %gin.REQUIRED is reported by gin as "<NAME>/macro.value set to %gin.REQUIRED ...".
 _REQUIRED_MACRO = re.compile(r"(\w+)/macro\.value set to %gin\.REQUIRED")
 
@@ -42,6 +46,9 @@ def register_configurables() -> None:
 def task_name(dataset: str, variant: str) -> str:
     """`{dataset}_{variant}`: lets a dataset gin file (DATASET) and a run gin file (TASK_VARIANT: sbs, sbs_llm,
     ft, distill) together name the task, since gin macros cannot concatenate strings."""
+    for name, value in (("DATASET", dataset), ("TASK_VARIANT", variant)):
+        if value is gin.REQUIRED:
+            raise ValueError(_required_message(name) + " (or set MIXTURE_OR_TASK_NAME)")
     return f"{dataset}_{variant}"
 
 
@@ -100,18 +107,42 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
     return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
 
 
-def build(configurable):
-    """Call a registered configurable with its gin bindings; a macro left at %gin.REQUIRED is named."""
+def build(configurable: str):
+    """Call a registered configurable with its gin bindings; a value left at %gin.REQUIRED is named."""
     try:
-        return gin.get_configurable(configurable)()
+        value = gin.get_configurable(configurable)()
     except ValueError as e:
         match = _REQUIRED_MACRO.search(str(e))
         if match:
-            raise ValueError(f"gin macro {match.group(1)} is required but not set; pass "
-                             f"--gin.{match.group(1)}=... or set it in a --gin_file") from None
+            raise ValueError(_required_message(match.group(1))) from None
         raise
     except TypeError as e:
+        match = _UNSET_MACRO.search(str(e))
+        if match:
+            raise ValueError(_required_message(match.group(1))) from None
         raise ValueError(f"gin config for {configurable}: {e}") from None
+    _check_required(value, configurable)
+    return value
+
+
+def _required_message(name: str) -> str:
+    return f"gin macro {name} is required but not set; pass --gin.{name}=... or set it in a --gin_file"
+
+
+def _check_required(value, configurable: str) -> None:
+    """A field bound (through a macro) to %gin.REQUIRED arrives as the REQUIRED sentinel: name the macro."""
+    if not dataclasses.is_dataclass(value):
+        return
+    for field in dataclasses.fields(value):
+        v = getattr(value, field.name)
+        if v is gin.REQUIRED:
+            try:
+                ref = str(gin.query_parameter(f"{configurable}.{field.name}"))
+            except ValueError:
+                ref = f"{configurable}.{field.name}"
+            raise ValueError(_required_message(ref.lstrip("%")))
+        if dataclasses.is_dataclass(v):
+            _check_required(v, _REGISTERED_NAMES.get(type(v).__name__, type(v).__name__))
 
 
 def write_operative_config(model_dir: str | os.PathLike) -> pathlib.Path:

@@ -102,6 +102,25 @@ def resolve_model_config(config: TrainConfig, vocab_size: int):
     return model_config, params
 
 
+def check_label_source(mode: str, task_name: str) -> None:
+    """Finetuning trains on gold labels, distillation on the teacher's: a task of the other kind is an error."""
+    import seqio
+
+    from sbs_jax.data import register
+
+    wanted = {"finetune": "gold", "distill": "teacher"}.get(mode)
+    provider = seqio.get_mixture_or_task(task_name)
+    for task in (provider.tasks if isinstance(provider, seqio.Mixture) else [provider]):
+        try:
+            source = register.get_task_info(task.name).label_source
+        except ValueError:
+            continue  # registered outside sbs_jax: nothing recorded to check
+        if wanted and source != wanted:
+            raise ValueError(f"ObjectiveConfig.mode={mode!r} trains on {wanted} labels, but task {task.name!r} "
+                             f"has {source} labels in its label stream (use the `_{'ft' if wanted == 'gold' else 'distill'}` "
+                             "variant)")
+
+
 class Trainer:
     """Builds everything a run needs; `run()` trains, evaluates and returns a summary."""
 
@@ -116,6 +135,7 @@ class Trainer:
         if config.objective.mode == "step_by_step" and not paired:
             raise ValueError(f"ObjectiveConfig.mode='step_by_step' needs a paired task (`*_sbs*`); "
                              f"{self.task!r} has only the label stream")
+        check_label_source(config.objective.mode, self.task)
         self.vocab = register.get_vocabulary(self.task)
         model_config, init_params = resolve_model_config(config, self.vocab.vocab_size)
         self.model_config = model_config

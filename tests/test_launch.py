@@ -4,6 +4,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,8 +21,16 @@ TRAIN_ARGS = ["--gin_file=models/t5_1_1_base.gin", "--gin_file=runs/step_by_step
 def _run(script, *args, env=None, timeout=60):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBS_"))}
     full_env.update(env or {})
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    # Own process group, so that a run past its timeout is stopped with every process it started.
+    proc = subprocess.Popen(["bash", str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=full_env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _commands(stdout: str) -> list[list[str]]:
@@ -165,3 +174,29 @@ def test_local_stops_everything_when_one_process_fails(tmp_path):
                   timeout=120)
     assert result.returncode == 3
     assert "process 1 failed (exit 3)" in result.stderr
+
+
+@pytest.mark.slow
+def test_local_two_process_training_writes_a_checkpoint_that_loads_and_exports(tmp_path):
+    import numpy as np
+
+    from sbs_jax.export import cli as export_cli
+    from sbs_jax.train.checkpointing import load_params
+
+    sbs = pathlib.Path(sys.executable).parent / "sbs"
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    result = _run(LAUNCH / "local.sh", "--num_processes=2", "--port=23487", f"--log_dir={logs}", f"--sbs={sbs}",
+                  "--", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/step_by_step.gin",
+                  "--gin_file=datasets/arith.gin", f"--gin.MODEL_DIR='{run_dir}'", "--gin.TRAIN_STEPS=4",
+                  "--gin.BATCH_SIZE=8", "--gin.SAVE_EVERY=4", "--gin.TEST_SPLIT=None",
+                  env={"XLA_FLAGS": ""}, timeout=1800)
+    assert result.returncode == 0, result.stdout + result.stderr + (logs / "process_0.log").read_text()[-3000:]
+    for i in range(2):  # both processes joined the same 2-device job
+        assert "Rank %d is connected to 1 peer ranks" % i in (logs / f"process_{i}.log").read_text()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+    config, params, vocab = load_params(run_dir)
+    assert config.num_layers == 2 and vocab is not None and vocab.is_file()
+    embedding = params["token_embedder"]["embedding"]
+    assert embedding.shape == (config.vocab_size, config.d_model) and np.isfinite(embedding).all()
+    assert export_cli.main([f"--checkpoint={run_dir}", "--format=hf", f"--output={tmp_path / 'hf'}"]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

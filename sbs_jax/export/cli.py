@@ -60,6 +60,10 @@ def run_feature_lengths(model_dir: pathlib.Path) -> dict:
     return {k: int(v) for k, v in lengths.items()}
 
 
+def _naming(path: str, message: str) -> str:
+    return message if str(path) in message else f"{path}: {message}"
+
+
 def load_checkpoint(path: str, step: int | None):
     """(config, params, vocab_path or None, run_dir or None) from any checkpoint the project reads."""
     from sbs_jax.checkpoints import CheckpointError, detect_format, load_pretrained
@@ -80,9 +84,9 @@ def load_checkpoint(path: str, step: int | None):
     except ExportError:
         raise
     except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError) as e:
-        raise ExportError(f"cannot export {path}: {e}") from e
+        raise ExportError(_naming(path, str(e))) from e
     except Exception as e:  # orbax/tensorstore raise their own types for unreadable or foreign data
-        raise ExportError(f"cannot export {path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise ExportError(_naming(path, f"not a readable checkpoint ({type(e).__name__}: {e})")) from e
     return config, params, vocab, run_dir
 
 

@@ -21,11 +21,14 @@ DEFAULT_PLATFORMS = ("cpu",)
 
 
 def _make_module(config, params, spm_bytes: bytes, spec: ServingSpec, platforms: Sequence[str]):
+    import sentencepiece as spm
     import tensorflow as tf
     import tensorflow_text as tf_text
     from jax.experimental import jax2tf
 
     eos, pad, length = config.eos_id, config.pad_id, spec.max_input_length
+    sp = spm.SentencePieceProcessor(model_proto=spm_bytes)
+    piece_size, unk = sp.GetPieceSize(), sp.unk_id()
     converted = {
         stream: jax2tf.convert(make_decode_fn(config, spec, stream), polymorphic_shapes=[None, "(b, _)"],
                                with_gradient=False, native_serialization_platforms=tuple(platforms))
@@ -37,7 +40,6 @@ def _make_module(config, params, spm_bytes: bytes, spec: ServingSpec, platforms:
             super().__init__(name="sbs_student")
             self.params = tf.nest.map_structure(lambda p: tf.Variable(p, trainable=False), params)
             self.tokenizer = tf_text.SentencepieceTokenizer(model=spm_bytes, out_type=tf.int32)
-            self.piece_size = int(self.tokenizer.vocab_size())
 
         def encode(self, texts, prefix: str):  # [batch] strings -> [batch, length] int32
             ids = self.tokenizer.tokenize(tf.strings.join([prefix, texts]))[:, : length - 1]
@@ -46,8 +48,7 @@ def _make_module(config, params, spm_bytes: bytes, spec: ServingSpec, platforms:
             return ids.to_tensor(default_value=pad, shape=[None, length])
 
         def detokenize(self, tokens):  # [batch, decode_length] int32 -> [batch] strings
-            unk = tf.cast(self.tokenizer.string_to_id("<unk>"), tf.int32)
-            tokens = tf.where(tokens < self.piece_size, tokens, unk)
+            tokens = tf.where(tokens < piece_size, tokens, unk)  # ids past the vocabulary read as unknown
             after_eos = tf.cumsum(tf.cast(tokens == eos, tf.int32), axis=-1, exclusive=True) > 0
             return self.tokenizer.detokenize(tf.where(after_eos, pad, tokens))
 

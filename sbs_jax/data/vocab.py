@@ -102,8 +102,10 @@ def cached_vocabulary(texts: Sequence[str], *, vocab_size: int, seed: int = 0, c
 
 def _task_texts(args) -> list[str]:
     """Inputs, labels and rationales of a dataset's train split (all splits when it has no train)."""
-    from sbs_jax.data import arith, records
+    from sbs_jax.data import arith, formats, records
 
+    if args.dataset != "arith":
+        formats.get_format(args.dataset)  # unknown names fail here, before asking for --data_dir
     if args.dataset == "arith":
         splits = arith.generate_splits(seed=args.data_seed)
     else:

@@ -1,0 +1,36 @@
+"""`sbs data check`: counts, teacher statistics and token-length percentiles, and its errors."""
+import json
+
+import numpy as np
+import sentencepiece as spm
+
+from sbs_jax.data import records, report, vocab
+
+
+def test_json_report_on_svamp(datasets_dir, tmp_path, capsys):
+    texts = vocab.model_texts(records.read_split(datasets_dir, "svamp", "train").examples)
+    model = vocab.train_vocabulary(texts, tmp_path, vocab_size=500)
+    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
+                        str(model), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["svamp"]
+    assert out["train"]["examples"] == 800 and out["test"]["examples"] == 200
+    assert (out["train"]["parse_failures"], out["train"]["teacher_accuracy"]) == (13, 73.25)
+    assert (out["test"]["parse_failures"], out["test"]["teacher_accuracy"]) == (2, 74.0)
+    # Percentiles recomputed here straight from SentencePiece (EOS adds one token).
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    lines = [json.loads(x) for x in (datasets_dir / "svamp" / "svamp_test.json").read_text().splitlines()]
+    lengths = [len(sp.encode("predict: " + r["input"])) + 1 for r in lines]
+    assert out["test"]["tokens"]["inputs"]["max"] == max(lengths)
+    assert out["test"]["tokens"]["inputs"]["p50"] == int(np.percentile(lengths, 50, method="higher"))
+    labels = [len(sp.encode(r["label"])) + 1 for r in lines]
+    assert out["test"]["tokens"]["labels"]["p90"] == int(np.percentile(labels, 90, method="higher"))
+
+
+def test_errors_exit_2_with_one_message(datasets_dir, tmp_path, capsys):
+    assert report.main(["check", "--data_dir", str(tmp_path / "none")]) == 2
+    assert f"data dir {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "gsm8k"]) == 2
+    assert "unknown dataset 'gsm8k'" in capsys.readouterr().err
+    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
+                        str(tmp_path / "spiece.model")]) == 2
+    assert "SentencePiece model not found" in capsys.readouterr().err

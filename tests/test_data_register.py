@@ -159,3 +159,16 @@ def test_any_seqio_source_with_renamed_fields_and_int_labels(spiece):
     stats = pipeline.truncation_stats("custom_sbs", "train", {"inputs": 4, "rationales": 64})
     assert stats["inputs"] == {"examples": 12, "truncated": 12, "limit": 4}
     assert stats["rationales"]["truncated"] == 0
+
+
+def test_tfds_registration_is_lazy_and_maps_fields(spiece):
+    """Registering from TFDS touches no data until the first dataset is built (the builder may be remote)."""
+    names = register.register_tfds_task(
+        "tfdsnli", "anli/r1:0.1.0", vocabulary=spiece, input_field="hypothesis", label_field="label",
+        rationale_field="reason", label_names=["entailment", "neutral", "contradiction"], variants=("sbs", "ft"))
+    assert names == ["tfdsnli_sbs", "tfdsnli_ft"]
+    task = seqio.get_mixture_or_task("tfdsnli_sbs")
+    assert isinstance(task.source, seqio.TfdsDataSource)
+    assert task.source.tfds_dataset.name == "anli/r1:0.1.0"
+    assert [p.__name__ for p in task.preprocessors[:2]] == ["map_fields", "stream_features"]
+    assert set(task.output_features) == {"inputs", "targets", "rationale_inputs", "rationales"}

@@ -166,6 +166,12 @@ def test_incompatible_checkpoint_is_one_clear_error(student, datasets_dir, tmp_p
     (run / "model_config.json").write_text(json.dumps({**config, "d_ff": 96}))
     err = _error(capsys, [f"--checkpoint={run}", "--format=hf", f"--output={tmp_path / 'o'}"])
     assert "encoder/layers_0/mlp/wo/kernel has shape (128, 64), expected (96, 64)" in err
+    # Truncated array files (a copy cut short): orbax cannot read them back.
+    (run / "model_config.json").write_text(json.dumps(config))
+    for blob in (run / "checkpoints" / "7" / "state").rglob("d/*"):
+        blob.write_bytes(blob.read_bytes()[:100])
+    err = _error(capsys, [f"--checkpoint={run}", "--format=hf", f"--output={tmp_path / 'o'}"])
+    assert str(run) in err
     # A step that does not exist, and a vocabulary too large for the model.
     err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--step=99", "--format=hf",
                           f"--output={tmp_path / 'o'}"])

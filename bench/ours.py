@@ -81,6 +81,9 @@ class OursStep:
         # Sharded exactly as `sbs_jax.train.trainer.Trainer` does (that module imports seqio through
         # `train.inputs`, so the timed path cannot import it on a machine without seqio).
         self.mesh = partitioning.make_mesh(data=-1, model=1)
+        if shape.batch % self.mesh.shape[partitioning.DATA]:
+            raise ValueError(f"shape {shape.name!r}: batch {shape.batch} is not divisible by the "
+                             f"{self.mesh.shape[partitioning.DATA]} data-parallel devices")
         rules = partitioning.get_rules("data_parallel")
         abstract_params, param_sh = partitioning.param_shardings(model, self.mesh, rules,
                                                                  **state_lib.dummy_inputs())
@@ -108,12 +111,18 @@ class OursStep:
         jax.block_until_ready(out)
 
     def compiled_memory_bytes(self) -> int | None:
-        """XLA's static estimate (arguments + temporaries) of the compiled step's device memory."""
-        analysis = self.compiled.memory_analysis()
-        if analysis is None:
-            return None
-        return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
-                   - analysis.alias_size_in_bytes)
+        return executable_memory_bytes(self.compiled)
+
+
+def executable_memory_bytes(compiled) -> int | None:
+    """XLA's accounting of a compiled program's device memory: arguments + outputs + temporaries, minus the
+    donated (aliased) buffers counted twice. JAX cannot reset its device peak, so in a process that runs
+    several variants this, not `peak_bytes_in_use`, is the per-variant figure."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
 
 
 def device_peak_bytes() -> int | None:
@@ -130,13 +139,16 @@ def run_ours(shape, variant_name: str, *, warmup: int, steps: int, windows: int)
     reset_host_peak()
     t0 = time.perf_counter()
     ours = OursStep(shape, variant)
-    compile_s = time.perf_counter() - t0
+    setup_compile_s = time.perf_counter() - t0
     timing = time_steps(ours.step, ours.sync, warmup=warmup, steps=steps, windows=windows)
-    peak = host_peak_bytes() if on_cpu else device_peak_bytes()
+    compiled_bytes = ours.compiled_memory_bytes()
     result = {"impl": "ours", "variant": variant_name, "step_s": timing.step_s,
-              "warmup_s": timing.warmup_s + compile_s, "compile_s": compile_s,
+              "warmup_s": timing.warmup_s + setup_compile_s, "setup_compile_s": setup_compile_s,
               "windows_s": list(timing.windows_s), "examples_per_s": shape.batch / timing.step_s,
-              "peak_memory_bytes": peak, "memory_kind": "process_rss" if on_cpu else "device",
-              "compiled_memory_bytes": ours.compiled_memory_bytes(), "devices": len(jax.local_devices())}
+              "peak_memory_bytes": host_peak_bytes() if on_cpu else compiled_bytes,
+              "memory_kind": "process_rss" if on_cpu else "device, XLA compiled",
+              "compiled_memory_bytes": compiled_bytes,
+              "device_peak_so_far_bytes": None if on_cpu else device_peak_bytes(),
+              "devices": len(jax.local_devices())}
     del ours
     return result

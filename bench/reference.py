@@ -31,10 +31,11 @@ def hf_model(hf_config: dict, device: torch.device, seed: int = 0) -> transforme
     """
     torch.manual_seed(seed)
     config = transformers.T5Config(**hf_config)
-    model = transformers.T5ForConditionalGeneration(config)
-    if not hf_config.get("tie_word_embeddings", True):
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    return model.to(device)
+    with device:  # initialise on the device: a CPU init of T5-large takes longer than its benchmark
+        model = transformers.T5ForConditionalGeneration(config)
+        if not hf_config.get("tie_word_embeddings", True):
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return model
 
 
 def stream_batch(rng: np.random.Generator, batch: int, enc_len: int, dec_len: int, vocab: int,

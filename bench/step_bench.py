@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
     p.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="directory for step_<shape>.{md,json}")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="directory for step_<shape>[_tag].{md,json}")
+    p.add_argument("--tag", default="", help="suffix of the output file names (several runs of one shape)")
     p.add_argument("--cpu_threads", type=int, default=1,
                    help="CPU only: torch/XLA threads (0 = library defaults); ignored when a GPU is present")
     return p.parse_args(argv)
@@ -95,10 +96,11 @@ def run(args: argparse.Namespace, shape=None) -> dict:
     payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
                "step_flops": step_flops, "peak_tflops": args.peak_tflops, "environment": env, "rows": rows,
                "failures": failures, "cqa_lengths": CQA_MEASURED}
-    md = report.markdown_table(f"Training step, shape `{shape.name}`", env, rows, notes)
+    title = f"Training step, shape `{shape.name}`" + (f" ({args.tag})" if args.tag else "")
+    md = report.markdown_table(title, env, rows, notes)
     print(md)
     if args.out:
-        report.write(args.out, f"step_{shape.name}", payload, md)
+        report.write(args.out, f"step_{shape.name}" + (f"_{args.tag}" if args.tag else ""), payload, md)
     return payload
 
 

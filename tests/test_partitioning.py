@@ -113,24 +113,28 @@ def _loss_and_grads(params, enc, dec_in, tgt):
     return jax.value_and_grad(loss_fn)(params)
 
 
-def test_loss_and_grads_identical_across_mesh_shapes():
-    reference_params = nn.meta.unbox(jax.jit(Transformer(CFG).init)(jax.random.key(0), ENC, DEC_IN)["params"])
-    ref_loss, ref_grads = jax.jit(_loss_and_grads)(reference_params, ENC, DEC_IN, TGT)
-    for (data, model), preset in (((8, 1), "data_parallel"), ((4, 2), "model_parallel"), ((2, 4), "fsdp")):
-        mesh = partitioning.make_mesh(data, model)
-        rules = partitioning.get_rules(preset)
-        params, shardings = partitioning.sharded_init(Transformer(CFG), mesh, rules, jax.random.key(0),
-                                                      *init_args())
-        batch = partitioning.data_sharding(mesh)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            step = jax.jit(_loss_and_grads, in_shardings=(shardings, batch, batch, batch),
-                           out_shardings=(partitioning.replicated(mesh), shardings))
-            loss, grads = step(params, ENC, DEC_IN, TGT)
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, err_msg=f"{data}x{model}")
-        for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
-            np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=f"{data}x{model} {path}")
-        wo = grads["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]
-        assert wo.sharding.spec == shardings["encoder"]["layers_0"]["mlp"]["wo"]["kernel"].spec
+@pytest.fixture(scope="module")
+def single_device_reference():
+    params = nn.meta.unbox(jax.jit(Transformer(CFG).init)(jax.random.key(0), ENC, DEC_IN)["params"])
+    return jax.jit(_loss_and_grads)(params, ENC, DEC_IN, TGT)
+
+
+@pytest.mark.parametrize("data,model,preset", [(8, 1, "data_parallel"), (4, 2, "model_parallel"), (2, 4, "fsdp")])
+def test_loss_and_grads_identical_across_mesh_shapes(single_device_reference, data, model, preset):
+    ref_loss, ref_grads = single_device_reference
+    mesh = partitioning.make_mesh(data, model)
+    rules = partitioning.get_rules(preset)
+    params, shardings = partitioning.sharded_init(Transformer(CFG), mesh, rules, jax.random.key(0), *init_args())
+    batch = partitioning.data_sharding(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        step = jax.jit(_loss_and_grads, in_shardings=(shardings, batch, batch, batch),
+                       out_shardings=(partitioning.replicated(mesh), shardings))
+        loss, grads = step(params, ENC, DEC_IN, TGT)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    wo = grads["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]
+    assert wo.sharding.spec == shardings["encoder"]["layers_0"]["mlp"]["wo"]["kernel"].spec
 
 
 @pytest.mark.parametrize("factored", [False, True], ids=["adamw", "adafactor"])

@@ -129,14 +129,17 @@ class RelativePositionBiases(nn.Module):
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(d_kv) scaling, additive relative bias, boolean mask.
 
-    With `decode=True` (self-attention only) keys/values go to a `cache` collection: the first call (inside
-    `init`) only creates `cached_key`/`cached_value` of the full decode length; later calls take one token,
-    write its key/value at `decode_position` and attend over the cache.
+    `decode=True` keeps keys/values in the `cache` collection. The first call (inside `init`) only creates
+    `cached_key`/`cached_value`; later calls take one query token per row at `decode_position`:
+    - self-attention writes this token's key/value into slot `decode_position` and attends over the cache;
+    - cross-attention (`cross_attention=True`) projects the encoder output once, at position 0, and reuses
+      the cached projection afterwards (as HF's cache does), instead of re-projecting it every step.
     """
 
     config: T5Config
     deterministic: bool = True
     decode: bool = False
+    cross_attention: bool = False
 
     @nn.compact
     def __call__(self, inputs_q, inputs_kv, mask, bias=None, decode_position=None):
@@ -146,23 +149,39 @@ class MultiHeadAttention(nn.Module):
         dtype = cfg.compute_dtype
         heads, d_kv = cfg.num_heads, cfg.d_kv
 
-        def project(name, x, init):
+        def project(name, x, init=fan_in_init()):
             y = Dense(cfg.joined_kv, ("embed", "joined_kv"), dtype, kernel_init=init, name=name)(x)
             y = y.reshape(y.shape[:-1] + (heads, d_kv))
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         # HF init: query std (d_model * d_kv)**-0.5, the others d_model**-0.5.
         query = project("query", inputs_q, fan_in_init(d_kv ** -0.5))  # [b, q, heads, kv]
-        key = project("key", inputs_kv, fan_in_init())  # [b, k, heads, kv]
-        value = project("value", inputs_kv, fan_in_init())
+        stepping = self.decode and self.has_variable("cache", "cached_key")
+        if stepping and inputs_q.shape[1] != 1:
+            raise ValueError(f"decode=True takes one token per step, got length {inputs_q.shape[1]}")
 
-        if self.decode:
-            initialized = self.has_variable("cache", "cached_key")
-            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-            if initialized:
-                if inputs_q.shape[1] != 1:
-                    raise ValueError(f"decode=True takes one token per step, got length {inputs_q.shape[1]}")
+        if stepping and self.cross_attention:
+            first = decode_position == 0  # [b]: rows that start decoding now need the projection
+
+            def fresh(mdl, kv):
+                cached_k, cached_v = mdl.get_variable("cache", "cached_key"), mdl.get_variable("cache", "cached_value")
+                keep = first[:, None, None, None]
+                return (jnp.where(keep, project("key", kv), cached_k),
+                        jnp.where(keep, project("value", kv), cached_v))
+
+            def reuse(mdl, kv):
+                return mdl.get_variable("cache", "cached_key"), mdl.get_variable("cache", "cached_value")
+
+            key, value = nn.cond(jnp.any(first), fresh, reuse, self, inputs_kv)
+            self.put_variable("cache", "cached_key", key)
+            self.put_variable("cache", "cached_value", value)
+        else:
+            key = project("key", inputs_kv)  # [b, k, heads, kv]
+            value = project("value", inputs_kv)
+            if self.decode:
+                cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+                cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            if stepping:
                 length = cached_key.value.shape[1]
                 # One-hot write of this step's key/value at each row's position (TPU friendly, no scatter).
                 slot = jax.nn.one_hot(decode_position, length, dtype=key.dtype)[:, :, None, None]  # [b, L, 1, 1]

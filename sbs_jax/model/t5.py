@@ -12,7 +12,8 @@ Autoregressive decoding with a key/value cache (what `sbs_jax.model.decoding` bu
                                   decode=True, method=Transformer.decode, mutable=["cache"])
     cache = mutated["cache"]                                   # logits: [batch, 1, vocab] float32
 Each call appends one position per row. Every cache leaf has batch as its leading axis (beam search may
-gather/tile along it). Cross-attention keys/values are recomputed from `encoded` at each step (as T5X does).
+gather/tile along it). Cross-attention keys/values are projected from `encoded` at a row's first step and
+cached; `encoded` must stay the same for a row across its steps.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class DecoderLayer(nn.Module):
         x = x + drop(h, deterministic=self.deterministic)
         h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
         # T5 has no position bias in cross-attention.
-        h = MultiHeadAttention(cfg, self.deterministic, name="encoder_decoder_attention")(h, encoded, cross_mask)
+        h = MultiHeadAttention(cfg, self.deterministic, self.decode, cross_attention=True,
+                               name="encoder_decoder_attention")(h, encoded, cross_mask, None, decode_position)
         x = x + drop(h, deterministic=self.deterministic)
         h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
         h = MlpBlock(cfg, self.deterministic, name="mlp")(h)

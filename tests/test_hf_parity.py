@@ -194,7 +194,8 @@ def test_export_round_trip_through_transformers(variant, tmp_path):
                       dropout_rate=0.0, dtype="float32", **base)
     inputs, targets = _batch(4)
     decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
-    params = jax.jit(Transformer(config).init)(jax.random.key(7), jnp.asarray(inputs), jnp.asarray(decoder_inputs))["params"]
+    init = jax.jit(Transformer(config).init)
+    params = init(jax.random.key(7), jnp.asarray(inputs), jnp.asarray(decoder_inputs))["params"]
     params = jax.tree.map(np.asarray, nn.meta.unbox(params))
     save_hf(tmp_path, config, params)
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()

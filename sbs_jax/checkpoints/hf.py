@@ -28,7 +28,6 @@ _IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.wei
 
 def _stack_names(config, stack: str) -> dict[str, str]:
     """HF name -> our path for one stack (`encoder` | `decoder`)."""
-    ours = {"encoder": "encoder", "decoder": "decoder"}[stack]
     if stack == "encoder":
         n_layers = config.num_layers
         sublayers = [("layer.0", "SelfAttention", "attention", "pre_attention_layer_norm"),
@@ -40,11 +39,11 @@ def _stack_names(config, stack: str) -> dict[str, str]:
                      ("layer.2", None, None, "pre_mlp_layer_norm")]
     wis = ("wi_0", "wi_1") if is_gated(config) else ("wi",)
     names = {
-        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight": f"{ours}/relpos_bias/rel_embedding",
-        f"{stack}.final_layer_norm.weight": f"{ours}/{stack}_norm/scale",
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight": f"{stack}/relpos_bias/rel_embedding",
+        f"{stack}.final_layer_norm.weight": f"{stack}/{stack}_norm/scale",
     }
     for i in range(n_layers):
-        block, layer = f"{stack}.block.{i}", f"{ours}/layers_{i}"
+        block, layer = f"{stack}.block.{i}", f"{stack}/layers_{i}"
         for hf_sub, hf_att, our_att, our_norm in sublayers:
             names[f"{block}.{hf_sub}.layer_norm.weight"] = f"{layer}/{our_norm}/scale"
             if hf_att is None:
@@ -87,7 +86,7 @@ def read_hf_config_dict(directory: pathlib.Path) -> dict:
     return d
 
 
-def config_from_hf_dict(d: dict, source) -> "object":
+def config_from_hf_dict(d: dict, source):
     from sbs_jax.model.config import T5Config
 
     try:

@@ -28,13 +28,12 @@ def _is_ts_spec(value) -> bool:
 def _read_ts_array(spec: dict, ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
     import tensorstore as ts
 
-    spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
-    if "kvstore" in spec:  # tensorstore >= 0.1.14 layout
-        rel = spec["kvstore"].get("path")
-        spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
-    else:
-        rel = spec.pop("path")
-        spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
+    spec = dict(spec)
+    # tensorstore >= 0.1.14 keeps the relative path in the kvstore, older versions at the top level.
+    rel = spec["kvstore"].get("path") if isinstance(spec.get("kvstore"), dict) else spec.pop("path", None)
+    if not isinstance(rel, str):
+        raise CheckpointError(f"{ckpt_dir}: array {name} has a TensorStore spec without a path: {spec}")
+    spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
     if not (ckpt_dir / rel).exists():
         raise CheckpointError(f"{ckpt_dir}: array {name} refers to {rel}, which does not exist")
     try:
@@ -70,7 +69,8 @@ def read_t5x_target(path) -> dict[str, np.ndarray]:
         contents = serialization.msgpack_restore(raw)
     except Exception as e:  # msgpack raises several unrelated types for garbage input
         raise CheckpointError(f"{file}: not a T5X msgpack checkpoint ({type(e).__name__}: {e})") from e
-    target = contents.get("optimizer", {}).get("target") if isinstance(contents, dict) else None
+    optimizer = contents.get("optimizer") if isinstance(contents, dict) else None
+    target = optimizer.get("target") if isinstance(optimizer, dict) else None
     if not isinstance(target, dict):
         found = sorted(contents) if isinstance(contents, dict) else type(contents).__name__
         raise CheckpointError(f"{file}: expected T5X contents {{'version', 'optimizer': {{'target': ...}}}}, "
@@ -79,7 +79,8 @@ def read_t5x_target(path) -> dict[str, np.ndarray]:
     for name, value in _flatten_with_specs(target).items():
         if _is_ts_spec(value):
             value = _read_ts_array(value, file.parent, name)
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu" and value.dtype.name != "bfloat16":
+        numeric = isinstance(value, np.ndarray) and (value.dtype.kind in "fiu" or value.dtype.name == "bfloat16")
+        if not numeric:
             raise CheckpointError(f"{file}: entry {name} is not an array ({type(value).__name__})")
         flat[name] = np.asarray(value, dtype=np.float32)
     return flat

@@ -87,6 +87,8 @@ def test_config_and_head_imported_as_built(pair):
     assert config.tie_word_embeddings == VARIANTS[variant]["tie_word_embeddings"]
     assert config.feed_forward_proj == VARIANTS[variant]["feed_forward_proj"]
     assert config.decoder_layers == VARIANTS[variant]["num_decoder_layers"]
+    # The reference itself is what we think it is: v1.1 has its own head, v1.0 shares the embedding.
+    assert (hf.lm_head.weight.data_ptr() == hf.shared.weight.data_ptr()) == config.tie_word_embeddings
     if config.tie_word_embeddings:
         assert "logits_dense" not in params["decoder"]
     else:

@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="step of a run directory (default: best, else latest)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--output", required=True, help="directory to write (must be empty or absent)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="stored weights")
+    p.add_argument("--compute_dtype", default=None, choices=("float32", "bfloat16"),
+                   help="saved_model/stablehlo: dtype of the computation (default: the checkpoint's, as sbs infer)")
     p.add_argument("--vocab", default=None, help="SentencePiece model (default: the run's vocab/)")
     p.add_argument("--outputs", default="label", help="streams to serve: label or label,rationale")
     p.add_argument("--max_input_length", type=int, default=None, help="default: the run's inputs length, or 512")
@@ -125,6 +127,8 @@ def export(args) -> pathlib.Path:
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise ExportError(f"{output}: exists and is not an empty directory (pass --overwrite to replace files)")
     config, params, vocab, run_dir = load_checkpoint(args.checkpoint, args.step)
+    if args.compute_dtype:
+        config = config.replace(dtype=args.compute_dtype)
     spec = _spec(args, run_feature_lengths(run_dir) if run_dir else {})
     vocab = args.vocab or vocab
     if vocab is not None:

@@ -67,14 +67,14 @@ def export_saved_model(output_dir, config, params, *, spm_model, spec: ServingSp
                        platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
     """Write a SavedModel with a `serving_default` signature to `output_dir`.
 
-    `spm_model`: path to the student's SentencePiece model. `dtype`: storage and compute dtype of the exported
-    weights. `platforms`: where the converted computation may run ("cpu", "cuda", "tpu").
+    `spm_model`: path to the student's SentencePiece model. `dtype`: storage dtype of the exported weights;
+    the computation runs in `config.dtype`, as in training and `sbs infer`. `platforms`: where the converted computation may run ("cpu", "cuda", "tpu").
     """
     import tensorflow as tf
 
     output_dir = pathlib.Path(output_dir)
     spm_bytes = pathlib.Path(spm_model).read_bytes()
-    config = config.replace(dtype=dtype, dropout_rate=0.0)
+    config = config.replace(dropout_rate=0.0)
     module = _make_module(config, cast_params(params, dtype), spm_bytes, spec, platforms)
     signature = module.serve.get_concrete_function()
     tf.saved_model.save(module, str(output_dir), signatures={"serving_default": signature})

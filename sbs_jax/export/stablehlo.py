@@ -25,14 +25,17 @@ DEFAULT_PLATFORMS = ("cpu",)
 
 def export_stablehlo(output_dir, config, params, *, spm_model, spec: ServingSpec, dtype: str = "float32",
                      platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
-    """Write the artifacts of every stream in `spec.outputs` to `output_dir` (see the module docstring)."""
+    """Write the artifacts of every stream in `spec.outputs` to `output_dir` (see the module docstring).
+
+    `dtype`: storage dtype of the weights; the computation runs in `config.dtype`, as in training.
+    """
     import jax
     import jax.numpy as jnp
     from safetensors.numpy import save_file
 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    config = config.replace(dtype=dtype, dropout_rate=0.0)
+    config = config.replace(dropout_rate=0.0)
     params = cast_params(params, dtype)
     param_specs = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
     (batch,) = jax.export.symbolic_shape("b")

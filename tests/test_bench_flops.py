@@ -92,8 +92,8 @@ def test_within_xla_cost_analysis(tiny_programs):
         cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         # XLA also counts elementwise work (norms, softmax, GELU, loss), which grows like tokens x d_model
-        # against the matmuls' tokens x d_model^2: at d_model 64 it was 2-3% here, so matmuls are at most all of
-        # XLA's count and at least 90% of it.
+        # against the matmuls' tokens x d_model^2: at d_model 64 it was 2.2% (forward) and 3.0% (gradient)
+        # of XLA's count here, so the matmuls are at most all of it and at least 90% of it.
         assert 0.90 * cost["flops"] <= ours <= cost["flops"]
 
 

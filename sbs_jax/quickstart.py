@@ -32,7 +32,7 @@ def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: in
     bindings = [f"MODEL_DIR = '{model_dir}'", f"SEED = {seed}"] + extra
     if steps is not None:
         bindings.append(f"TRAIN_STEPS = {steps}")
-    gin_utils.parse([run_gin, "datasets/arith.gin", "runs/quickstart.gin"], bindings)
+    gin_utils.parse(["models/t5_1_1_tiny.gin", run_gin, "datasets/arith.gin", "runs/quickstart.gin"], bindings)
     config = gin_utils.build("TrainConfig")
     gin_utils.write_operative_config(model_dir)
     return trainer.train(config)

@@ -47,12 +47,13 @@ def test_one_step_on_shared_cqa(cqa_tasks, tmp_path):
 
 
 def _arith_flags(model_dir, *extra):
-    return ["--gin_file=runs/finetune.gin", "--gin_file=datasets/arith.gin", "--gin_file=models/t5_1_1_tiny.gin",
+    return ["--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/finetune.gin", "--gin_file=datasets/arith.gin",
             f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8", "--gin.EVAL_EVERY=0",
             "--gin.COMPUTE_DTYPE='float32'", "--gin.model_config.d_model=32", "--gin.model_config.num_layers=1",
             "--gin.TrainConfig.eval_batch_size=200", *extra]
 
 
+@pytest.mark.slow  # ~90 CPU-seconds: one train-step and four decode compilations
 def test_cli_train_eval_infer_on_arith(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_main.main(["train", *_arith_flags(run)]) == 0
@@ -89,8 +90,8 @@ def test_cli_train_eval_infer_on_arith(tmp_path, capsys):
 
 
 def test_missing_required_macro_is_named(tmp_path, capsys):
-    assert train_main.main(["train", "--gin_file=runs/finetune.gin", "--gin_file=datasets/arith.gin",
-                            "--gin_file=models/t5_1_1_tiny.gin"]) == 2
+    assert train_main.main(["train", "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/finetune.gin",
+                            "--gin_file=datasets/arith.gin"]) == 2
     assert "MODEL_DIR" in capsys.readouterr().err
     assert train_main.main(["train", "--gin_file=runs/no_such_file.gin"]) == 2
     assert "no_such_file.gin" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def _env(devices: int, **extra) -> dict:
 
 def _train_cmd(model_dir, *extra, timeout_s=900):
     return ["timeout", "-s", "KILL", str(timeout_s), sys.executable, "-m", "sbs_jax.cli", "train",
-            "--gin_file=runs/step_by_step.gin", "--gin_file=datasets/arith.gin", "--gin_file=models/t5_1_1_tiny.gin",
+            "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/step_by_step.gin", "--gin_file=datasets/arith.gin",
             f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=8", "--gin.COMPUTE_DTYPE='float32'",
             "--gin.DROPOUT_RATE=0.1", "--gin.model_config.d_model=32", "--gin.model_config.num_layers=1",
             "--gin.VALIDATION_SPLIT=None", "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False", *extra]

@@ -22,7 +22,7 @@ def sample_inputs(n: int = 10) -> list[str]:
 def train_vocab(directory: pathlib.Path) -> pathlib.Path:
     from sbs_jax.data.vocab import model_texts, train_vocabulary
 
-    examples = arith.generate_splits(seed=0)["train"]
+    examples = arith.generate_splits(seed=0)["train"][:500]  # enough text for 200 pieces, and quick
     return train_vocabulary(model_texts(examples), directory, vocab_size=200)
 
 

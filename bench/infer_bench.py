@@ -127,6 +127,7 @@ def run(args: argparse.Namespace, shape=None) -> dict:
     config = model_config(shape, dropout_rate=0.0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timing = dict(warmup=args.warmup, steps=args.steps, windows=args.windows)
+    env = report.environment()  # before the runs: the commit that was measured
     rows, failures = [], []
 
     def attempt(label, fn):
@@ -142,7 +143,6 @@ def run(args: argparse.Namespace, shape=None) -> dict:
     for precision in args.ours:
         attempt(f"greedy_decode_{precision}", lambda: run_ours(shape, precision, **timing))
 
-    env = report.environment()
     decode_flops = flops.greedy_decode_flops(config, shape.batch, shape.inputs, shape.targets)
     notes = [f"label stream of shape `{shape.name}`: {shape.model} batch {shape.batch}, inputs {shape.inputs} "
              f"tokens, {shape.targets} decoded tokens per row (greedy), weights in the listed precision",

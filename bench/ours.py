@@ -42,7 +42,7 @@ VARIANTS = {
 
 def model_config(shape, variant: OursVariant | None = None, **extra):
     """The benchmark's T5Config (the reference is built from its HF dict): dropout 0.1 as in the paper's run."""
-    overrides = dict(shape.config_overrides(), dropout_rate=0.1, **extra)
+    overrides = {**shape.config_overrides(), "dropout_rate": 0.1, **extra}
     if variant is not None:
         overrides.update(dtype=variant.dtype, scan_layers=variant.scan_layers, remat_policy=variant.remat_policy)
     return get_config(shape.model, **overrides)

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, shape=None) -> dict:
     step_flops = flops.paired_step_flops(config, shape.batch, shape.inputs, shape.targets, shape.rationales)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timing = dict(warmup=args.warmup, steps=args.steps, windows=args.windows)
+    env = report.environment()  # before the runs: the commit that was measured
     rows, failures = [], []
 
     def attempt(label, fn):
@@ -83,7 +84,6 @@ def run(args: argparse.Namespace, shape=None) -> dict:
     for variant in args.ours:
         attempt(variant, lambda: ours_lib.run_ours(shape, variant, **timing))
 
-    env = report.environment()
     notes = [
         f"shape `{shape.name}`: {shape.model} {dict(shape.overrides) or ''} batch {shape.batch}, "
         f"inputs {shape.inputs}, labels {shape.targets}, rationales {shape.rationales} tokens (padded); "

@@ -141,3 +141,42 @@ def test_timed_path_needs_no_seqio_tensorflow_gin():
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_profile_reads_device_kernels_from_a_perfetto_trace(tmp_path):
+    import gzip
+
+    from bench.profile import kernel_times, summarize
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 7, "tid": 1, "args": {"name": "stream 7"}}]
+    events = [{"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "dur": 600.0},
+              {"ph": "X", "pid": 7, "tid": 1, "name": "loop_fusion_3", "dur": 300.0},
+              {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "dur": 300.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "PjitFunction(train_step)", "dur": 5000.0}]
+    trace = tmp_path / "perfetto_trace.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": meta + events}, f)
+    times, source = kernel_times(trace)
+    assert source == "device kernels"  # host events are left out once a device is present
+    assert times == {"sm90_xmma_gemm_bf16bf16": 900.0, "loop_fusion_3": 300.0}
+    lines = summarize(times, steps=2, wall_step_s=0.001, source=source)
+    # 1.2 ms of kernels over 2 steps = 0.6 ms/step = 60% of a 1 ms step; gemm is 0.45 ms of it (75%).
+    assert lines[0] == ("- wall 1.0 ms/step; device kernels: 0.6 ms/step (60% of wall), of which matmul "
+                        "kernels 0.5 ms (75%)")
+    assert lines[4].startswith("| `sm90_xmma_gemm_bf16bf16` | 0.45 | 75.0% |")
+
+
+@pytest.mark.slow
+def test_inference_harness_writes_its_table(tmp_path):
+    from bench import infer_bench
+    shape = BenchShape("smoke", "t5_1_1_tiny", 8, 8, 4, 8, overrides=(("vocab_size", 128), ("num_layers", 1)))
+    args = infer_bench.parse_args(["--hf", "fp32", "--ours", "bf16", "--warmup", "1", "--steps", "1",
+                                   "--windows", "1", "--out", str(tmp_path)])
+    payload = infer_bench.run(args, shape)
+    assert payload["failures"] == []
+    assert [(r["impl"], r["variant"]) for r in payload["rows"]] == [("reference", "hf_generate_fp32"),
+                                                                     ("ours", "greedy_decode_bf16")]
+    # Both decode the label stream's padded length (HF may stop early only if every row emits EOS).
+    assert payload["rows"][1]["decoded_tokens"] == 4 and 1 <= payload["rows"][0]["decoded_tokens"] <= 4
+    assert "x hf_generate_fp32" in (tmp_path / "infer_smoke.md").read_text()

@@ -160,7 +160,7 @@ def teacher_forced_metrics(eval_step_fn: Callable, params, batches: Iterable, co
     return finish_eval_metrics(sums, config)
 
 
-def eval_step_with_shardings(model, config, mesh, rules, param_shardings):
+def eval_step_with_shardings(model, config, mesh, rules):
     from sbs_jax.train.step import make_eval_step
 
     fn = jax.jit(make_eval_step(model, config), out_shardings=partitioning.replicated(mesh))

@@ -8,8 +8,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 
 @flax.struct.dataclass
@@ -23,33 +21,6 @@ class TrainState:
 def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, np.ndarray]:
     tokens = np.ones((batch, length), np.int32)
     return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
-
-
-def param_shardings(model, mesh, rules) -> tuple[Any, Any]:
-    """(abstract params, NamedShardings) from the model's logical axis names, without allocating anything."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs()))
-    specs = nn.get_partition_spec(abstract)["params"]
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    return nn.meta.unbox(abstract)["params"], shardings
-
-
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, shardings, mesh):
-    """Each optimizer leaf shaped like its param gets the param's sharding; anything else (counts, Adafactor's
-    factored rows/columns) is replicated. Boxing params for `tx.init` fails for the factored leaves."""
-    replicated = NamedSharding(mesh, P())
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-
-    def pick(leaf, param, sharding):
-        return sharding if getattr(leaf, "shape", None) == param.shape else replicated
-
-    return optax.tree_map_params(tx, pick, abstract_opt, abstract_params, shardings,
-                                 transform_non_params=lambda _: replicated)
-
-
-def state_shardings(tx, abstract_params, shardings, mesh) -> TrainState:
-    replicated = NamedSharding(mesh, P())
-    return TrainState(step=replicated, params=shardings,
-                      opt_state=opt_state_shardings(tx, abstract_params, shardings, mesh), rng=replicated)
 
 
 def abstract_state(tx, abstract_params, shardings_tree: TrainState) -> TrainState:

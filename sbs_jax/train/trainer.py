@@ -158,8 +158,7 @@ class Trainer:
                                                        async_save=config.async_checkpointing)
         self.writer = progress.MetricWriter(self.model_dir, tensorboard=config.tensorboard)
         self.decoder = evaluation.Decoder(self.model, self.mesh, self.rules, config.decode)
-        self.eval_step = evaluation.eval_step_with_shardings(self.model, config.objective, self.mesh, self.rules,
-                                                             param_sh)
+        self.eval_step = evaluation.eval_step_with_shardings(self.model, config.objective, self.mesh, self.rules)
         self._eval_cache: dict = {}
 
     # ------------------------------------------------------------------------------------------ setup

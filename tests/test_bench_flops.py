@@ -150,21 +150,23 @@ def test_profile_reads_device_kernels_from_a_perfetto_trace(tmp_path):
     meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
             {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
             {"ph": "M", "name": "thread_name", "pid": 7, "tid": 1, "args": {"name": "stream 7"}}]
-    events = [{"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "dur": 600.0},
-              {"ph": "X", "pid": 7, "tid": 1, "name": "loop_fusion_3", "dur": 300.0},
-              {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "dur": 300.0},
-              {"ph": "X", "pid": 1, "tid": 2, "name": "PjitFunction(train_step)", "dur": 5000.0}]
+    # A while loop (1000 us) enclosing a 600 us gemm and a 300 us fusion: 100 us of its own.
+    events = [{"ph": "X", "pid": 7, "tid": 1, "name": "while.3", "ts": 0.0, "dur": 1000.0},
+              {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "ts": 0.0, "dur": 600.0},
+              {"ph": "X", "pid": 7, "tid": 1, "name": "loop_fusion_3", "ts": 650.0, "dur": 300.0},
+              {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "ts": 2000.0, "dur": 300.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "PjitFunction(train_step)", "ts": 0.0, "dur": 5000.0}]
     trace = tmp_path / "perfetto_trace.json.gz"
     with gzip.open(trace, "wt") as f:
         json.dump({"traceEvents": meta + events}, f)
     times, source = kernel_times(trace)
     assert source == "device kernels"  # host events are left out once a device is present
-    assert times == {"sm90_xmma_gemm_bf16bf16": 900.0, "loop_fusion_3": 300.0}
+    assert times == {"sm90_xmma_gemm_bf16bf16": 900.0, "loop_fusion_3": 300.0, "while.3": 100.0}
     lines = summarize(times, steps=2, wall_step_s=0.001, source=source)
-    # 1.2 ms of kernels over 2 steps = 0.6 ms/step = 60% of a 1 ms step; gemm is 0.45 ms of it (75%).
-    assert lines[0] == ("- wall 1.0 ms/step; device kernels: 0.6 ms/step (60% of wall), of which matmul "
-                        "kernels 0.5 ms (75%)")
-    assert lines[4].startswith("| `sm90_xmma_gemm_bf16bf16` | 0.45 | 75.0% |")
+    # 1.3 ms of kernels over 2 steps = 0.65 ms/step of a 1 ms step; gemm is 0.45 ms of it (69%).
+    assert lines[0].startswith("- wall 1.0 ms/step; device kernels: 0.7 ms/step (65% of wall")
+    assert lines[0].endswith("of which matmul kernels 0.5 ms (69%)")
+    assert lines[4].startswith("| `sm90_xmma_gemm_bf16bf16` | 0.45 | 69.2% |")
 
 
 @pytest.mark.slow

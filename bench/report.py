@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -13,6 +14,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _commit() -> str:
+    """The measured commit: $BENCH_COMMIT if set (a copied tree without .git), else git's HEAD (+dirty)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=10)

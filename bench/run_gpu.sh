@@ -7,7 +7,8 @@
 # each stage has its own timeout, so one slow stage cannot eat the others' time, and every stage that
 # finishes leaves its table even if a later one fails.
 #
-#   OUT=/tmp/out PEAK_TFLOPS=989 bash bench/run_gpu.sh
+#   OUT=/tmp/out PEAK_TFLOPS=989 BENCH_COMMIT=<short hash> bash bench/run_gpu.sh
+# (BENCH_COMMIT names the measured commit in the tables when the tree was copied without .git.)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/bench_out}

@@ -59,12 +59,14 @@ def kernel_times(trace_file: pathlib.Path) -> tuple[dict[str, float], str]:
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     device_pids = {pid for pid, name in procs.items() if name.startswith("/device:")}
+    stream_threads = {key for key, name in threads.items() if key[0] in device_pids and "Stream" in name}
     by_thread: dict[tuple, list] = collections.defaultdict(list)
     for e in events:
         if e.get("ph") != "X":
             continue
         if device_pids:
-            if e["pid"] in device_pids:
+            # GPU traces repeat the kernels on "XLA Modules"/"XLA Ops" lines; the stream lines hold them once.
+            if e["pid"] in device_pids and (not stream_threads or (e["pid"], e["tid"]) in stream_threads):
                 by_thread[(e["pid"], e["tid"])].append(e)
         elif _HOST_XLA.search(threads.get((e["pid"], e["tid"]), "")) and not _CPU_WRAPPERS.search(e["name"]):
             by_thread[(e["pid"], e["tid"])].append(e)

@@ -149,18 +149,21 @@ def test_profile_reads_device_kernels_from_a_perfetto_trace(tmp_path):
     from bench.profile import kernel_times, summarize
     meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
             {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
-            {"ph": "M", "name": "thread_name", "pid": 7, "tid": 1, "args": {"name": "stream 7"}}]
+            {"ph": "M", "name": "thread_name", "pid": 7, "tid": 1, "args": {"name": "Stream #7(compute)"}},
+            {"ph": "M", "name": "thread_name", "pid": 7, "tid": 9, "args": {"name": "XLA Modules"}}]
     # A while loop (1000 us) enclosing a 600 us gemm and a 300 us fusion: 100 us of its own.
     events = [{"ph": "X", "pid": 7, "tid": 1, "name": "while.3", "ts": 0.0, "dur": 1000.0},
               {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "ts": 0.0, "dur": 600.0},
               {"ph": "X", "pid": 7, "tid": 1, "name": "loop_fusion_3", "ts": 650.0, "dur": 300.0},
               {"ph": "X", "pid": 7, "tid": 1, "name": "sm90_xmma_gemm_bf16bf16", "ts": 2000.0, "dur": 300.0},
+              {"ph": "X", "pid": 7, "tid": 9, "name": "jit_train_step", "ts": 0.0, "dur": 2300.0},
               {"ph": "X", "pid": 1, "tid": 2, "name": "PjitFunction(train_step)", "ts": 0.0, "dur": 5000.0}]
     trace = tmp_path / "perfetto_trace.json.gz"
     with gzip.open(trace, "wt") as f:
         json.dump({"traceEvents": meta + events}, f)
     times, source = kernel_times(trace)
-    assert source == "device kernels"  # host events are left out once a device is present
+    # Host events, and the module line that repeats the stream's kernels, are left out.
+    assert source == "device kernels"
     assert times == {"sm90_xmma_gemm_bf16bf16": 900.0, "loop_fusion_3": 300.0, "while.3": 100.0}
     lines = summarize(times, steps=2, wall_step_s=0.001, source=source)
     # 1.3 ms of kernels over 2 steps = 0.65 ms/step of a 1 ms step; gemm is 0.45 ms of it (69%).

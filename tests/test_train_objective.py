@@ -84,7 +84,7 @@ def test_loss_and_gradients_match_transformers(hf_model_and_ours):
     def loss(p):
         return objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False)
 
-    (ours, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    (ours, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert abs(float(ours) - float(hf_total.detach())) < 1e-5
     assert abs(float(metrics["label/loss"]) - float(loss_pred.detach())) < 1e-5
     assert abs(float(metrics["rationale/loss"]) - float(loss_expl.detach())) < 1e-5
@@ -103,11 +103,13 @@ def test_loss_and_gradients_match_transformers(hf_model_and_ours):
 def test_lambda_form_is_twice_the_alpha_form(hf_model_and_ours):
     _, _, config, params = hf_model_and_ours
     model, batch = Transformer(config), _paired_batch(1)
-    key = jax.random.key(0)
-    alpha_loss, _ = objective_lib.loss_fn(model, params, batch, key, objective_lib.ObjectiveConfig(alpha=0.5),
-                                          enable_dropout=False)
-    lam_loss, m = objective_lib.loss_fn(model, params, batch, key,
-                                        objective_lib.ObjectiveConfig(rationale_weight=1.0), enable_dropout=False)
+
+    def loss(obj):
+        return jax.jit(lambda p: objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj,
+                                                       enable_dropout=False))(params)
+
+    alpha_loss, _ = loss(objective_lib.ObjectiveConfig(alpha=0.5))
+    lam_loss, m = loss(objective_lib.ObjectiveConfig(rationale_weight=1.0))
     np.testing.assert_allclose(float(lam_loss), 2 * float(alpha_loss), rtol=1e-6)
     np.testing.assert_allclose(float(lam_loss), float(m["label/loss"] + m["rationale/loss"]), rtol=1e-6)
 
@@ -118,9 +120,9 @@ def test_fused_equals_two_pass(hf_model_and_ours):
     results = {}
     for fused in (False, True):
         obj = objective_lib.ObjectiveConfig(rationale_weight=0.7, fused=fused)
-        results[fused] = jax.value_and_grad(
+        results[fused] = jax.jit(jax.value_and_grad(
             lambda p: objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False)[0]
-        )(params)
+        ))(params)
     np.testing.assert_allclose(float(results[True][0]), float(results[False][0]), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(results[False][1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
@@ -137,6 +139,7 @@ def test_label_only_modes_ignore_rationales_and_check_batches(hf_model_and_ours)
         objective_lib.check_batch(objective_lib.ObjectiveConfig(), {"label": batch["label"]})
 
 
+@pytest.mark.slow  # two train-step compilations, ~30 s
 def test_gradient_accumulation_equals_full_batch(hf_model_and_ours):
     _, _, config, params = hf_model_and_ours
     model, batch = Transformer(config), _paired_batch(4)

@@ -1,6 +1,7 @@
 """The embedded quickstart task: multi-step arithmetic word problems with teacher-style rationales.
 
-Deterministic for a seed. Each problem chains 1 to 3 steps (add, take away, double) on small counts; the
+Deterministic for a seed. Each problem chains 1 to 3 steps (add or take away 1-5, double) on counts that
+start at 1-9, small enough for a tiny student to learn the arithmetic facts on a CPU in minutes; the
 rationale spells each step out (`3 + 4 = 7. 7 - 2 = 5.`), so a student that also learns to explain sees every
 intermediate result, while a label-only student must compose the steps in one go. The simulated teacher
 behaves like a real one: its raw completion runs on into an invented next exemplar, it slips on one step of
@@ -29,20 +30,20 @@ def _problem(rng: random.Random) -> tuple[str, list[tuple[str, int, int]]]:
     """Question text and its steps as (operator, operand, result)."""
     name, pronoun = rng.choice(_PEOPLE)
     obj = rng.choice(_OBJECTS)
-    value = rng.randint(2, 20)
+    value = rng.randint(1, 9)
     sentences = [f"{name} has {value} {obj}."]
     steps = []
     for _ in range(rng.choice((1, 2, 2, 3, 3))):
         kind = rng.choice(("add", "sub", "add", "sub", "double"))
-        if kind == "double" and value <= 15:
+        if kind == "double" and value <= 6:
             sentences.append(f"Then the number of {obj} {pronoun.lower()} has doubles.")
             steps.append(("*", 2, value * 2))
         elif kind == "sub" and value > 1:
-            n = rng.randint(1, min(9, value - 1))
+            n = rng.randint(1, min(5, value - 1))
             sentences.append(f"{pronoun} {rng.choice(_SUB).format(n=n)}.")
             steps.append(("-", n, value - n))
         else:
-            n = rng.randint(1, 9)
+            n = rng.randint(1, 5)
             sentences.append(f"{pronoun} {rng.choice(_ADD).format(n=n)}.")
             steps.append(("+", n, value + n))
         value = steps[-1][2]

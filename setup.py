@@ -18,6 +18,8 @@ setup(
         "jax>=0.10.2", "flax>=0.12.8", "optax>=0.2.8", "orbax-checkpoint>=0.12.8", "seqio>=0.0.20",
         # tensorflow-text pins `tensorflow` (not tensorflow-cpu); listing both installs both.
         "tensorflow>=2.21.0", "tensorflow-text>=2.21.1", "tensorflow-datasets>=4.9.10",
+        # tensorflow-datasets imports importlib_resources to build datasets but does not declare it.
+        "importlib_resources>=6",
         "gin-config>=0.5.0", "sentencepiece>=0.2.3", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
     ],
     extras_require={

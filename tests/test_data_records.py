@@ -41,7 +41,7 @@ def test_model_inputs_follow_the_paper(datasets_dir):
                               "(d) math problem\n(e) gravity")
     assert cqa.label == "math problem" and cqa.teacher_label == "math problem"
     esnli = records.read_split(datasets_dir, "esnli", "valid").examples[0]
-    assert esnli.input == ("Two women are embracing while holding to go packages.\nThe sisters are hugging "
+    assert esnli.input == ("Two women are embracing while holding to go packages.</s>The sisters are hugging "
                            "goodbye while holding to go packages after just eating lunch.")
     assert esnli.label == "neutral"
     svamp = records.read_split(datasets_dir, "svamp", "test").examples[0]

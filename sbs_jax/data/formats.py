@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Callable, Mapping, Sequence
 
+from sbs_jax.data.eos_marker import EOS_MARKER
+
 class DataError(ValueError):
     """Bad or missing input data; the message names the file, line or field and what was expected."""
 
@@ -90,7 +92,8 @@ def cqa_input(record: dict) -> str:
 
 
 def nli_input(record: dict) -> str:
-    return f"{record['premise']}\n{record['hypothesis']}"
+    # The official code joins them with `tokenizer.eos_token`; our tokenisers read `</s>` as EOS (eos_marker).
+    return f"{record['premise']}{EOS_MARKER}{record['hypothesis']}"
 
 
 def nli_label(record: dict) -> str:

@@ -157,8 +157,7 @@ def _encode_lengths(vocab, texts: list[str]) -> np.ndarray:
     """Token counts with EOS, batched through SentencePiece where the vocabulary has it."""
     if not texts:
         return np.zeros((0,), np.int64)
-    tokenizer = getattr(vocab, "tokenizer", None)
-    ids = tokenizer.encode(texts) if tokenizer is not None else [vocab.encode(t) for t in texts]
+    ids = vocab.encode_batch(texts) if hasattr(vocab, "encode_batch") else [vocab.encode(t) for t in texts]
     return np.array([len(x) + 1 for x in ids], np.int64)
 
 

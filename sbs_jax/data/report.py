@@ -40,6 +40,12 @@ def _percentiles(lengths: list[int]) -> dict[str, int] | None:
     return {f"p{p}" if p < 100 else "max": int(v) for p, v in zip(PERCENTILES, values)}
 
 
+def _encode_batch(vocabulary, texts: list[str]) -> list[list[int]]:
+    if hasattr(vocabulary, "encode_batch"):  # T5Vocabulary: one SentencePiece call, `</s>` read as EOS
+        return vocabulary.encode_batch(texts)
+    return [list(vocabulary.encode(t)) for t in texts]
+
+
 def split_report(data: SplitData, vocabulary=None) -> dict:
     """Numbers for one split; token lengths only with a vocabulary."""
     out = {"examples": len(data.examples), "teacher_outputs": data.has_teacher,
@@ -49,7 +55,7 @@ def split_report(data: SplitData, vocabulary=None) -> dict:
         texts = {"inputs": [PREDICT_PREFIX + ex.input for ex in data.examples],
                  "labels": [ex.label for ex in data.examples],
                  "rationales": [ex.rationale for ex in data.examples if ex.rationale]}
-        out["tokens"] = {k: _percentiles([len(ids) + 1 for ids in vocabulary.tokenizer.encode(v)] if v else [])
+        out["tokens"] = {k: _percentiles([len(ids) + 1 for ids in _encode_batch(vocabulary, v)] if v else [])
                          for k, v in texts.items()}
     return out
 

@@ -25,6 +25,11 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
     """A `seqio.SentencePieceVocabulary` from a vocabulary object or a spiece.model path (checked)."""
     import seqio
 
+    from sbs_jax.data.t5_vocabulary import T5Vocabulary
+
+    if type(vocabulary) is seqio.SentencePieceVocabulary:  # noqa: E721 - subclasses keep their own encoding
+        # Same model, but `</s>` in a text encodes as EOS like HF's T5 tokenizer (sbs_jax/data/eos_marker.py).
+        vocabulary = T5Vocabulary(vocabulary.sentencepiece_model_file, extra_ids=vocabulary.extra_ids)
     if isinstance(vocabulary, seqio.Vocabulary):
         return vocabulary
     if vocabulary is None or vocabulary == "":
@@ -35,7 +40,7 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
         path = path / SPIECE_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: SentencePiece model not found (expected a spiece.model file)")
-    vocab = seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
+    vocab = T5Vocabulary(str(path), extra_ids=extra_ids)
     ids = (vocab.pad_id, vocab.eos_id, vocab.unk_id)
     if ids != (0, 1, 2):
         raise ValueError(f"{path}: pad/eos/unk ids are {ids}, expected T5's (0, 1, 2); train with "

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sbs_jax.data import eos_marker
 from sbs_jax.export.serving import ServingSpec, cast_params, make_decode_fn, write_spec
 
 DEFAULT_PLATFORMS = ("cpu",)
@@ -42,7 +43,8 @@ def _make_module(config, params, spm_bytes: bytes, spec: ServingSpec, platforms:
             self.tokenizer = tf_text.SentencepieceTokenizer(model=spm_bytes, out_type=tf.int32)
 
         def encode(self, texts, prefix: str):  # [batch] strings -> [batch, length] int32
-            ids = self.tokenizer.tokenize(tf.strings.join([prefix, texts]))[:, : length - 1]
+            ids = eos_marker.encode_tf(self.tokenizer.tokenize, tf.strings.join([prefix, texts]),
+                                       eos_id=eos)[:, : length - 1]
             eos_column = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(texts)[0], 1], eos))
             ids = tf.concat([ids, eos_column], axis=1)
             return ids.to_tensor(default_value=pad, shape=[None, length])

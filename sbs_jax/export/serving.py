@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sbs_jax.data import eos_marker
+
 STREAMS = ("label", "rationale")
 SPEC_FILE = "sbs_serving.json"
 
@@ -113,7 +115,7 @@ def encode_inputs(sp, texts: Sequence[str], prefix: str, length: int, *, eos_id:
     """[batch, length] int32: prefix + text tokenised, cut to length - 1, EOS appended, padded."""
     rows = np.full((len(texts), length), pad_id, np.int32)
     for i, text in enumerate(texts):
-        ids = sp.EncodeAsIds(prefix + text)[: length - 1] + [eos_id]
+        ids = eos_marker.encode(sp.EncodeAsIds, [prefix + text], eos_id=eos_id)[0][: length - 1] + [eos_id]
         rows[i, : len(ids)] = ids
     return rows
 

@@ -37,7 +37,7 @@ class TrainConfig:
     (global, before accumulation). initial_checkpoint_path: INITIAL_CHECKPOINT_PATH (HF dir, T5X checkpoint or a
     previous run; params only, fresh optimizer). task_registrations: gin-evaluated calls registering the tasks.
     eval_every: validation (decode + teacher-forced losses) every N steps and at the end (0 = end only).
-    eval_task: task to evaluate (default: the training task; required when training on a mixture).
+    eval_task: task to evaluate (default: the training task, or each task of a training mixture, as T5X does).
     num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
     batches independent of the number of processes.
     """
@@ -121,6 +121,20 @@ def check_label_source(mode: str, task_name: str) -> None:
                              "variant)")
 
 
+def eval_task_names(name: str) -> list[str]:
+    """The tasks evaluated for `name`: itself, or each task of a mixture."""
+    import seqio
+
+    provider = seqio.get_mixture_or_task(name)
+    return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
+
+
+def _task_has_split(task: str, split: str) -> bool:
+    import seqio
+
+    return split in seqio.get_mixture_or_task(task).splits
+
+
 class Trainer:
     """Builds everything a run needs; `run()` trains, evaluates and returns a summary."""
 
@@ -130,7 +144,7 @@ class Trainer:
         self.config = config
         self.model_dir = pathlib.Path(config.model_dir)
         self.task = config.mixture_or_task_name
-        self.eval_task = config.eval_task or self.task
+        self.eval_tasks = eval_task_names(config.eval_task or self.task)
         paired = pipeline.is_paired(self.task)
         if config.objective.mode == "step_by_step" and not paired:
             raise ValueError(f"ObjectiveConfig.mode='step_by_step' needs a paired task (`*_sbs*`); "
@@ -207,30 +221,30 @@ class Trainer:
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _eval_batches(self, split: str):
+    def _eval_batches(self, task: str, split: str):
         from sbs_jax.data import pipeline
 
-        key = ("decode", split)
+        key = ("decode", task, split)
         if key not in self._eval_cache:
             bs = self._eval_batch_size()
             self._eval_cache[key] = list(pipeline.get_eval_examples(
-                self.eval_task, split=split, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs))
+                task, split=split, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs))
         return self._eval_cache[key]
 
     def _eval_batch_size(self) -> int:
         data = self.mesh.shape[partitioning.DATA]
         return -(-self.config.eval_batch_size // data) * data
 
-    def _forced_batches(self, split: str, num_examples: int):
+    def _forced_batches(self, task: str, split: str, num_examples: int):
         from sbs_jax.data import pipeline
 
-        key = ("forced", split)
+        key = ("forced", task, split)
         if key not in self._eval_cache:
             data = self.mesh.shape[partitioning.DATA]
             bs = min(self._eval_batch_size(), num_examples // data * data)
             batches = []
             if bs > 0:
-                ds = pipeline.get_train_dataset(self.eval_task, task_feature_lengths=self.config.task_feature_lengths,
+                ds = pipeline.get_train_dataset(task, task_feature_lengths=self.config.task_feature_lengths,
                                                 batch_size=bs, split=split, shuffle=False, num_epochs=1)
                 streams = self.config.objective.streams
                 batches = [{s: b[s] for s in streams} for b in ds.as_numpy_iterator()]
@@ -238,23 +252,36 @@ class Trainer:
         return self._eval_cache[key]
 
     def evaluate(self, params, split: str, step: int) -> dict[str, float]:
-        """Decode-and-score accuracy plus teacher-forced per-stream losses; predictions to
-        `predictions/<split>_step<step>.jsonl`."""
-        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(split),
+        """Decode-and-score accuracy plus teacher-forced per-stream losses of every eval task with `split`.
+
+        One task: its metrics, predictions in `predictions/<split>_step<step>.jsonl`. Several (a training
+        mixture): `<task>/<metric>` for each, predictions in `predictions/<task>/...`, and `accuracy` = the
+        mean of the tasks' accuracies (T5X reports per task; the best checkpoint needs one number).
+        """
+        tasks = [t for t in self.eval_tasks if _task_has_split(t, split)]
+        per_task = {t: self._evaluate_task(t, params, split, step, len(tasks) > 1) for t in tasks}
+        if len(tasks) == 1:
+            return per_task[tasks[0]]
+        metrics = {f"{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
+        metrics["accuracy"] = float(np.mean([m["accuracy"] for m in per_task.values()]))
+        metrics["num_examples"] = float(sum(m["num_examples"] for m in per_task.values()))
+        return metrics
+
+    def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
+        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(task, split),
                                         target_length=int(self.config.task_feature_lengths["targets"]),
                                         rationale_length=self.config.rationale_length)
-        metrics = evaluation.score_predictions(self.eval_task, rows)
-        evaluation.write_predictions(self.model_dir / "predictions" / f"{split}_step{step}.jsonl", rows)
+        metrics = evaluation.score_predictions(task, rows)
+        directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"
+        evaluation.write_predictions(directory / f"{split}_step{step}.jsonl", rows)
         forced = evaluation.teacher_forced_metrics(
-            self.eval_step, params, self._forced_batches(split, len(rows)), self.config.objective,
+            self.eval_step, params, self._forced_batches(task, split, len(rows)), self.config.objective,
             lambda b: inputs.replicate_to_global(b, self.mesh))
         metrics.update({k: v for k, v in forced.items()})
         return metrics
 
     def _has_split(self, split: str | None) -> bool:
-        import seqio
-
-        return bool(split) and split in seqio.get_mixture_or_task(self.eval_task).splits
+        return bool(split) and any(_task_has_split(t, split) for t in self.eval_tasks)
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self) -> dict:
@@ -266,8 +293,8 @@ class Trainer:
                                        start_batch=start, num_input_shards=cfg.num_input_shards)
         validate = self._has_split(cfg.validation_split)
         if not validate:
-            print(f"note: task {self.eval_task!r} has no {cfg.validation_split!r} split; no validation or "
-                  "best-checkpoint selection", flush=True)
+            print(f"note: {', '.join(self.eval_tasks)} {'has' if len(self.eval_tasks) == 1 else 'have'} no "
+                  f"{cfg.validation_split!r} split; no validation or best-checkpoint selection", flush=True)
         bar = progress.ProgressBar(cfg.train_steps, start, cfg.batch_size, log_every=cfg.log_every)
         compiled, last_val = None, {}
         multi_process = jax.process_count() > 1

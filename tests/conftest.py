@@ -9,6 +9,14 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 
+# TensorFlow and triton (which CUDA builds of torch import lazily, e.g. via transformers) each bundle LLVM;
+# triton segfaults when it loads after TensorFlow, so load it first where it is installed. torch 2.13's
+# Python 3.12 wheels on PyPI are CUDA builds; the CPU wheel used on 3.11 has no triton.
+try:
+    import triton  # noqa: F401,E402
+except ImportError:
+    pass
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The shared data lives beside the checkout (../shared); SBS_SHARED overrides it.
 SHARED = pathlib.Path(os.environ.get("SBS_SHARED", REPO.parent / "shared"))

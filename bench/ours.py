@@ -1,4 +1,4 @@
-"""Our step: the project's own train step (`sbs_jax.train.step.make_train_step`), jitted as the trainer does.
+"""Our step: the project's own train step, built and compiled by the trainer's `sbs_jax.train.compile`.
 
 Nothing here re-implements the step: the model, objective (fused or two-pass), optimizer and state are the
 project's. Only the batch is synthetic (random tokens at the benchmark's padded shapes), so the timed path
@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from bench.timing import host_peak_bytes, reset_host_peak, time_steps
 from sbs_jax import partitioning
 from sbs_jax.model import Transformer, get_config
-from sbs_jax.train import objective, optim, state as state_lib, step as step_lib
+from sbs_jax.train import compile as compile_lib, objective, optim, state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,31 +75,22 @@ class OursStep:
                                            decay_steps=total_steps, clip_norm=1.0)
         tx = optim.make_optimizer(opt_config)
         obj = objective.ObjectiveConfig(mode="step_by_step", alpha=0.5, fused=variant.fused)
-        train_step = step_lib.make_train_step(model, tx, obj, optim.make_schedule(opt_config))
+        schedule = optim.make_schedule(opt_config)
 
-        # Sharded exactly as `sbs_jax.train.trainer.Trainer` does (that module imports seqio through
-        # `train.inputs`, so the timed path cannot import it on a machine without seqio).
+        # Sharded and compiled by the trainer's own functions (`sbs_jax.train.compile`, no seqio/TF).
         self.mesh = partitioning.make_mesh(data=-1, model=1)
         if shape.batch % self.mesh.shape[partitioning.DATA]:
             raise ValueError(f"shape {shape.name!r}: batch {shape.batch} is not divisible by the "
                              f"{self.mesh.shape[partitioning.DATA]} data-parallel devices")
         rules = partitioning.get_rules("data_parallel")
-        abstract_params, param_sh = partitioning.param_shardings(model, self.mesh, rules,
-                                                                 **state_lib.dummy_inputs())
-        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params,
-                                                  param_sh, self.mesh)
-        replicated = partitioning.replicated(self.mesh)
-        shardings = state_lib.TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
-        abstract_state = state_lib.abstract_state(tx, abstract_params, shardings)
+        shardings, abstract_state = compile_lib.state_shardings(model, tx, self.mesh, rules)
         self.state = state_lib.create_state(model, tx, self.mesh, rules, seed, shardings)
-        data = partitioning.data_sharding(self.mesh)
-        self.batch = jax.device_put(paired_batch(shape, self.config.vocab_size, seed), data)
-        abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data), self.batch)
-        precision = "highest" if variant.dtype == "float32" else None
-        with (jax.set_mesh(self.mesh), nn.logical_axis_rules(rules), jax.default_matmul_precision(precision)):
-            jitted = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, replicated),
-                             donate_argnums=0)
-            self.compiled = jitted.lower(abstract_state, abstract_batch).compile()
+        self.batch = jax.device_put(paired_batch(shape, self.config.vocab_size, seed),
+                                    partitioning.data_sharding(self.mesh))
+        self.compiled = compile_lib.compile_train_step(
+            model, tx, obj, schedule, 1, self.mesh, rules, shardings, abstract_state,
+            compile_lib.abstract_batch(self.batch, self.mesh),
+            matmul_precision="highest" if variant.dtype == "float32" else None)
 
     def step(self):
         self.state, metrics = self.compiled(self.state, self.batch)

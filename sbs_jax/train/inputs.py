@@ -11,7 +11,6 @@ from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-import seqio
 
 from sbs_jax import partitioning
 
@@ -31,6 +30,8 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                   seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
                   split: str = "train") -> Iterator[dict]:
     """This process's rows of every global batch from `start_batch` on (numpy, nested by stream)."""
+    import seqio
+
     from sbs_jax.data import pipeline
 
     total, mine = owned_shards(num_input_shards)
@@ -58,11 +59,3 @@ def replicate_to_global(batch, mesh) -> dict:
     """Host arrays every process holds in full -> global arrays sharded over `data`."""
     sharding = partitioning.data_sharding(mesh)
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-
-
-def abstract_batch(local_batch, mesh) -> dict:
-    """ShapeDtypeStructs of the global batch (for ahead-of-time compilation)."""
-    sharding = partitioning.data_sharding(mesh)
-    scale = jax.process_count()
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale,) + x.shape[1:], x.dtype,
-                                                       sharding=sharding), local_batch)

@@ -13,14 +13,13 @@ import pathlib
 import time
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from sbs_jax import partitioning
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import checkpointing, evaluation, inputs, objective as objective_lib, optim, progress
-from sbs_jax.train import state as state_lib, step as step_lib
+from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +143,9 @@ class Trainer:
         self.rules = partitioning.get_rules(config.partitioning)
         self.schedule = optim.make_schedule(config.optimizer)
         self.tx = optim.make_optimizer(config.optimizer)
-        abs_params, param_sh = partitioning.param_shardings(self.model, self.mesh, self.rules,
-                                                            **state_lib.dummy_inputs())
-        self.param_shardings = param_sh
-        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(self.tx.init, abs_params), abs_params, param_sh,
-                                                  self.mesh)
-        rep = partitioning.replicated(self.mesh)
-        self.state_shardings = state_lib.TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
-        self.abstract_state = state_lib.abstract_state(self.tx, abs_params, self.state_shardings)
+        self.state_shardings, self.abstract_state = compile_lib.state_shardings(self.model, self.tx, self.mesh,
+                                                                                self.rules)
+        self.param_shardings = self.state_shardings.params
         self._init_params = init_params
         self.checkpointer = checkpointing.Checkpointer(self.model_dir / "checkpoints", save_every=config.save_every,
                                                        keep=config.keep_checkpoints,
@@ -189,21 +183,14 @@ class Trainer:
 
     def compile_step(self, local_batch):
         cfg = self.config
-        train_step = step_lib.make_train_step(self.model, self.tx, cfg.objective, self.schedule,
-                                              cfg.grad_accum_steps)
-        batch_abstract = inputs.abstract_batch(local_batch, self.mesh)
         t0 = time.perf_counter()
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            jitted = jax.jit(train_step, in_shardings=(self.state_shardings, jax.tree.map(lambda a: a.sharding,
-                                                                                            batch_abstract)),
-                             out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
-                             donate_argnums=0)
-            compiled = jitted.lower(self.abstract_state, batch_abstract).compile()
-        memory = compiled.memory_analysis()
+        compiled = compile_lib.compile_train_step(
+            self.model, self.tx, cfg.objective, self.schedule, cfg.grad_accum_steps, self.mesh, self.rules,
+            self.state_shardings, self.abstract_state, compile_lib.abstract_batch(local_batch, self.mesh))
         if jax.process_index() == 0:
-            mem = "" if memory is None else (f"; per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
-                                             f"MiB, temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB")
-            print(f"train step compiled in {time.perf_counter() - t0:.1f}s{mem}", flush=True)
+            memory = compile_lib.memory_summary(compiled)
+            print(f"train step compiled in {time.perf_counter() - t0:.1f}s" + (f"; {memory}" if memory else ""),
+                  flush=True)
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation

@@ -13,12 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from sbs_jax.model import losses
+from sbs_jax.model.t5 import Transformer
 
 MODES = ("step_by_step", "finetune", "distill")
 STREAMS = ("label", "rationale")
 # Keys of a stream batch that the model consumes; `decoder_loss_weights` is the loss's own.
-_DECODER_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                 "decoder_segment_ids", "decoder_positions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +28,8 @@ class ObjectiveConfig:
       the latter two train on the label stream only, which holds gold or teacher labels depending on the task.
     rationale_weight: λ in `L_label + λ·L_rationale`.
     alpha: if set, use the official code's `α·L_label + (1−α)·L_rationale` instead (overrides λ).
-    fused: compute both streams in one forward pass over the concatenated batch (same loss and gradients).
+    fused: one encoder pass over both streams' rows (the inputs share a length), then one decoder pass per
+      stream at its own target length; same loss and gradients as separate passes, fewer, larger matmuls.
     """
     mode: str = "step_by_step"
     rationale_weight: float = 1.0
@@ -70,26 +70,50 @@ def model_inputs(stream: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: v for k, v in stream.items() if k != "decoder_loss_weights"}
 
 
-def _pad_length(x: jax.Array, length: int) -> jax.Array:
-    return jnp.pad(x, [(0, 0), (0, length - x.shape[1])])
+_ENCODER_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+
+
+def interleave_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[B, ...] and [B, ...] -> [2B, ...] with rows a0, b0, a1, b1, ...
+
+    Interleaving (not concatenating) keeps each data shard's rows of both streams on that shard: a batch split
+    over `data` into contiguous blocks stays split the same way, so fusing moves no rows between devices.
+    """
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
 
 
 def fuse_streams(label: Mapping[str, jax.Array], rationale: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """One batch of 2B rows: label rows then rationale rows, decoder features right-padded to a common length.
+    """The encoder features of both streams as one batch of 2B rows (`interleave_rows`): label and rationale
+    inputs share the inputs length, so one encoder pass serves both streams; the decoder features stay per
+    stream, each at its own target length (no padding of labels to the rationale length)."""
+    keys = [k for k in _ENCODER_KEYS if k in label or k in rationale]
+    for k in keys:
+        if k not in label or k not in rationale:
+            raise ValueError(f"streams differ in encoder features: {k!r} is in only one of them")
+        if label[k].shape != rationale[k].shape:
+            raise ValueError(f"fused streams need equal encoder shapes; {k}: label {label[k].shape} vs "
+                             f"rationale {rationale[k].shape}")
+    return {k: interleave_rows(label[k], rationale[k]) for k in keys}
 
-    Padding after a target is invisible to earlier positions (causal decoder, weight 0), so the fused logits at
-    real target positions equal the per-stream ones.
-    """
-    if set(label) != set(rationale):
-        raise ValueError(f"streams differ in features: label {sorted(label)} vs rationale {sorted(rationale)}")
-    length = max(label["decoder_target_tokens"].shape[1], rationale["decoder_target_tokens"].shape[1])
-    fused = {}
-    for key in label:
-        a, b = label[key], rationale[key]
-        if key in _DECODER_KEYS:
-            a, b = _pad_length(a, length), _pad_length(b, length)
-        fused[key] = jnp.concatenate([a, b], axis=0)
-    return fused
+
+def _fused_logits(model, params, label, rationale, rng, enable_dropout):
+    """One encoder pass over both streams' 2B rows, then one decoder pass per stream at its own length."""
+    enc_key, label_key, rationale_key = jax.random.split(rng, 3)
+    fused = fuse_streams(label, rationale)
+    encoded = model.apply({"params": params}, **fused, enable_dropout=enable_dropout,
+                          rngs={"dropout": enc_key}, method=Transformer.encode)  # [2*batch, length, embed]
+    encoded = encoded.reshape((-1, 2) + encoded.shape[1:])  # [batch, 2, length, embed]
+    out = {}
+    for index, (name, stream, key) in enumerate((("label", label, label_key),
+                                                 ("rationale", rationale, rationale_key))):
+        out[name] = model.apply(
+            {"params": params}, encoded[:, index], stream["encoder_input_tokens"],
+            stream["decoder_input_tokens"], stream["decoder_target_tokens"],
+            encoder_segment_ids=stream.get("encoder_segment_ids"),
+            decoder_segment_ids=stream.get("decoder_segment_ids"),
+            decoder_positions=stream.get("decoder_positions"),
+            enable_dropout=enable_dropout, rngs={"dropout": key}, method=Transformer.decode)
+    return out
 
 
 def _stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
@@ -124,11 +148,7 @@ def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropou
                            rngs={"dropout": key})
 
     if config.fused and len(streams) == 2:
-        label, rationale = batch["label"], batch["rationale"]
-        logits = apply(fuse_streams(label, rationale), rng)  # [2*batch, length, vocab]
-        b = label["decoder_target_tokens"].shape[0]
-        logits_by_stream = {"label": logits[:b, :label["decoder_target_tokens"].shape[1]],
-                            "rationale": logits[b:, :rationale["decoder_target_tokens"].shape[1]]}
+        logits_by_stream = _fused_logits(model, params, batch["label"], batch["rationale"], rng, enable_dropout)
     else:
         keys = jax.random.split(rng, len(streams))
         logits_by_stream = {s: apply(batch[s], k) for s, k in zip(streams, keys)}

@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from bench import flops, packed as packed_lib
 from bench.timing import host_peak_bytes, reset_host_peak, time_steps
 from sbs_jax import partitioning
 from sbs_jax.model import Transformer, get_config
@@ -21,12 +22,13 @@ from sbs_jax.train import compile as compile_lib, objective, optim, state as sta
 
 @dataclasses.dataclass(frozen=True)
 class OursVariant:
-    """How our step is configured: compute dtype, fused paired pass, layer scan and remat policy."""
+    """How our step is configured: compute dtype, fused paired pass, packed rows, layer scan and remat policy."""
     name: str
     dtype: str = "bfloat16"
     fused: bool = True
     scan_layers: bool = True
     remat_policy: str = "none"
+    packed: bool = False  # synthetic packed rows (bench/packed.py) instead of the padded paired batch
 
 
 VARIANTS = {
@@ -36,7 +38,11 @@ VARIANTS = {
     "ours_bf16_fused": OursVariant("ours_bf16_fused", fused=True),
     "ours_bf16_fused_remat": OursVariant("ours_bf16_fused_remat", fused=True,
                                          remat_policy="dots_with_no_batch_dims_saveable"),
+    "ours_bf16_packed": OursVariant("ours_bf16_packed", packed=True),
+    "ours_bf16_packed_remat": OursVariant("ours_bf16_packed_remat", packed=True,
+                                          remat_policy="dots_with_no_batch_dims_saveable"),
 }
+PACKED_BATCHES = 4  # distinct packed batches cycled through by the timed steps
 
 
 def model_config(shape, variant: OursVariant | None = None, **extra):
@@ -85,15 +91,32 @@ class OursStep:
         rules = partitioning.get_rules("data_parallel")
         shardings, abstract_state = compile_lib.state_shardings(model, tx, self.mesh, rules)
         self.state = state_lib.create_state(model, tx, self.mesh, rules, seed, shardings)
-        self.batch = jax.device_put(paired_batch(shape, self.config.vocab_size, seed),
-                                    partitioning.data_sharding(self.mesh))
+        data = partitioning.data_sharding(self.mesh)
+        self.packing = None
+        if variant.packed:
+            # Rows per batch chosen so that a step holds about `shape.batch` examples, as the padded step does.
+            layout = packed_lib.PackedLayout()
+            rows = packed_lib.rows_for_examples(shape.batch, layout, self.mesh.shape[partitioning.DATA], seed)
+            batches = packed_lib.packed_batches(PACKED_BATCHES, rows, layout, self.config.vocab_size, seed)
+            self.batches = [jax.device_put(b.arrays, data) for b in batches]
+            self.packing = {"rows": rows, "enc_len": layout.enc_len, "dec_len": layout.dec_len,
+                            "examples_per_batch": [b.examples for b in batches],
+                            "model_flops_per_batch": [flops.segment_model_flops(self.config, b.segments)
+                                                      for b in batches],
+                            "executed_flops": flops.packed_step_flops(self.config, rows, layout.enc_len,
+                                                                      layout.dec_len)}
+        else:
+            self.batches = [jax.device_put(paired_batch(shape, self.config.vocab_size, seed), data)]
+        self._next = 0
         self.compiled = compile_lib.compile_train_step(
             model, tx, obj, schedule, 1, self.mesh, rules, shardings, abstract_state,
-            compile_lib.abstract_batch(self.batch, self.mesh),
+            compile_lib.abstract_batch(self.batches[0], self.mesh),
             matmul_precision="highest" if variant.dtype == "float32" else None)
 
     def step(self):
-        self.state, metrics = self.compiled(self.state, self.batch)
+        batch = self.batches[self._next]
+        self._next = (self._next + 1) % len(self.batches)
+        self.state, metrics = self.compiled(self.state, batch)
         return metrics["loss"]
 
     @staticmethod
@@ -132,13 +155,20 @@ def run_ours(shape, variant_name: str, *, warmup: int, steps: int, windows: int)
     setup_compile_s = time.perf_counter() - t0
     timing = time_steps(ours.step, ours.sync, warmup=warmup, steps=steps, windows=windows)
     compiled_bytes = ours.compiled_memory_bytes()
+    # Packed steps cycle through PACKED_BATCHES batches: examples (segment pairs, not rows) and model FLOPs
+    # per step are their means.
+    examples = shape.batch if ours.packing is None else float(np.mean(ours.packing["examples_per_batch"]))
     result = {"impl": "ours", "variant": variant_name, "step_s": timing.step_s,
               "warmup_s": timing.warmup_s + setup_compile_s, "setup_compile_s": setup_compile_s,
-              "windows_s": list(timing.windows_s), "examples_per_s": shape.batch / timing.step_s,
+              "windows_s": list(timing.windows_s), "examples_per_step": examples,
+              "examples_per_s": examples / timing.step_s,
               "peak_memory_bytes": host_peak_bytes() if on_cpu else compiled_bytes,
               "memory_kind": "process_rss" if on_cpu else "device, XLA compiled",
               "compiled_memory_bytes": compiled_bytes,
               "device_peak_so_far_bytes": None if on_cpu else device_peak_bytes(),
               "devices": len(jax.local_devices())}
+    if ours.packing is not None:
+        result["packing"] = ours.packing
+        result["model_flops"] = float(np.mean(ours.packing["model_flops_per_batch"]))
     del ours
     return result

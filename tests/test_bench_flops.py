@@ -250,3 +250,27 @@ def test_packed_batches_follow_the_packed_format_and_measured_lengths():
     assert packed.rows_for_examples(64, layout) == 12
     means = np.mean([b.examples for b in packed.packed_batches(8, 12, layout, 100)])
     assert 56 <= means <= 72
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_paired_step_count_is_what_the_objective_runs(fused):
+    # The fused objective encodes both streams' rows in one pass and decodes each stream at its own length, so
+    # it runs exactly the two-pass matmuls: no label padding to the rationale length is executed or credited.
+    from sbs_jax.model import Transformer, get_config
+    from sbs_jax.train import objective
+    cfg = get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, num_layers=1, dropout_rate=0.0)
+    model = Transformer(cfg)
+    batch, enc_len, lab_len, rat_len = 2, 12, 3, 7
+
+    def stream(dec_len):
+        tokens = jnp.ones((batch, dec_len), jnp.int32)
+        return {"encoder_input_tokens": jnp.ones((batch, enc_len), jnp.int32), "decoder_input_tokens": tokens,
+                "decoder_target_tokens": tokens, "decoder_loss_weights": jnp.ones((batch, dec_len), jnp.float32)}
+
+    paired = {"label": stream(lab_len), "rationale": stream(rat_len)}
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), paired["label"]["encoder_input_tokens"],
+                                               paired["label"]["decoder_input_tokens"]))["params"]
+    config = objective.ObjectiveConfig(alpha=0.5, fused=fused)
+    grad = jax.jit(jax.grad(lambda p: objective.loss_fn(model, p, paired, jax.random.key(0), config,
+                                                        enable_dropout=False)[0])).lower(params)
+    assert hlo_matmul_flops(grad.as_text()) == flops.paired_step_flops(cfg, batch, enc_len, lab_len, rat_len)

@@ -17,6 +17,9 @@ from sbs_jax.model.t5 import Transformer
 
 MODES = ("step_by_step", "finetune", "distill")
 STREAMS = ("label", "rationale")
+PACKED = "packed"  # the key of a packed batch (sbs_jax.data.packing)
+# decoder_stream_ids of a packed batch: which stream a target token belongs to.
+STREAM_IDS = {"label": 1, "rationale": 2}
 # Keys of a stream batch that the model consumes; `decoder_loss_weights` is the loss's own.
 
 
@@ -58,8 +61,24 @@ class ObjectiveConfig:
         return {"label": 1.0, "rationale": self.rationale_weight}
 
 
+def is_packed(batch: Mapping[str, Any]) -> bool:
+    return PACKED in batch
+
+
+def train_inputs(config: ObjectiveConfig, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a batch the objective reads: the packed rows, or the streams of the mode."""
+    return {PACKED: batch[PACKED]} if is_packed(batch) else {s: batch[s] for s in config.streams}
+
+
+def stream_weights_of_packed(rows: Mapping[str, jax.Array], stream: str) -> jax.Array:
+    """Loss weights of one stream's target tokens in packed rows: [rows, length]."""
+    return rows["decoder_loss_weights"] * (rows["decoder_stream_ids"] == STREAM_IDS[stream])
+
+
 def check_batch(config: ObjectiveConfig, batch: Mapping[str, Any]) -> None:
     """Fails early, naming the stream, when a task's batches do not fit the training mode."""
+    if is_packed(batch):
+        return
     missing = [s for s in config.streams if s not in batch]
     if missing:
         raise ValueError(f"objective mode {config.mode!r} needs batch streams {config.streams}, the batch has "
@@ -129,19 +148,48 @@ def _stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
 
 
 def token_counts(config: ObjectiveConfig, batch: Mapping[str, Mapping[str, jax.Array]]) -> dict[str, jax.Array]:
-    """Number of target tokens (weight > 0) per stream."""
+    """Number of target tokens (weight > 0) per stream, unpacked or packed."""
+    if is_packed(batch):
+        return {s: jnp.sum(stream_weights_of_packed(batch[PACKED], s) > 0).astype(jnp.float32)
+                for s in config.streams}
     return {s: jnp.sum(batch[s]["decoder_loss_weights"] > 0).astype(jnp.float32) for s in config.streams}
+
+
+def num_examples(batch: Mapping[str, Mapping[str, jax.Array]]) -> jax.Array:
+    """Examples in a batch: label segments of packed rows (a segment starts at decoder position 0), else
+    rows with a label target."""
+    if is_packed(batch):
+        rows = batch[PACKED]
+        starts = (rows["decoder_positions"] == 0) & (rows["decoder_stream_ids"] == STREAM_IDS["label"])
+        return jnp.sum(starts).astype(jnp.float32)
+    return jnp.sum(jnp.any(batch["label"]["decoder_loss_weights"] > 0, axis=1)).astype(jnp.float32)
+
+
+def _packed_loss(model, params, rows, rng, config: ObjectiveConfig, enable_dropout, num_tokens):
+    """Per-stream token-mean losses over packed rows: one forward pass, weights split by stream id."""
+    logits = model.apply({"params": params}, **model_inputs(
+        {k: v for k, v in rows.items() if k != "decoder_stream_ids"}), enable_dropout=enable_dropout,
+        rngs={"dropout": rng})  # [rows, length, vocab]
+    return {s: _stream_loss(logits, {"decoder_target_tokens": rows["decoder_target_tokens"],
+                                     "decoder_loss_weights": stream_weights_of_packed(rows, s)},
+                            config, None if num_tokens is None else num_tokens[s])
+            for s in config.streams}
 
 
 def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropout: bool = True,
             num_tokens: Mapping[str, jax.Array] | None = None):
-    """`(loss, metrics)` for a paired batch: the T5X-style `loss_fn(params, batch, rng)`.
+    """`(loss, metrics)` for a paired or packed batch: the T5X-style `loss_fn(params, batch, rng)`.
 
     Metrics per stream: `label/loss`, `label/num_tokens`, `label/accuracy`, `label/z_loss` (likewise
-    `rationale/...`), plus `loss` (the weighted total that is differentiated).
+    `rationale/...`), plus `loss` (the weighted total that is differentiated) and `num_examples`.
+    A packed batch (`{"packed": rows}`) gives the same per-stream token means as the unpacked batch of the
+    same examples: each stream's loss is a mean over that stream's target tokens either way.
     """
     weights = config.stream_weights()
     streams = config.streams
+    if is_packed(batch):
+        per_stream = _packed_loss(model, params, batch[PACKED], rng, config, enable_dropout, num_tokens)
+        return _combine(per_stream, weights, num_examples(batch))
 
     def apply(inputs, key):
         return model.apply({"params": params}, **model_inputs(inputs), enable_dropout=enable_dropout,
@@ -153,12 +201,17 @@ def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropou
         keys = jax.random.split(rng, len(streams))
         logits_by_stream = {s: apply(batch[s], k) for s, k in zip(streams, keys)}
 
+    per_stream = {s: _stream_loss(logits_by_stream[s], batch[s], config,
+                                  None if num_tokens is None else num_tokens[s]) for s in streams}
+    return _combine(per_stream, weights, num_examples(batch))
+
+
+def _combine(per_stream, weights, examples):
     total = jnp.zeros((), jnp.float32)
     metrics = {}
-    for s in streams:
-        loss, m = _stream_loss(logits_by_stream[s], batch[s], config,
-                               None if num_tokens is None else num_tokens[s])
+    for s, (loss, m) in per_stream.items():
         total = total + weights[s] * loss
         metrics.update({f"{s}/{k}": v for k, v in m.items()})
     metrics["loss"] = total
+    metrics["num_examples"] = examples
     return total, metrics

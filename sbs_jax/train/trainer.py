@@ -39,6 +39,10 @@ class TrainConfig:
     eval_task: task to evaluate (default: the training task; required when training on a mixture).
     num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
     batches independent of the number of processes.
+    pack: PACK. Train on packed rows (`sbs_jax.data.packing`): BATCH_SIZE counts rows, each holding several
+    (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
+    Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
+    `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
     """
     model_dir: str
     mixture_or_task_name: str
@@ -55,6 +59,8 @@ class TrainConfig:
     partitioning: str = "data_parallel"
     mesh_model: int = 1
     num_input_shards: int | None = None
+    pack: bool = False
+    packed_lengths: Mapping[str, int] | None = None
     eval_every: int = 0
     eval_task: str | None = None
     validation_split: str = "validation"
@@ -73,6 +79,8 @@ class TrainConfig:
                      "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.packed_lengths is not None and not self.pack:
+            raise ValueError("TrainConfig.packed_lengths is set but pack=False; set pack=True (PACK) to pack")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -250,12 +258,16 @@ class Trainer:
         state, start = self.initial_state()
         batches = inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
                                        batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
-                                       start_batch=start, num_input_shards=cfg.num_input_shards)
+                                       start_batch=start, num_input_shards=cfg.num_input_shards,
+                                       pack=cfg.pack, packed_lengths=cfg.packed_lengths)
         validate = self._has_split(cfg.validation_split)
         if not validate:
             print(f"note: task {self.eval_task!r} has no {cfg.validation_split!r} split; no validation or "
                   "best-checkpoint selection", flush=True)
-        bar = progress.ProgressBar(cfg.train_steps, start, cfg.batch_size, log_every=cfg.log_every)
+        # Packed rows hold a varying number of examples: the bar counts them from the step's metric.
+        bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
+                                   log_every=cfg.log_every)
+        pending_examples = []  # device scalars, read only when logging (no per-step host sync)
         compiled, last_val = None, {}
         multi_process = jax.process_count() > 1
         for step in range(start, cfg.train_steps):
@@ -267,11 +279,15 @@ class Trainer:
                 # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
                 metrics["loss"].block_until_ready()
             done = step + 1
-            shown = None
+            if cfg.pack and step > start:  # the first step's time is compilation; the bar's rate starts after it
+                pending_examples.append(metrics["num_examples"])
+            shown, examples = None, None
             if done % cfg.log_every == 0 or done == cfg.train_steps:
                 shown = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
                 self.writer.write(done, shown, "train")
-            bar.update(done, None if shown is None else {"loss": shown["loss"]})
+                examples = sum(float(np.asarray(v.addressable_data(0))) for v in pending_examples)
+                pending_examples = []
+            bar.update(done, None if shown is None else {"loss": shown["loss"]}, examples=examples)
             evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
             val = None
             if evaluate_now:

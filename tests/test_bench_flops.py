@@ -108,26 +108,38 @@ def test_shapes_follow_the_measured_cqa_lengths():
 
 @pytest.mark.slow
 def test_harness_writes_its_tables(tmp_path):
+    import numpy as np
+
     from bench import step_bench
     # Batch 8: one row per fake CPU device of the test mesh.
     shape = BenchShape("smoke", "t5_1_1_tiny", 8, 8, 4, 8, overrides=(("vocab_size", 128), ("num_layers", 1)))
-    args = step_bench.parse_args(["--reference", "fp32", "--ours", "ours_bf16_fused,no_such_variant",
+    args = step_bench.parse_args(["--reference", "fp32", "--ours", "ours_bf16_fused,ours_bf16_packed,no_such_variant",
                                   "--warmup", "1", "--steps", "1", "--windows", "1", "--peak_tflops", "1",
                                   "--out", str(tmp_path)])
     payload = step_bench.run(args, shape)
     assert [(r["impl"], r["variant"]) for r in payload["rows"]] == [("reference", "hf_fp32"),
-                                                                     ("ours", "ours_bf16_fused")]
+                                                                     ("ours", "ours_bf16_fused"),
+                                                                     ("ours", "ours_bf16_packed")]
     assert [f["variant"] for f in payload["failures"]] == ["no_such_variant"]
     from sbs_jax.model import get_config
     cfg = get_config("t5_1_1_tiny", vocab_size=128, num_layers=1, dropout_rate=0.1)
     assert payload["step_flops"] == flops.paired_step_flops(cfg, 8, 8, 4, 8)
-    for row in payload["rows"]:
+    padded, packed_row = payload["rows"][:2], payload["rows"][2]
+    for row in padded:
         assert row["examples_per_s"] == pytest.approx(8 / row["step_s"])
         assert row["mfu"] == pytest.approx(payload["step_flops"] / row["step_s"] / 1e12)
+    # Packed: examples (not rows) per second, MFU on the segments' real-token FLOPs.
+    packing = packed_row["packing"]
+    assert packing["rows"] % 8 == 0 and packed_row["examples_per_step"] == np.mean(packing["examples_per_batch"])
+    assert packed_row["examples_per_s"] == pytest.approx(packed_row["examples_per_step"] / packed_row["step_s"])
+    assert packed_row["model_flops"] == np.mean(packing["model_flops_per_batch"]) < packing["executed_flops"]
+    assert packing["executed_flops"] == flops.packed_step_flops(cfg, packing["rows"], 512, 192)
+    assert packed_row["mfu"] == pytest.approx(packed_row["model_flops"] / packed_row["step_s"] / 1e12)
     saved = json.loads((tmp_path / "step_smoke.json").read_text())
     assert saved["environment"]["commit"] and saved["rows"][1]["compiled_memory_bytes"] > 0
     table = (tmp_path / "step_smoke.md").read_text()
     assert "| ours | ours_bf16_fused |" in table and "x hf_fp32" in table and "FAILED no_such_variant" in table
+    assert "| ours | ours_bf16_packed |" in table and "`ours_bf16_packed`: 8 packed rows of 512/192 tokens" in table
 
 
 def test_timed_path_needs_no_seqio_tensorflow_gin():

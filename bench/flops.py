@@ -80,6 +80,22 @@ def paired_step_flops(config, batch: int, inputs: int, targets: int, rationales:
             + stream_flops(config, batch, inputs, rationales).train)
 
 
+def packed_step_flops(config, rows: int, enc_len: int, dec_len: int) -> int:
+    """Matmul FLOPs a packed training step executes (fwd+bwd): one pass over `rows` rows of `enc_len` encoder
+    and `dec_len` decoder tokens, padding included, attention over the whole row (segments are masked from
+    each other, not skipped). What the compiled program runs; `tests/test_bench_flops.py` checks it against
+    the lowered program's matmuls."""
+    return stream_flops(config, rows, enc_len, dec_len).train
+
+
+def segment_model_flops(config, segments) -> int:
+    """Model FLOPs of packed (encoder length, decoder length) segments, the numerator of a packed step's MFU:
+    each segment counted as if it ran alone, unpadded, fwd+bwd: projections, FFN and logits on its real tokens
+    only, attention only among its own tokens. Padding and the cross-segment attention that packing masks
+    (real work of the packed step, see `packed_step_flops`) are not credited."""
+    return sum(stream_flops(config, 1, enc, dec).train for enc, dec in segments)
+
+
 def greedy_decode_flops(config, batch: int, enc_len: int, steps: int) -> int:
     """Matmul FLOPs of KV-cached greedy decoding: one encoder pass, then `steps` one-token decoder steps.
 

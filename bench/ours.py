@@ -1,4 +1,4 @@
-"""Our step: the project's own train step (`sbs_jax.train.step.make_train_step`), jitted as the trainer does.
+"""Our step: the project's own train step, built and compiled by the trainer's `sbs_jax.train.compile`.
 
 Nothing here re-implements the step: the model, objective (fused or two-pass), optimizer and state are the
 project's. Only the batch is synthetic (random tokens at the benchmark's padded shapes), so the timed path
@@ -10,24 +10,25 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
+from bench import flops, packed as packed_lib
 from bench.timing import host_peak_bytes, reset_host_peak, time_steps
 from sbs_jax import partitioning
 from sbs_jax.model import Transformer, get_config
-from sbs_jax.train import objective, optim, state as state_lib, step as step_lib
+from sbs_jax.train import compile as compile_lib, objective, optim, state as state_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class OursVariant:
-    """How our step is configured: compute dtype, fused paired pass, layer scan and remat policy."""
+    """How our step is configured: compute dtype, fused paired pass, packed rows, layer scan and remat policy."""
     name: str
     dtype: str = "bfloat16"
     fused: bool = True
     scan_layers: bool = True
     remat_policy: str = "none"
+    packed: bool = False  # synthetic packed rows (bench/packed.py) instead of the padded paired batch
 
 
 VARIANTS = {
@@ -37,7 +38,11 @@ VARIANTS = {
     "ours_bf16_fused": OursVariant("ours_bf16_fused", fused=True),
     "ours_bf16_fused_remat": OursVariant("ours_bf16_fused_remat", fused=True,
                                          remat_policy="dots_with_no_batch_dims_saveable"),
+    "ours_bf16_packed": OursVariant("ours_bf16_packed", packed=True),
+    "ours_bf16_packed_remat": OursVariant("ours_bf16_packed_remat", packed=True,
+                                          remat_policy="dots_with_no_batch_dims_saveable"),
 }
+PACKED_BATCHES = 4  # distinct packed batches cycled through by the timed steps
 
 
 def model_config(shape, variant: OursVariant | None = None, **extra):
@@ -76,34 +81,42 @@ class OursStep:
                                            decay_steps=total_steps, clip_norm=1.0)
         tx = optim.make_optimizer(opt_config)
         obj = objective.ObjectiveConfig(mode="step_by_step", alpha=0.5, fused=variant.fused)
-        train_step = step_lib.make_train_step(model, tx, obj, optim.make_schedule(opt_config))
+        schedule = optim.make_schedule(opt_config)
 
-        # Sharded exactly as `sbs_jax.train.trainer.Trainer` does (that module imports seqio through
-        # `train.inputs`, so the timed path cannot import it on a machine without seqio).
+        # Sharded and compiled by the trainer's own functions (`sbs_jax.train.compile`, no seqio/TF).
         self.mesh = partitioning.make_mesh(data=-1, model=1)
         if shape.batch % self.mesh.shape[partitioning.DATA]:
             raise ValueError(f"shape {shape.name!r}: batch {shape.batch} is not divisible by the "
                              f"{self.mesh.shape[partitioning.DATA]} data-parallel devices")
         rules = partitioning.get_rules("data_parallel")
-        abstract_params, param_sh = partitioning.param_shardings(model, self.mesh, rules,
-                                                                 **state_lib.dummy_inputs())
-        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params,
-                                                  param_sh, self.mesh)
-        replicated = partitioning.replicated(self.mesh)
-        shardings = state_lib.TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated)
-        abstract_state = state_lib.abstract_state(tx, abstract_params, shardings)
+        shardings, abstract_state = compile_lib.state_shardings(model, tx, self.mesh, rules)
         self.state = state_lib.create_state(model, tx, self.mesh, rules, seed, shardings)
         data = partitioning.data_sharding(self.mesh)
-        self.batch = jax.device_put(paired_batch(shape, self.config.vocab_size, seed), data)
-        abstract_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data), self.batch)
-        precision = "highest" if variant.dtype == "float32" else None
-        with (jax.set_mesh(self.mesh), nn.logical_axis_rules(rules), jax.default_matmul_precision(precision)):
-            jitted = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, replicated),
-                             donate_argnums=0)
-            self.compiled = jitted.lower(abstract_state, abstract_batch).compile()
+        self.packing = None
+        if variant.packed:
+            # Rows per batch chosen so that a step holds about `shape.batch` examples, as the padded step does.
+            layout = packed_lib.PackedLayout()
+            rows = packed_lib.rows_for_examples(shape.batch, layout, self.mesh.shape[partitioning.DATA], seed)
+            batches = packed_lib.packed_batches(PACKED_BATCHES, rows, layout, self.config.vocab_size, seed)
+            self.batches = [jax.device_put(b.arrays, data) for b in batches]
+            self.packing = {"rows": rows, "enc_len": layout.enc_len, "dec_len": layout.dec_len,
+                            "examples_per_batch": [b.examples for b in batches],
+                            "model_flops_per_batch": [flops.segment_model_flops(self.config, b.segments)
+                                                      for b in batches],
+                            "executed_flops": flops.packed_step_flops(self.config, rows, layout.enc_len,
+                                                                      layout.dec_len)}
+        else:
+            self.batches = [jax.device_put(paired_batch(shape, self.config.vocab_size, seed), data)]
+        self._next = 0
+        self.compiled = compile_lib.compile_train_step(
+            model, tx, obj, schedule, 1, self.mesh, rules, shardings, abstract_state,
+            compile_lib.abstract_batch(self.batches[0], self.mesh),
+            matmul_precision="highest" if variant.dtype == "float32" else None)
 
     def step(self):
-        self.state, metrics = self.compiled(self.state, self.batch)
+        batch = self.batches[self._next]
+        self._next = (self._next + 1) % len(self.batches)
+        self.state, metrics = self.compiled(self.state, batch)
         return metrics["loss"]
 
     @staticmethod
@@ -142,13 +155,20 @@ def run_ours(shape, variant_name: str, *, warmup: int, steps: int, windows: int)
     setup_compile_s = time.perf_counter() - t0
     timing = time_steps(ours.step, ours.sync, warmup=warmup, steps=steps, windows=windows)
     compiled_bytes = ours.compiled_memory_bytes()
+    # Packed steps cycle through PACKED_BATCHES batches: examples (segment pairs, not rows) and model FLOPs
+    # per step are their means.
+    examples = shape.batch if ours.packing is None else float(np.mean(ours.packing["examples_per_batch"]))
     result = {"impl": "ours", "variant": variant_name, "step_s": timing.step_s,
               "warmup_s": timing.warmup_s + setup_compile_s, "setup_compile_s": setup_compile_s,
-              "windows_s": list(timing.windows_s), "examples_per_s": shape.batch / timing.step_s,
+              "windows_s": list(timing.windows_s), "examples_per_step": examples,
+              "examples_per_s": examples / timing.step_s,
               "peak_memory_bytes": host_peak_bytes() if on_cpu else compiled_bytes,
               "memory_kind": "process_rss" if on_cpu else "device, XLA compiled",
               "compiled_memory_bytes": compiled_bytes,
               "device_peak_so_far_bytes": None if on_cpu else device_peak_bytes(),
               "devices": len(jax.local_devices())}
+    if ours.packing is not None:
+        result["packing"] = ours.packing
+        result["model_flops"] = float(np.mean(ours.packing["model_flops_per_batch"]))
     del ours
     return result

@@ -32,14 +32,14 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...: run, log, record the exit status, 
   > "$OUT/env.txt" 2>&1
 
 # In order of what the targets need; each stage writes its own table.
-stage step_paper 190 python -m bench.step_bench --shape paper --reference bf16,compile_bf16 \
-  --ours ours_bf16_fused,ours_bf16 --peak_tflops "$PEAK_TFLOPS" --out "$OUT"
-stage infer_paper 60 python -m bench.infer_bench --shape paper --hf bf16,fp32 --ours bf16,fp32 --out "$OUT"
-stage step_large 130 python -m bench.step_bench --shape large --reference bf16 \
-  --ours ours_bf16_fused,ours_bf16_fused_remat --peak_tflops "$PEAK_TFLOPS" --warmup 2 --steps 5 --out "$OUT"
-stage step_paper_fp32 60 python -m bench.step_bench --shape paper --reference fp32 --ours ours_fp32 \
+stage step_paper 210 python -m bench.step_bench --shape paper --reference bf16,compile_bf16 \
+  --ours ours_bf16_fused,ours_bf16_packed,ours_bf16 --peak_tflops "$PEAK_TFLOPS" --out "$OUT"
+stage infer_paper 55 python -m bench.infer_bench --shape paper --hf bf16,fp32 --ours bf16,fp32 --out "$OUT"
+stage step_large 125 python -m bench.step_bench --shape large --reference bf16 \
+  --ours ours_bf16_fused,ours_bf16_packed_remat --peak_tflops "$PEAK_TFLOPS" --warmup 2 --steps 5 --out "$OUT"
+stage step_paper_fp32 50 python -m bench.step_bench --shape paper --reference fp32 --ours ours_fp32 \
   --peak_tflops "$PEAK_TFLOPS" --tag fp32 --out "$OUT"
-stage profile_paper 50 python -m bench.profile --shape paper --variant ours_bf16_fused --reference bf16 --steps 3 \
+stage profile_paper 40 python -m bench.profile --shape paper --variant ours_bf16_fused --reference bf16 --steps 3 \
   --out "$OUT"
 
 cat "$OUT"/step_paper.md "$OUT"/infer_paper.md "$OUT"/step_large.md "$OUT"/step_paper_fp32.md \

@@ -114,9 +114,10 @@ def _stats(lengths: list[int], batch: int, seed: int) -> dict:
     }
 
 
-def measure_cqa(data_dir: pathlib.Path, workdir: pathlib.Path, *, vocab_size: int = 8000,
-                batch: int = 64, seed: int = 0) -> dict:
-    """Train a SentencePiece model on CQA text and measure the three streams' token lengths."""
+def cqa_token_lengths(data_dir: pathlib.Path, workdir: pathlib.Path, *, vocab_size: int = 8000):
+    """Per-example token lengths (EOS included) of the four sequences a paired example has, and the number of
+    teacher outputs that did not parse: {"inputs" (`predict: x`), "explain_inputs" (`explain: x`), "targets",
+    "rationales"} -> lists in example order. Trains the SentencePiece model on CQA text first."""
     import sentencepiece as spm  # offline measurement only
 
     examples, unparsed = cqa_examples(data_dir)
@@ -132,18 +133,40 @@ def measure_cqa(data_dir: pathlib.Path, workdir: pathlib.Path, *, vocab_size: in
     def n(text: str) -> int:
         return len(sp.encode(text)) + 1  # + EOS
 
+    lengths = {"inputs": [n("predict: " + x) for x, _, _ in examples],
+               "explain_inputs": [n("explain: " + x) for x, _, _ in examples],
+               "targets": [n(y) for _, y, _ in examples],
+               "rationales": [n(r) for _, _, r in examples]}
+    return lengths, unparsed, examples
+
+
+def measure_cqa(data_dir: pathlib.Path, workdir: pathlib.Path, *, vocab_size: int = 8000,
+                batch: int = 64, seed: int = 0) -> dict:
+    """Train a SentencePiece model on CQA text and measure the three streams' token lengths."""
+    lengths, unparsed, examples = cqa_token_lengths(data_dir, workdir, vocab_size=vocab_size)
     return {
         "tokenizer": f"sentencepiece unigram, {vocab_size} pieces, trained on CQA train inputs+labels+rationales",
         "examples": len(examples),
         "rationale_missing": unparsed,
-        "inputs": _stats([n("predict: " + x) for x, _, _ in examples], batch, seed),
-        "targets": _stats([n(y) for _, y, _ in examples], batch, seed),
-        "rationales": _stats([n(r) for _, _, r in examples], batch, seed),
+        "inputs": _stats(lengths["inputs"], batch, seed),
+        "targets": _stats(lengths["targets"], batch, seed),
+        "rationales": _stats(lengths["rationales"], batch, seed),
         "whitespace_words": {
             "inputs": _stats([len(("predict: " + x).split()) for x, _, _ in examples], batch, seed),
             "rationales": _stats([len(r.split()) for _, _, r in examples], batch, seed),
         },
     }
+
+
+def length_histogram(lengths: dict[str, list[int]], tokenizer: str) -> dict:
+    """The joint per-example length histogram: {"fields": [...], "counts": [[l_1, ..., l_k, count], ...]}
+    (one entry per distinct tuple of lengths, sorted), which keeps each example's lengths together."""
+    fields = list(lengths)
+    counts: dict[tuple, int] = {}
+    for row in zip(*(lengths[f] for f in fields)):
+        counts[row] = counts.get(row, 0) + 1
+    return {"tokenizer": tokenizer, "examples": len(lengths[fields[0]]), "fields": fields,
+            "counts": [list(k) + [v] for k, v in sorted(counts.items())]}
 
 
 def main(argv=None) -> None:
@@ -152,8 +175,14 @@ def main(argv=None) -> None:
     parser.add_argument("--data_dir", type=pathlib.Path, default=pathlib.Path("/work/shared/datasets"))
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/bench_shapes"))
     parser.add_argument("--vocab_size", type=int, default=8000)
+    parser.add_argument("--histogram", type=pathlib.Path, default=None,
+                        help="write the joint per-example length histogram here (bench/cqa_lengths.json)")
     args = parser.parse_args(argv)
-    if args.measure:
+    if args.histogram:
+        lengths, _, _ = cqa_token_lengths(args.data_dir, args.workdir, vocab_size=args.vocab_size)
+        tokenizer = f"sentencepiece unigram, {args.vocab_size} pieces, trained on CQA train inputs+labels+rationales"
+        args.histogram.write_text(json.dumps(length_histogram(lengths, tokenizer), separators=(",", ":")) + "\n")
+    elif args.measure:
         print(json.dumps(measure_cqa(args.data_dir, args.workdir, vocab_size=args.vocab_size), indent=1))
     else:
         for shape in SHAPES.values():

@@ -48,6 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def packed_note(row: dict, step_flops: float) -> str:
+    p = row["packing"]
+    examples = p["examples_per_batch"]
+    return (f"`{row['variant']}`: {p['rows']} packed rows of {p['enc_len']}/{p['dec_len']} tokens per step, "
+            f"{min(examples)}-{max(examples)} examples (mean {row['examples_per_step']:.1f}) over the "
+            f"{len(examples)} synthetic batches cycled, lengths drawn from bench/cqa_lengths.json; examples/s counts "
+            f"examples; MFU credits real-token FLOPs only ({row['model_flops'] / 1e12:.4g} TFLOP per step, "
+            f"{row['model_flops'] / p['executed_flops']:.1%} of the {p['executed_flops'] / 1e12:.4g} TFLOP executed; "
+            f"the padded rows above credit {step_flops / 1e12:.4g} TFLOP, padding included)")
+
+
 def run(args: argparse.Namespace, shape=None) -> dict:
     """Runs every requested variant on `shape` (default: `--shape`) and writes the tables."""
     import torch
@@ -73,7 +84,8 @@ def run(args: argparse.Namespace, shape=None) -> dict:
             traceback.print_exc()
             failures.append({"variant": label, "error": f"{type(e).__name__}: {e}"})
             return
-        row["mfu"] = (flops.mfu(step_flops, row["step_s"], args.peak_tflops * 1e12)
+        # Packed rows credit only their segments' real-token FLOPs (bench/flops.py, segment_model_flops).
+        row["mfu"] = (flops.mfu(row.get("model_flops", step_flops), row["step_s"], args.peak_tflops * 1e12)
                       if args.peak_tflops else None)
         rows.append(row)
         print(f"[step_bench]   {1e3 * row['step_s']:.1f} ms/step, {row['examples_per_s']:.1f} examples/s",
@@ -92,7 +104,8 @@ def run(args: argparse.Namespace, shape=None) -> dict:
         f"MFU against {args.peak_tflops} TFLOP/s" if args.peak_tflops else "MFU: no --peak_tflops given",
         f"timing: {args.warmup} warm-up steps, then median of {args.windows} windows of {args.steps} steps"
         + ("" if device.type == "cuda" else f"; CPU threads: {args.cpu_threads}"),
-    ] + [f"FAILED {f['variant']}: {f['error']}" for f in failures]
+    ] + [packed_note(r, step_flops) for r in rows if "packing" in r] + [
+        f"FAILED {f['variant']}: {f['error']}" for f in failures]
     payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
                "step_flops": step_flops, "peak_tflops": args.peak_tflops, "environment": env, "rows": rows,
                "failures": failures, "cqa_lengths": CQA_MEASURED}

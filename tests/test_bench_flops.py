@@ -108,26 +108,38 @@ def test_shapes_follow_the_measured_cqa_lengths():
 
 @pytest.mark.slow
 def test_harness_writes_its_tables(tmp_path):
+    import numpy as np
+
     from bench import step_bench
     # Batch 8: one row per fake CPU device of the test mesh.
     shape = BenchShape("smoke", "t5_1_1_tiny", 8, 8, 4, 8, overrides=(("vocab_size", 128), ("num_layers", 1)))
-    args = step_bench.parse_args(["--reference", "fp32", "--ours", "ours_bf16_fused,no_such_variant",
+    args = step_bench.parse_args(["--reference", "fp32", "--ours", "ours_bf16_fused,ours_bf16_packed,no_such_variant",
                                   "--warmup", "1", "--steps", "1", "--windows", "1", "--peak_tflops", "1",
                                   "--out", str(tmp_path)])
     payload = step_bench.run(args, shape)
     assert [(r["impl"], r["variant"]) for r in payload["rows"]] == [("reference", "hf_fp32"),
-                                                                     ("ours", "ours_bf16_fused")]
+                                                                     ("ours", "ours_bf16_fused"),
+                                                                     ("ours", "ours_bf16_packed")]
     assert [f["variant"] for f in payload["failures"]] == ["no_such_variant"]
     from sbs_jax.model import get_config
     cfg = get_config("t5_1_1_tiny", vocab_size=128, num_layers=1, dropout_rate=0.1)
     assert payload["step_flops"] == flops.paired_step_flops(cfg, 8, 8, 4, 8)
-    for row in payload["rows"]:
+    padded, packed_row = payload["rows"][:2], payload["rows"][2]
+    for row in padded:
         assert row["examples_per_s"] == pytest.approx(8 / row["step_s"])
         assert row["mfu"] == pytest.approx(payload["step_flops"] / row["step_s"] / 1e12)
+    # Packed: examples (not rows) per second, MFU on the segments' real-token FLOPs.
+    packing = packed_row["packing"]
+    assert packing["rows"] % 8 == 0 and packed_row["examples_per_step"] == np.mean(packing["examples_per_batch"])
+    assert packed_row["examples_per_s"] == pytest.approx(packed_row["examples_per_step"] / packed_row["step_s"])
+    assert packed_row["model_flops"] == np.mean(packing["model_flops_per_batch"]) < packing["executed_flops"]
+    assert packing["executed_flops"] == flops.packed_step_flops(cfg, packing["rows"], 512, 192)
+    assert packed_row["mfu"] == pytest.approx(packed_row["model_flops"] / packed_row["step_s"] / 1e12)
     saved = json.loads((tmp_path / "step_smoke.json").read_text())
     assert saved["environment"]["commit"] and saved["rows"][1]["compiled_memory_bytes"] > 0
     table = (tmp_path / "step_smoke.md").read_text()
     assert "| ours | ours_bf16_fused |" in table and "x hf_fp32" in table and "FAILED no_such_variant" in table
+    assert "| ours | ours_bf16_packed |" in table and "`ours_bf16_packed`: 8 packed rows of 512/192 tokens" in table
 
 
 def test_timed_path_needs_no_seqio_tensorflow_gin():
@@ -185,3 +197,92 @@ def test_inference_harness_writes_its_table(tmp_path):
     # Both decode the label stream's padded length (HF may stop early only if every row emits EOS).
     assert payload["rows"][1]["decoded_tokens"] == 4 and 1 <= payload["rows"][0]["decoded_tokens"] <= 4
     assert "x hf_generate_fp32" in (tmp_path / "infer_smoke.md").read_text()
+
+
+def test_packed_step_matches_every_matmul_of_the_traced_packed_model():
+    from bench import packed
+    from sbs_jax.model import Transformer, get_config
+    cfg = get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, num_layers=1, dropout_rate=0.0)
+    model = Transformer(cfg)
+    layout = packed.PackedLayout(enc_len=160, dec_len=48)
+    batch = packed.packed_batches(1, 2, layout, cfg.vocab_size, seed=3)[0]
+    rows = {k: jnp.asarray(v) for k, v in batch.arrays["packed"].items()}
+    inputs = {k: v for k, v in rows.items() if k not in ("decoder_loss_weights", "decoder_stream_ids")}
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs))["params"]
+
+    def forward(p):
+        return model.apply({"params": p}, **inputs)
+
+    fwd = jax.jit(forward).lower(params)
+    grad = jax.jit(jax.grad(lambda p: jnp.mean(forward(p) ** 2))).lower(params)
+    # Segment masks and per-segment positions add no matmul: the packed step runs the full rows.
+    executed = flops.packed_step_flops(cfg, 2, 160, 48)
+    assert hlo_matmul_flops(grad.as_text()) == executed
+    assert 3 * hlo_matmul_flops(fwd.as_text()) == executed
+    # Model FLOPs credit each segment alone on its real tokens: less than what the rows execute, and for a
+    # segment filling a whole row exactly what that row executes.
+    model_flops = flops.segment_model_flops(cfg, batch.segments)
+    assert 0 < model_flops < executed
+    assert model_flops == sum(flops.stream_flops(cfg, 1, e, d).train for e, d in batch.segments)
+    assert flops.segment_model_flops(cfg, [(160, 48)]) == flops.packed_step_flops(cfg, 1, 160, 48)
+
+
+def test_packed_batches_follow_the_packed_format_and_measured_lengths():
+    import numpy as np
+
+    from bench import packed
+    lengths, probs = packed.load_histogram()
+    assert probs.sum() == pytest.approx(1.0)
+    # The stored histogram reproduces the measured means (CQA_MEASURED, bench/RESULTS.md).
+    for field, column in (("inputs", 0), ("targets", 2), ("rationales", 3)):
+        assert float(probs @ lengths[:, column]) == pytest.approx(CQA_MEASURED[field]["mean"], abs=0.01)
+    layout = packed.PackedLayout()
+    batches = packed.packed_batches(3, 4, layout, vocab=100, seed=0)
+    for batch in batches:
+        rows = batch.arrays["packed"]
+        assert all(v.dtype == np.int32 for v in rows.values())
+        assert rows["encoder_input_tokens"].shape == (4, 512) and rows["decoder_stream_ids"].shape == (4, 192)
+        assert len(batch.segments) == 2 * batch.examples
+        for r in range(4):
+            for ids, positions in ((rows["encoder_segment_ids"][r], rows["encoder_positions"][r]),
+                                   (rows["decoder_segment_ids"][r], rows["decoder_positions"][r])):
+                used = ids[ids > 0]
+                assert used[0] == 1 and np.all(np.diff(used) >= 0) and np.all(ids[len(used):] == 0)
+                for s in np.unique(used):  # positions restart at 0 in every segment
+                    assert positions[ids == s].tolist() == list(range(int(np.sum(ids == s))))
+            seg, tgt, inp = rows["decoder_segment_ids"][r], rows["decoder_target_tokens"][r], rows["decoder_input_tokens"][r]
+            for s in np.unique(seg[seg > 0]):  # inputs are the targets shifted right within the segment
+                t, i = tgt[seg == s], inp[seg == s]
+                assert i[0] == 0 and np.array_equal(i[1:], t[:-1]) and t[-1] == 1
+                assert len(np.unique(rows["decoder_stream_ids"][r][seg == s])) == 1
+            assert np.array_equal(rows["decoder_loss_weights"][r] > 0, seg > 0)
+        streams = rows["decoder_stream_ids"]
+        assert {1, 2} <= set(np.unique(streams).tolist()) <= {0, 1, 2}
+    # Consecutive batches draw fresh examples; rows per step chosen for about 64 examples as in the paper.
+    assert packed.rows_for_examples(64, layout) == 12
+    means = np.mean([b.examples for b in packed.packed_batches(8, 12, layout, 100)])
+    assert 56 <= means <= 72
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_paired_step_count_is_what_the_objective_runs(fused):
+    # The fused objective encodes both streams' rows in one pass and decodes each stream at its own length, so
+    # it runs exactly the two-pass matmuls: no label padding to the rationale length is executed or credited.
+    from sbs_jax.model import Transformer, get_config
+    from sbs_jax.train import objective
+    cfg = get_config("t5_1_1_tiny", dtype="float32", vocab_size=512, num_layers=1, dropout_rate=0.0)
+    model = Transformer(cfg)
+    batch, enc_len, lab_len, rat_len = 2, 12, 3, 7
+
+    def stream(dec_len):
+        tokens = jnp.ones((batch, dec_len), jnp.int32)
+        return {"encoder_input_tokens": jnp.ones((batch, enc_len), jnp.int32), "decoder_input_tokens": tokens,
+                "decoder_target_tokens": tokens, "decoder_loss_weights": jnp.ones((batch, dec_len), jnp.float32)}
+
+    paired = {"label": stream(lab_len), "rationale": stream(rat_len)}
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), paired["label"]["encoder_input_tokens"],
+                                               paired["label"]["decoder_input_tokens"]))["params"]
+    config = objective.ObjectiveConfig(alpha=0.5, fused=fused)
+    grad = jax.jit(jax.grad(lambda p: objective.loss_fn(model, p, paired, jax.random.key(0), config,
+                                                        enable_dropout=False)[0])).lower(params)
+    assert hlo_matmul_flops(grad.as_text()) == flops.paired_step_flops(cfg, batch, enc_len, lab_len, rat_len)

@@ -115,17 +115,36 @@ def test_lambda_form_is_twice_the_alpha_form(hf_model_and_ours):
 
 
 def test_fused_equals_two_pass(hf_model_and_ours):
+    """One encoder pass over both streams + one decoder pass per stream == the two-pass objective."""
     _, _, config, params = hf_model_and_ours
     model, batch = Transformer(config), _paired_batch(2)
     results = {}
     for fused in (False, True):
         obj = objective_lib.ObjectiveConfig(rationale_weight=0.7, fused=fused)
         results[fused] = jax.jit(jax.value_and_grad(
-            lambda p: objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False)[0]
-        ))(params)
-    np.testing.assert_allclose(float(results[True][0]), float(results[False][0]), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(results[False][1])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+            lambda p: objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False),
+            has_aux=True))(params)
+    (loss_f, m_f), grads_f = results[True]
+    (loss_t, m_t), grads_t = results[False]
+    np.testing.assert_allclose(float(loss_f), float(loss_t), rtol=1e-6)
+    for k in ("label/loss", "rationale/loss", "label/accuracy", "rationale/accuracy"):
+        np.testing.assert_allclose(float(m_f[k]), float(m_t[k]), rtol=1e-6, err_msg=k)
+    assert int(m_f["label/num_tokens"]) == 14 and int(m_f["rationale/num_tokens"]) == 25
+    for a, b in zip(jax.tree.leaves(grads_f), jax.tree.leaves(grads_t)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_dropout_is_deterministic_per_key(hf_model_and_ours):
+    _, _, config, params = hf_model_and_ours
+    model = Transformer(config.replace(dropout_rate=0.3))
+    batch = _paired_batch(2)
+    obj = objective_lib.ObjectiveConfig(fused=True)
+    fn = jax.jit(lambda p, k, d: objective_lib.loss_fn(model, p, batch, k, obj, enable_dropout=d)[0],
+                 static_argnums=2)
+    a, b = fn(params, jax.random.key(5), True), fn(params, jax.random.key(5), True)
+    c, off = fn(params, jax.random.key(6), True), fn(params, jax.random.key(5), False)
+    assert float(a) == float(b)
+    assert float(a) != float(c) and float(a) != float(off)
 
 
 def test_label_only_modes_ignore_rationales_and_check_batches(hf_model_and_ours):

@@ -6,6 +6,7 @@
     preprocessors       label stream (`predict: `) and rationale stream (`explain: `) features
     register            task registration in the variants D_sbs, D_sbs_llm, D_ft, D_distill
     feature_converter   paired encoder-decoder arrays
+    packing             packed training rows, one segment per (example, stream)
     pipeline            get_train_dataset / get_eval_examples for the trainer
     metrics             exact-match and equation-value accuracy (safe arithmetic parser)
     vocab               SentencePiece vocabularies, `sbs vocab train`

@@ -1,7 +1,9 @@
 """From registered tasks to the batches the trainer and the evaluator consume (ARCHITECTURE.md, Data).
 
 `get_train_dataset` yields `{"label": {...}, "rationale": {...}}` (only `label` for ft/distill tasks) of
-int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows.
+int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows. With
+`pack=True` it yields `{"packed": {...}}` instead: rows holding several (example, stream) segments
+(`sbs_jax.data.packing`).
 `get_eval_examples` yields every example of a split exactly once, in order, with its raw strings.
 Inputs longer than the `inputs` length are truncated; how many is counted and logged, never silent.
 """
@@ -16,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from sbs_jax.data import feature_converter as fc
-from sbs_jax.data import register
+from sbs_jax.data import packing, register
 from sbs_jax.data.records import DataError
 from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
 
@@ -49,7 +51,9 @@ def sequence_lengths(task_feature_lengths: Mapping[str, int], paired: bool) -> d
 
 def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
                       split: str = "train", shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
-                      shard_info: seqio.ShardInfo | None = None) -> tf.data.Dataset:
+                      shard_info: seqio.ShardInfo | None = None, pack: bool = False,
+                      packed_lengths: Mapping[str, int] | None = None,
+                      packed_streams: tuple[str, ...] | None = None) -> tf.data.Dataset:
     """Batched, paired training data for a task or a mixture of same-kind tasks.
 
     Args:
@@ -59,6 +63,11 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
       split, shuffle, seed, num_epochs: as in seqio; `num_epochs=None` repeats forever. The same seed gives
         the same batches in every process, so resuming can skip n batches.
       shard_info: `seqio.ShardInfo(index=host, num_shards=hosts)` for multi-host input.
+      pack: yield `{"packed": {...}}` batches of `batch_size` packed rows (each shard packs its own examples).
+      packed_lengths: {"inputs": Le, "targets": Ld} row lengths with `pack`; default
+        `packing.default_packed_lengths`. Must be at least the task feature lengths (checked).
+      packed_streams: with `pack`, the streams that become segments (default: every stream the task has;
+        ("label",) packs a paired task's label stream only, for finetuning on it).
     Returns a `tf.data.Dataset` of nested dicts of int32 tensors with fixed shapes (drop_remainder).
     """
     paired = is_paired(mixture_or_task_name)
@@ -70,12 +79,41 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                               num_epochs=num_epochs, shard_info=shard_info)
-    converter = fc.PairedFeatureConverter() if paired else fc.LabelFeatureConverter()
-    ds = converter(ds, task_feature_lengths=lengths)
-    ds = ds.batch(local_batch, drop_remainder=True).map(fc.nest, num_parallel_calls=tf.data.AUTOTUNE)
+    if pack:
+        streams = _packed_streams(mixture_or_task_name, paired, packed_streams)
+        rows = resolve_packed_lengths(mixture_or_task_name, split, lengths, packed_lengths, streams)
+        ds = packing.pack_streams(ds, rows, streams, bos_id=0)
+        ds = ds.batch(local_batch, drop_remainder=True).map(lambda x: {"packed": x})
+    else:
+        converter = fc.PairedFeatureConverter() if paired else fc.LabelFeatureConverter()
+        ds = converter(ds, task_feature_lengths=lengths)
+        ds = ds.batch(local_batch, drop_remainder=True).map(fc.nest, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _packed_streams(name: str, paired: bool, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    available = ("label", "rationale") if paired else ("label",)
+    streams = available if requested is None else tuple(requested)
+    if not streams or "label" not in streams or any(s not in available for s in streams):
+        raise ValueError(f"packed_streams={requested!r}: expected a subset of {available} with 'label' for "
+                         f"task {name!r}")
+    return streams
+
+
+def resolve_packed_lengths(mixture_or_task_name: str, split: str, lengths: Mapping[str, int],
+                           packed_lengths: Mapping[str, int] | None, streams: tuple[str, ...]) -> dict[str, int]:
+    """Checked packed row lengths; logs them and how many rationale segments are omitted (unparsed)."""
+    rows = packing.resolve_packed_lengths(lengths, packed_lengths, streams)
+    omitted = 0
+    if "rationale" in streams:
+        omitted = sum(packing.count_omitted_rationales(_token_lengths(t, split)["rationales"])
+                      for t in _tasks(mixture_or_task_name))
+    logging.info("%s:%s: packing (example, stream) segments into rows of %d input / %d target tokens; %d "
+                 "examples have no parsed rationale and get no rationale segment", mixture_or_task_name, split,
+                 rows["inputs"], rows["targets"], omitted)
+    return rows
 
 
 def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int], batch_size: int,

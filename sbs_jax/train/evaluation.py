@@ -13,18 +13,28 @@ import numpy as np
 
 from sbs_jax import partitioning
 from sbs_jax.model import decoding
-from sbs_jax.train import objective as objective_lib
+from sbs_jax.train import bucketing, objective as objective_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    """num_beams 1 = greedy (the paper's setting); otherwise HF-exact beam search with `length_penalty`."""
+    """num_beams 1 = greedy (the paper's setting); otherwise HF-exact beam search with `length_penalty`.
+
+    length_bucketing: decode length-sorted batches, each padded to the smallest of the bucket lengths
+    `min_bucket_length · 2^k` (capped at the inputs length) that fits its longest input, and return the rows in
+    their original order (bucketing.py); the predictions are those of full-length padding. False: every batch
+    in the given order at the full inputs length.
+    """
     num_beams: int = 1
     length_penalty: float = 1.0
+    length_bucketing: bool = True
+    min_bucket_length: int = 16
 
     def __post_init__(self):
         if self.num_beams < 1:
             raise ValueError(f"DecodeConfig.num_beams: expected >= 1, got {self.num_beams}")
+        if self.min_bucket_length < 1:
+            raise ValueError(f"DecodeConfig.min_bucket_length: expected >= 1, got {self.min_bucket_length}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +59,22 @@ class EvalConfig:
 
 
 class Decoder:
-    """Jitted label (and rationale) decoding on the mesh; every process gets every result."""
+    """Jitted label (and rationale) decoding on the mesh; every process gets every result.
+
+    One jitted function per decode length; jax compiles it once per encoder shape it meets, and `shapes` records
+    those `(batch, encoder length, decode length)` shapes.
+    """
 
     def __init__(self, model, mesh, rules, decode: DecodeConfig):
         self.model, self.mesh, self.rules, self.decode = model, mesh, rules, decode
         self._fns: dict[int, Callable] = {}
+        self.shapes: set[tuple[int, int, int]] = set()
+
+    def buckets(self, full_length: int) -> tuple[int, ...] | None:
+        """The encoder lengths batches are padded to (None: no bucketing, always `full_length`)."""
+        if not self.decode.length_bucketing:
+            return None
+        return bucketing.bucket_lengths(full_length, self.decode.min_bucket_length)
 
     def _fn(self, length: int):
         if length not in self._fns:
@@ -70,6 +91,7 @@ class Decoder:
 
     def __call__(self, params, tokens: np.ndarray, length: int) -> np.ndarray:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            self.shapes.add((tokens.shape[0], tokens.shape[1], length))
             tokens = jax.device_put(tokens, partitioning.data_sharding(self.mesh))
             out = self._fn(length)(params, tokens)  # [batch, length] int32, replicated
         return np.asarray(out.addressable_data(0))
@@ -92,26 +114,60 @@ def _encode_rationale_inputs(vocab, inputs: Sequence[str], length: int) -> np.nd
     return tokens
 
 
+def _collect(batches: Iterable[Mapping[str, np.ndarray]], max_examples: int | None):
+    """The real rows (mask True) of `batches`, concatenated in order, and the batch size."""
+    parts, batch_size, count = [], None, 0
+    for batch in batches:
+        batch_size = batch_size or len(batch["mask"])
+        keep = np.flatnonzero(batch["mask"])
+        if max_examples is not None:
+            keep = keep[:max(max_examples - count, 0)]
+        parts.append({k: batch[k][keep] for k in ("encoder_input_tokens", "inputs_pretokenized",
+                                                  "targets_pretokenized")})
+        count += len(keep)
+        if max_examples is not None and count >= max_examples:
+            break
+    if not parts:
+        return None, 0
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, batch_size
+
+
+def decode_rows(decoder: Decoder, params, tokens: np.ndarray, batch_size: int, length: int) -> np.ndarray:
+    """[rows, inputs length] encoder tokens -> [rows, length] decoded tokens, in the rows' order, decoded in
+    batches of `batch_size` (length-bucketed when the decoder's config says so)."""
+    full = tokens.shape[1]
+    plan = bucketing.plan_batches(bucketing.row_lengths(tokens), batch_size, decoder.buckets(full), full)
+    out = np.zeros((tokens.shape[0], length), np.int32)
+    for batch in plan:
+        decoded = decoder(params, bucketing.gather_padded(tokens, batch.rows, batch_size, batch.length), length)
+        out[batch.rows] = decoded[:len(batch.rows)]
+    return out
+
+
 def predict_split(decoder: Decoder, params, vocab, batches: Iterable[Mapping[str, np.ndarray]], *,
                   target_length: int, rationale_length: int = 0, max_examples: int | None = None) -> list[dict]:
-    """Decoded predictions for every real row of `batches` (from `pipeline.get_eval_examples`)."""
+    """Decoded predictions for every real row of `batches` (from `pipeline.get_eval_examples`), in order.
+
+    Rows are re-batched at the given batch size (length-bucketed: `DecodeConfig.length_bucketing`); every
+    process must pass the same batches (each reads the whole split), so all decode the same plan in lockstep.
+    """
+    examples, batch_size = _collect(batches, max_examples)
+    if examples is None:
+        return []
     eos = decoder.model.config.eos_id
+    tokens = examples["encoder_input_tokens"]  # [examples, inputs length]
+    pred = decode_rows(decoder, params, tokens, batch_size, target_length)
+    rat = None
+    if rationale_length:
+        rat_in = _encode_rationale_inputs(vocab, list(examples["inputs_pretokenized"]), tokens.shape[1])
+        rat = decode_rows(decoder, params, rat_in, batch_size, rationale_length)
     rows = []
-    for batch in batches:
-        pred = decoder(params, batch["encoder_input_tokens"], target_length)
-        rat = None
-        if rationale_length:
-            rat_in = _encode_rationale_inputs(vocab, list(batch["inputs_pretokenized"]),
-                                              batch["encoder_input_tokens"].shape[1])
-            rat = decoder(params, rat_in, rationale_length)
-        for i in np.flatnonzero(batch["mask"]):
-            row = {"input": str(batch["inputs_pretokenized"][i]), "gold": str(batch["targets_pretokenized"][i]),
-                   "prediction": detokenize(vocab, pred[i], eos)}
-            if rat is not None:
-                row["rationale"] = detokenize(vocab, rat[i], eos)
-            rows.append(row)
-            if max_examples is not None and len(rows) >= max_examples:
-                return rows
+    for i in range(len(tokens)):
+        row = {"input": str(examples["inputs_pretokenized"][i]), "gold": str(examples["targets_pretokenized"][i]),
+               "prediction": detokenize(vocab, pred[i], eos)}
+        if rat is not None:
+            row["rationale"] = detokenize(vocab, rat[i], eos)
+        rows.append(row)
     return rows
 
 

@@ -11,7 +11,6 @@ from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
-import seqio
 
 from sbs_jax import partitioning
 
@@ -29,8 +28,16 @@ def owned_shards(num_input_shards: int | None) -> tuple[int, list[int]]:
 
 def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
                   seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
-                  split: str = "train") -> Iterator[dict]:
-    """This process's rows of every global batch from `start_batch` on (numpy, nested by stream)."""
+                  split: str = "train", pack: bool = False,
+                  packed_lengths: Mapping[str, int] | None = None) -> Iterator[dict]:
+    """This process's rows of every global batch from `start_batch` on (numpy, nested by stream).
+
+    With `pack`, batches are `{"packed": rows}` of `batch_size` packed rows holding `streams`' segments
+    (`sbs_jax.data.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
+    skips whole batches.
+    """
+    import seqio
+
     from sbs_jax.data import pipeline
 
     total, mine = owned_shards(num_input_shards)
@@ -41,11 +48,14 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
         shard = seqio.ShardInfo(index=k, num_shards=total) if total > 1 else None
         ds = pipeline.get_train_dataset(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
                                         batch_size=batch_size, split=split, shuffle=True, seed=seed,
-                                        num_epochs=None, shard_info=shard)
+                                        num_epochs=None, shard_info=shard, pack=pack,
+                                        packed_lengths=packed_lengths,
+                                        packed_streams=tuple(streams) if pack else None)
         iterators.append(ds.skip(start_batch).as_numpy_iterator())
+    keys = ("packed",) if pack else tuple(streams)
     while True:
         parts = [next(it) for it in iterators]
-        yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in streams}
+        yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in keys}
 
 
 def to_global(local_batch, mesh) -> dict:
@@ -58,11 +68,3 @@ def replicate_to_global(batch, mesh) -> dict:
     """Host arrays every process holds in full -> global arrays sharded over `data`."""
     sharding = partitioning.data_sharding(mesh)
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-
-
-def abstract_batch(local_batch, mesh) -> dict:
-    """ShapeDtypeStructs of the global batch (for ahead-of-time compilation)."""
-    sharding = partitioning.data_sharding(mesh)
-    scale = jax.process_count()
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale,) + x.shape[1:], x.dtype,
-                                                       sharding=sharding), local_batch)

@@ -20,9 +20,13 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressBar:
-    """A one-line bar on stderr; on a non-terminal it prints a plain line every `log_every` steps instead."""
+    """A one-line bar on stderr; on a non-terminal it prints a plain line every `log_every` steps instead.
 
-    def __init__(self, total_steps: int, start_step: int, batch_size: int, *, log_every: int = 50,
+    Examples/s is steps/s × `batch_size`, or, with `batch_size=None` (packed batches, whose example count
+    varies), the examples passed to `update` since the first step over the time up to the last such update.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, batch_size: int | None, *, log_every: int = 50,
                  stream=None, enabled: bool | None = None):
         self.total, self.start, self.batch_size, self.log_every = total_steps, start_step, batch_size, log_every
         self.stream = stream or sys.stderr
@@ -30,6 +34,14 @@ class ProgressBar:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
         self.t_first = None  # time after the first step, so that compilation does not skew the rate
+        self.examples, self.t_examples = 0.0, None  # counted examples (after the first step) and when
+
+    def example_rate(self, step: int) -> float:
+        if self.batch_size is not None:
+            return self.rate(step) * self.batch_size
+        if self.t_examples is None or self.t_first is None or self.t_examples <= self.t_first:
+            return float("nan")
+        return self.examples / (self.t_examples - self.t_first)
 
     def rate(self, step: int) -> float:
         """Steps per second since the first completed step."""
@@ -37,9 +49,14 @@ class ProgressBar:
             return float("nan")
         return (step - self.start - 1) / max(time.perf_counter() - self.t_first, 1e-9)
 
-    def update(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
+    def update(self, step: int, metrics: Mapping[str, float] | None = None,
+               examples: float | None = None) -> None:
+        """`examples`: examples trained since the previous call that passed them (first step excluded)."""
         if self.t_first is None and step > self.start:
             self.t_first = time.perf_counter()
+        if examples is not None:
+            self.examples += examples
+            self.t_examples = time.perf_counter()
         if not self.enabled or not (self.tty or step % self.log_every == 0 or step == self.total):
             return
         rate = self.rate(step)
@@ -49,7 +66,7 @@ class ProgressBar:
         bar = "#" * done + "-" * (width - done)
         extra = "".join(f" {k}={v:.4g}" for k, v in (metrics or {}).items())
         line = (f"[{bar}] {step}/{self.total} {_fmt_seconds(time.perf_counter() - self.t0)}<"
-                f"{_fmt_seconds(eta)} {rate * self.batch_size:.1f} ex/s{extra}")
+                f"{_fmt_seconds(eta)} {self.example_rate(step):.1f} ex/s{extra}")
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         if self.tty and step == self.total:
             self.stream.write("\n")

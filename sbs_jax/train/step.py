@@ -10,7 +10,7 @@ import optax
 from sbs_jax.train import objective as objective_lib
 from sbs_jax.train.state import TrainState
 
-Batch = Mapping[str, Mapping[str, jax.Array]]
+Batch = Mapping[str, Mapping[str, jax.Array]]  # {"label", "rationale"} streams or {"packed": rows}
 
 
 def _split_microbatches(batch: Batch, num: int) -> Batch:
@@ -55,6 +55,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config: objective_l
     The dropout RNG of step t is `fold_in(base_rng, t)` (microbatch i: `fold_in(that, i)`), so a resumed run
     draws exactly what an uninterrupted one would. With accumulation, each microbatch's token-sum loss is divided
     by the whole batch's token count per stream, so the accumulated gradient equals the full-batch gradient.
+    Batches are paired (`{"label", "rationale"}`) or packed (`{"packed": rows}`; accumulation splits rows).
+    Metrics add `num_examples` (examples in the global batch; varies per step when packed).
     """
     streams = config.streams
 
@@ -70,7 +72,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config: objective_l
             (loss, metrics), grads = grad_fn(state.params, batch, rng, counts)
             sums = _token_weighted(metrics, streams)
         else:
-            micro = _split_microbatches({s: batch[s] for s in streams}, grad_accum_steps)
+            micro = _split_microbatches(objective_lib.train_inputs(config, batch), grad_accum_steps)
 
             def body(carry, xs):
                 grads_acc, loss_acc = carry
@@ -86,7 +88,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config: objective_l
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = _token_means(sums, streams)
-        metrics.update({"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics.update({"loss": loss, "num_examples": objective_lib.num_examples(batch),
+                        "grad_norm": optax.global_norm(grads),
                         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)})
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics

@@ -13,14 +13,13 @@ import pathlib
 import time
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from sbs_jax import partitioning
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import checkpointing, evaluation, inputs, objective as objective_lib, optim, progress
-from sbs_jax.train import state as state_lib, step as step_lib
+from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,10 @@ class TrainConfig:
     eval_task: task to evaluate (default: the training task, or each task of a training mixture, as T5X does).
     num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
     batches independent of the number of processes.
+    pack: PACK. Train on packed rows (`sbs_jax.data.packing`): BATCH_SIZE counts rows, each holding several
+    (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
+    Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
+    `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
     """
     model_dir: str
     mixture_or_task_name: str
@@ -56,6 +59,8 @@ class TrainConfig:
     partitioning: str = "data_parallel"
     mesh_model: int = 1
     num_input_shards: int | None = None
+    pack: bool = False
+    packed_lengths: Mapping[str, int] | None = None
     eval_every: int = 0
     eval_task: str | None = None
     validation_split: str = "validation"
@@ -74,6 +79,8 @@ class TrainConfig:
                      "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.packed_lengths is not None and not self.pack:
+            raise ValueError("TrainConfig.packed_lengths is set but pack=False; set pack=True (PACK) to pack")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -158,14 +165,9 @@ class Trainer:
         self.rules = partitioning.get_rules(config.partitioning)
         self.schedule = optim.make_schedule(config.optimizer)
         self.tx = optim.make_optimizer(config.optimizer)
-        abs_params, param_sh = partitioning.param_shardings(self.model, self.mesh, self.rules,
-                                                            **state_lib.dummy_inputs())
-        self.param_shardings = param_sh
-        opt_sh = partitioning.opt_state_shardings(jax.eval_shape(self.tx.init, abs_params), abs_params, param_sh,
-                                                  self.mesh)
-        rep = partitioning.replicated(self.mesh)
-        self.state_shardings = state_lib.TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
-        self.abstract_state = state_lib.abstract_state(self.tx, abs_params, self.state_shardings)
+        self.state_shardings, self.abstract_state = compile_lib.state_shardings(self.model, self.tx, self.mesh,
+                                                                                self.rules)
+        self.param_shardings = self.state_shardings.params
         self._init_params = init_params
         self.checkpointer = checkpointing.Checkpointer(self.model_dir / "checkpoints", save_every=config.save_every,
                                                        keep=config.keep_checkpoints,
@@ -203,21 +205,14 @@ class Trainer:
 
     def compile_step(self, local_batch):
         cfg = self.config
-        train_step = step_lib.make_train_step(self.model, self.tx, cfg.objective, self.schedule,
-                                              cfg.grad_accum_steps)
-        batch_abstract = inputs.abstract_batch(local_batch, self.mesh)
         t0 = time.perf_counter()
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-            jitted = jax.jit(train_step, in_shardings=(self.state_shardings, jax.tree.map(lambda a: a.sharding,
-                                                                                            batch_abstract)),
-                             out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
-                             donate_argnums=0)
-            compiled = jitted.lower(self.abstract_state, batch_abstract).compile()
-        memory = compiled.memory_analysis()
+        compiled = compile_lib.compile_train_step(
+            self.model, self.tx, cfg.objective, self.schedule, cfg.grad_accum_steps, self.mesh, self.rules,
+            self.state_shardings, self.abstract_state, compile_lib.abstract_batch(local_batch, self.mesh))
         if jax.process_index() == 0:
-            mem = "" if memory is None else (f"; per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
-                                             f"MiB, temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB")
-            print(f"train step compiled in {time.perf_counter() - t0:.1f}s{mem}", flush=True)
+            memory = compile_lib.memory_summary(compiled)
+            print(f"train step compiled in {time.perf_counter() - t0:.1f}s" + (f"; {memory}" if memory else ""),
+                  flush=True)
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -290,12 +285,16 @@ class Trainer:
         state, start = self.initial_state()
         batches = inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
                                        batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
-                                       start_batch=start, num_input_shards=cfg.num_input_shards)
+                                       start_batch=start, num_input_shards=cfg.num_input_shards,
+                                       pack=cfg.pack, packed_lengths=cfg.packed_lengths)
         validate = self._has_split(cfg.validation_split)
         if not validate:
             print(f"note: {', '.join(self.eval_tasks)} {'has' if len(self.eval_tasks) == 1 else 'have'} no "
                   f"{cfg.validation_split!r} split; no validation or best-checkpoint selection", flush=True)
-        bar = progress.ProgressBar(cfg.train_steps, start, cfg.batch_size, log_every=cfg.log_every)
+        # Packed rows hold a varying number of examples: the bar counts them from the step's metric.
+        bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
+                                   log_every=cfg.log_every)
+        pending_examples = []  # device scalars, read only when logging (no per-step host sync)
         compiled, last_val = None, {}
         multi_process = jax.process_count() > 1
         for step in range(start, cfg.train_steps):
@@ -307,11 +306,15 @@ class Trainer:
                 # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
                 metrics["loss"].block_until_ready()
             done = step + 1
-            shown = None
+            if cfg.pack and step > start:  # the first step's time is compilation; the bar's rate starts after it
+                pending_examples.append(metrics["num_examples"])
+            shown, examples = None, None
             if done % cfg.log_every == 0 or done == cfg.train_steps:
                 shown = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
                 self.writer.write(done, shown, "train")
-            bar.update(done, None if shown is None else {"loss": shown["loss"]})
+                examples = sum(float(np.asarray(v.addressable_data(0))) for v in pending_examples)
+                pending_examples = []
+            bar.update(done, None if shown is None else {"loss": shown["loss"]}, examples=examples)
             evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
             val = None
             if evaluate_now:

@@ -1,0 +1,62 @@
+"""The train step's shardings and its ahead-of-time compilation, free of seqio/TensorFlow.
+
+`Trainer` and the benchmark (bench/ours.py, which runs where neither seqio nor TensorFlow is installed) build
+the step through these functions, so what the benchmark times is what training runs: `jax.jit` with the
+state's and the batch's shardings, the state donated, `lower(...).compile()` once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+from sbs_jax import partitioning
+from sbs_jax.train import objective as objective_lib, state as state_lib, step as step_lib
+
+
+def state_shardings(model, tx: optax.GradientTransformation, mesh, rules) -> tuple[state_lib.TrainState,
+                                                                                  state_lib.TrainState]:
+    """(shardings, abstract state): a `TrainState` of shardings and one of ShapeDtypeStructs carrying them."""
+    abstract_params, param_sh = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs())
+    opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params, param_sh,
+                                              mesh)
+    rep = partitioning.replicated(mesh)
+    shardings = state_lib.TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+    return shardings, state_lib.abstract_state(tx, abstract_params, shardings)
+
+
+def abstract_batch(local_batch, mesh) -> dict:
+    """ShapeDtypeStructs of the global batch that each process's `local_batch` rows make up, sharded over
+    `data` (every process contributes the same number of rows)."""
+    sharding = partitioning.data_sharding(mesh)
+    scale = jax.process_count()
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * scale,) + x.shape[1:], x.dtype,
+                                                       sharding=sharding), local_batch)
+
+
+def compile_train_step(model, tx: optax.GradientTransformation, objective: objective_lib.ObjectiveConfig,
+                       schedule: Callable[[Any], jax.Array], grad_accum_steps: int, mesh, rules,
+                       state_shardings: state_lib.TrainState, abstract_state: state_lib.TrainState,
+                       batch_abstract, *, matmul_precision: str | None = None):
+    """`compiled(state, batch) -> (state, metrics)`: the step jitted with the state's and the batch's shardings
+    (metrics replicated), the state donated, compiled ahead of time under the mesh and the logical rules.
+
+    `matmul_precision` ("highest" for true float32 matmuls on GPU/TPU; None = JAX's default) is traced in.
+    """
+    train_step = step_lib.make_train_step(model, tx, objective, schedule, grad_accum_steps)
+    batch_shardings = jax.tree.map(lambda a: a.sharding, batch_abstract)
+    with (jax.set_mesh(mesh), nn.logical_axis_rules(rules), jax.default_matmul_precision(matmul_precision)):
+        jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                         out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=0)
+        return jitted.lower(abstract_state, batch_abstract).compile()
+
+
+def memory_summary(compiled) -> str:
+    """XLA's per-device memory accounting of a compiled step, for the log ("" when unavailable)."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return ""
+    return (f"per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
+            f"temporaries {memory.temp_size_in_bytes / 2**20:.1f} MiB")

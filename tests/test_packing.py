@@ -48,38 +48,43 @@ def _unpacked_sequences(batch):
 
 
 def _check_row_invariants(rows):
-    for r in range(rows["encoder_input_tokens"].shape[0]):
-        for side, tokens in (("encoder", rows["encoder_input_tokens"][r]),
-                             ("decoder", rows["decoder_target_tokens"][r])):
-            seg, pos = rows[f"{side}_segment_ids"][r], rows[f"{side}_positions"][r]
-            n = int((seg > 0).sum())
-            # Segments fill a prefix of the row, numbered 1, 2, ... in order; padding is 0 everywhere.
-            assert (seg[:n] > 0).all() and (seg[n:] == 0).all() and (tokens[n:] == 0).all()
-            assert (tokens[:n] != 0).all()
-            assert seg[0] == 1 and set(np.diff(seg[:n])) <= {0, 1}
-            # Positions restart at 0 in each segment and count up by one.
-            for k in range(1, int(seg.max()) + 1):
-                np.testing.assert_array_equal(pos[seg == k], np.arange(int((seg == k).sum())))
-        assert rows["encoder_segment_ids"][r].max() == rows["decoder_segment_ids"][r].max()
-        seg = rows["decoder_segment_ids"][r]
-        tgt, inp = rows["decoder_target_tokens"][r], rows["decoder_input_tokens"][r]
-        starts = rows["decoder_positions"][r] == 0
-        # Shifted right within each segment, BOS 0 at every segment start.
-        assert (inp[starts] == 0).all()
-        inner = ~starts & (seg > 0)
-        np.testing.assert_array_equal(inp[inner], tgt[np.flatnonzero(inner) - 1])
-        np.testing.assert_array_equal(rows["decoder_loss_weights"][r], (tgt > 0).astype(np.int32))
-        stream = rows["decoder_stream_ids"][r]
-        assert set(np.unique(stream[seg > 0])) <= {1, 2} and (stream[seg == 0] == 0).all()
-        for k in range(1, int(seg.max()) + 1):
-            assert len(set(stream[seg == k])) == 1  # one stream per segment
+    """Vectorised over rows: prefix layout, segment numbering, positions, shift, weights, stream ids."""
+    for side, tokens in (("encoder", rows["encoder_input_tokens"]), ("decoder", rows["decoder_target_tokens"])):
+        seg, pos = rows[f"{side}_segment_ids"], rows[f"{side}_positions"]
+        valid = seg > 0
+        n = valid.sum(1, keepdims=True)
+        # Segments fill a prefix of the row; padding is 0 in every feature.
+        np.testing.assert_array_equal(valid, np.arange(seg.shape[1])[None] < n)
+        np.testing.assert_array_equal(tokens != 0, valid)
+        assert (pos[~valid] == 0).all()
+        prev = np.pad(seg, [(0, 0), (1, 0)])[:, :-1]
+        new = valid & (seg != prev)
+        # Numbered 1, 2, ... from each row's start; positions restart at 0 and count up by one.
+        assert (seg[:, 0] == 1).all() and ((seg - prev)[valid] <= 1).all() and ((seg - prev)[valid] >= 0).all()
+        assert (pos[new] == 0).all()
+        prev_pos = np.pad(pos, [(0, 0), (1, 0)])[:, :-1]
+        assert (pos[valid & ~new] == prev_pos[valid & ~new] + 1).all()
+    np.testing.assert_array_equal(rows["encoder_segment_ids"].max(1), rows["decoder_segment_ids"].max(1))
+    seg, tgt, inp = rows["decoder_segment_ids"], rows["decoder_target_tokens"], rows["decoder_input_tokens"]
+    valid, starts = seg > 0, (seg > 0) & (rows["decoder_positions"] == 0)
+    inner = valid & ~starts
+    # Shifted right within each segment, BOS 0 at every segment start.
+    assert (inp[starts] == 0).all() and (inp[~valid] == 0).all()
+    np.testing.assert_array_equal(inp[:, 1:][inner[:, 1:]], tgt[:, :-1][inner[:, 1:]])
+    np.testing.assert_array_equal(rows["decoder_loss_weights"], (tgt > 0).astype(np.int32))
+    stream = rows["decoder_stream_ids"]
+    assert np.isin(stream[valid], [1, 2]).all() and (stream[~valid] == 0).all()
+    assert (stream[:, 1:][inner[:, 1:]] == stream[:, :-1][inner[:, 1:]]).all()  # one stream per segment
 
 
 def test_every_example_once_per_epoch_in_both_streams(arith):
-    # batch_size=1 so that drop_remainder drops no row: one epoch is every row.
-    packed = [b["packed"] for b in pipeline.get_train_dataset(
-        "arith_sbs", task_feature_lengths=LENGTHS, batch_size=1, shuffle=False, num_epochs=1, pack=True)
-        .as_numpy_iterator()]
+    # Rows straight from the packer (no drop_remainder batching): one epoch is every row.
+    lengths = pipeline.sequence_lengths(LENGTHS, paired=True)
+    both = ("label", "rationale")
+    ds = seqio.get_mixture_or_task("arith_sbs").get_dataset(sequence_length=lengths, split="train",
+                                                             shuffle=False, num_epochs=1)
+    packed = list(packing.pack_streams(ds, packing.resolve_packed_lengths(lengths, None, both), both)
+                  .batch(1024).as_numpy_iterator())
     rows = {k: np.concatenate([b[k] for b in packed]) for k in packed[0]}
     assert rows["encoder_input_tokens"].shape[1] == 96 and rows["decoder_target_tokens"].shape[1] == 24
     assert all(v.dtype == np.int32 for v in rows.values())
@@ -102,8 +107,8 @@ def test_every_example_once_per_epoch_in_both_streams(arith):
     assert omitted == arith["train"].parse_failures > 0
     assert len(label_segments) == 4000 and len(rationale_segments) == 4000 - omitted
     # Counted from the token lengths, as the pipeline logs it.
-    lengths = pipeline._token_lengths(seqio.get_mixture_or_task("arith_sbs"), "train")
-    assert packing.count_omitted_rationales(lengths["rationales"]) == omitted
+    token_lengths = pipeline._token_lengths(seqio.get_mixture_or_task("arith_sbs"), "train")
+    assert packing.count_omitted_rationales(token_lengths["rationales"]) == omitted
 
     stats = packing.packed_stats(rows)
     assert stats["examples"] == 4000 and stats["rationale_segments"] == 4000 - omitted
@@ -116,14 +121,13 @@ def test_every_example_once_per_epoch_in_both_streams(arith):
     assert stats["encoder_fill"] > unpacked_fill
 
 
-def _same_examples(indices, packed_lengths=None, streams=("label", "rationale")):
+def _same_examples(start, count, packed_lengths=None, streams=("label", "rationale")):
     """The unpacked paired batch and the packed rows of the same arith train examples."""
     task = seqio.get_mixture_or_task("arith_sbs")
     lengths = pipeline.sequence_lengths(LENGTHS, paired=True)
     ds = task.get_dataset(sequence_length=lengths, split="train", shuffle=False, num_epochs=1)
-    chosen = list(ds.as_numpy_iterator())
     keys = ("inputs", "targets", "rationale_inputs", "rationales")
-    chosen = [{k: chosen[i][k] for k in keys} for i in indices]
+    chosen = [{k: ex[k] for k in keys} for ex in ds.skip(start).take(count).as_numpy_iterator()]
     sub = tf.data.Dataset.from_generator(lambda: iter(chosen), output_signature={
         k: tf.TensorSpec([None], tf.int32) for k in keys})
     unpacked = fc.nest(next(fc.PairedFeatureConverter()(sub, lengths).batch(len(chosen)).as_numpy_iterator()))
@@ -138,11 +142,10 @@ def _failure_index(arith):
 
 
 def test_packed_loss_and_gradients_equal_unpacked(arith):
-    fail = _failure_index(arith)
-    indices = list(range(max(fail - 4, 0), max(fail - 4, 0) + 9))  # includes an unparsed rationale
-    unpacked, packed = _same_examples(indices)
+    start = max(_failure_index(arith) - 4, 0)
+    unpacked, packed = _same_examples(start, 9)  # includes an unparsed rationale
     assert (unpacked["rationale"]["decoder_loss_weights"].sum(1) == 0).sum() == 1
-    assert packed["encoder_input_tokens"].shape[0] < 2 * len(indices)  # rows hold several segments
+    assert packed["encoder_input_tokens"].shape[0] < 2 * 9  # rows hold several segments
     model = Transformer(get_config("t5_1_1_tiny", **TINY))
     params = model.init(jax.random.key(1), jnp.ones((2, 8), jnp.int32), jnp.ones((2, 4), jnp.int32))["params"]
     obj = objective_lib.ObjectiveConfig(rationale_weight=0.7)
@@ -157,7 +160,7 @@ def test_packed_loss_and_gradients_equal_unpacked(arith):
     for k in ("label/loss", "rationale/loss", "label/accuracy", "rationale/accuracy", "label/num_tokens",
               "rationale/num_tokens", "num_examples"):
         np.testing.assert_allclose(float(m_p[k]), float(m_u[k]), rtol=1e-5, err_msg=k)
-    assert float(m_p["num_examples"]) == len(indices)
+    assert float(m_p["num_examples"]) == 9
     for s in ("label", "rationale"):
         np.testing.assert_allclose(
             float(objective_lib.token_counts(obj, {"packed": packed})[s]),
@@ -166,17 +169,17 @@ def test_packed_loss_and_gradients_equal_unpacked(arith):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
     # Label-only packing (finetuning on the label stream) equals the label-only unpacked loss.
-    _, label_rows = _same_examples(indices, streams=("label",))
+    _, label_rows = _same_examples(start, 9, streams=("label",))
     assert set(np.unique(label_rows["decoder_stream_ids"])) == {0, 1}
     ft = objective_lib.ObjectiveConfig(mode="finetune")
-    a = objective_lib.loss_fn(model, params, {"packed": label_rows}, jax.random.key(0), ft, enable_dropout=False)
-    b = objective_lib.loss_fn(model, params, unpacked, jax.random.key(0), ft, enable_dropout=False)
-    np.testing.assert_allclose(float(a[0]), float(b[0]), rtol=1e-5)
+    ft_loss = jax.jit(lambda b: objective_lib.loss_fn(model, params, b, jax.random.key(0), ft,
+                                                      enable_dropout=False)[0])
+    np.testing.assert_allclose(float(ft_loss({"packed": label_rows})), float(ft_loss(unpacked)), rtol=1e-5)
 
 
 @pytest.mark.slow  # two train-step compilations
 def test_accumulation_over_packed_rows_equals_full_batch(arith):
-    _, packed = _same_examples(list(range(24)), packed_lengths={"inputs": 64, "targets": 24})
+    _, packed = _same_examples(0, 24, packed_lengths={"inputs": 64, "targets": 24})
     rows = packed["encoder_input_tokens"].shape[0] // 2 * 2
     batch = {"packed": {k: v[:rows] for k, v in packed.items()}}
     model = Transformer(get_config("t5_1_1_tiny", **TINY))
@@ -253,3 +256,43 @@ def test_trainer_runs_packed_on_arith(arith, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "6").exists() and (tmp_path / "run" / "checkpoints" / "3").exists()
     val = summary["validation"]
     assert 0.0 <= val["accuracy"] <= 100.0 and np.isfinite(val["label/loss"]) and np.isfinite(val["rationale/loss"])
+
+
+def test_gin_macros_turn_packing_on():
+    import pathlib
+
+    from sbs_jax.train import gin_utils
+
+    gin_dir = pathlib.Path(__file__).resolve().parents[1] / "gin"
+    files = [str(gin_dir / f) for f in ("models/t5_1_1_tiny.gin", "runs/step_by_step.gin", "datasets/arith.gin")]
+    gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'", "PACK = True",
+                            "PACKED_LENGTHS = {'inputs': 96, 'targets': 24}"], search_paths=[str(gin_dir)])
+    config = gin_utils.build("TrainConfig")
+    assert config.pack is True and config.packed_lengths == {"inputs": 96, "targets": 24}
+    gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'"], search_paths=[str(gin_dir)])
+    config = gin_utils.build("TrainConfig")
+    assert config.pack is False and config.packed_lengths is None
+
+
+def test_progress_bar_counts_examples_of_packed_steps(monkeypatch):
+    import io
+
+    from sbs_jax.train import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    bar = progress.ProgressBar(3, 0, None, log_every=1, stream=out, enabled=True)
+    now[0] = 10.0
+    bar.update(1)  # the first step ends at 10 s (compilation); its examples are not counted
+    assert "nan ex/s" in out.getvalue()
+    now[0] = 12.0
+    bar.update(3, examples=50.0)  # steps 2 and 3: 50 examples in 2 s
+    assert bar.example_rate(3) == pytest.approx(25.0)
+    assert "25.0 ex/s" in out.getvalue().splitlines()[-1]
+    fixed = progress.ProgressBar(3, 0, 8, log_every=1, stream=io.StringIO(), enabled=True)
+    now[0] = 20.0
+    fixed.update(1)
+    now[0] = 24.0
+    fixed.update(3)
+    assert fixed.example_rate(3) == pytest.approx(4.0)  # 2 steps of 8 rows in 4 s

@@ -3,6 +3,8 @@
 The paper writes `L = L_label + λ·L_rationale`; the official code computes `α·L_label + (1−α)·L_rationale`
 (α = 0.5, i.e. λ = 1 up to a factor 1/2). Each stream is normalised by its own token count, as HF's loss is,
 so the two streams weigh what their weights say regardless of how long rationales are compared to labels.
+Batches are paired (`{"label", "rationale"}`, one model pass per stream, or `fused`) or packed
+(`{"packed": rows}`, one pass; each stream's tokens are picked out by `decoder_stream_ids`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ STREAMS = ("label", "rationale")
 PACKED = "packed"  # the key of a packed batch (sbs_jax.data.packing)
 # decoder_stream_ids of a packed batch: which stream a target token belongs to.
 STREAM_IDS = {"label": 1, "rationale": 2}
-# Keys of a stream batch that the model consumes; `decoder_loss_weights` is the loss's own.
+# Batch keys the loss reads and the model does not take.
+_LOSS_ONLY_KEYS = ("decoder_loss_weights", "decoder_stream_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +89,7 @@ def check_batch(config: ObjectiveConfig, batch: Mapping[str, Any]) -> None:
 
 
 def model_inputs(stream: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    return {k: v for k, v in stream.items() if k != "decoder_loss_weights"}
+    return {k: v for k, v in stream.items() if k not in _LOSS_ONLY_KEYS}
 
 
 _ENCODER_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
@@ -167,9 +170,8 @@ def num_examples(batch: Mapping[str, Mapping[str, jax.Array]]) -> jax.Array:
 
 def _packed_loss(model, params, rows, rng, config: ObjectiveConfig, enable_dropout, num_tokens):
     """Per-stream token-mean losses over packed rows: one forward pass, weights split by stream id."""
-    logits = model.apply({"params": params}, **model_inputs(
-        {k: v for k, v in rows.items() if k != "decoder_stream_ids"}), enable_dropout=enable_dropout,
-        rngs={"dropout": rng})  # [rows, length, vocab]
+    logits = model.apply({"params": params}, **model_inputs(rows), enable_dropout=enable_dropout,
+                         rngs={"dropout": rng})  # [rows, length, vocab]
     return {s: _stream_loss(logits, {"decoder_target_tokens": rows["decoder_target_tokens"],
                                      "decoder_loss_weights": stream_weights_of_packed(rows, s)},
                             config, None if num_tokens is None else num_tokens[s])

@@ -21,9 +21,13 @@ setup(
         # tensorflow-datasets imports importlib_resources to build datasets but does not declare it.
         "importlib_resources>=6",
         "gin-config>=0.5.0", "sentencepiece>=0.2.3", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
+        # Local and gs:// run directories (orbax depends on it too).
+        "etils[epath]>=1.15.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "transformers==5.24.0"],
+        # gcsfs + the GCS emulator: tests/test_gcs.py runs MODEL_DIR=gs:// against a local emulator.
+        "test": ["pytest>=8", "torch==2.13.0", "transformers==5.24.0", "gcsfs>=2026.9.0",
+                 "gcp-storage-emulator>=2026.7.19"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -4,10 +4,10 @@
     sbs convert --from hf --input downloaded_t5 --output t5_hf_f32
 """
 import argparse
-import pathlib
 import sys
 
 import numpy as np
+from etils import epath
 
 from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.hf import load_hf, save_hf
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error
         return int(e.code or 0)
-    output = pathlib.Path(args.output)
+    output = epath.Path(args.output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not args.overwrite)):
         print(f"sbs convert: {output} exists and is not an empty directory (use --overwrite)", file=sys.stderr)
         return 2

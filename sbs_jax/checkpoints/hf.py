@@ -6,12 +6,13 @@ torch Linear weights are `[out, in]`; our kernels are `[in, out]`, so every matr
 transposed; the relative-position table is `[buckets, heads]` in HF and `[heads, buckets]` here.
 """
 import dataclasses
+import io
 import json
-import pathlib
-import shutil
 
 import numpy as np
+from etils import epath
 
+from sbs_jax import paths
 from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.layout import check_params, expected_shapes, flatten, is_gated, num_decoder_layers
 
@@ -66,7 +67,7 @@ def hf_name_map(config) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- config.json
-def read_hf_config_dict(directory: pathlib.Path) -> dict:
+def read_hf_config_dict(directory: epath.Path) -> dict:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {CONFIG_FILE}; an HF T5 checkpoint directory needs one")
@@ -96,27 +97,27 @@ def config_from_hf_dict(d: dict, source):
 
 
 # ----------------------------------------------------------------------------------------------- tensors
-def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     try:
-        return load_file(str(path))
+        return paths.load_safetensors(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_torch(path: epath.Path) -> dict[str, np.ndarray]:
     import torch
 
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        source = str(path) if paths.is_local(path) else io.BytesIO(path.read_bytes())
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (pickle, zip, runtime) for a corrupt file
         raise CheckpointError(f"{path}: not a readable pytorch_model.bin: {e}") from e
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def _read_sharded(directory: pathlib.Path, index_name: str, reader) -> dict[str, np.ndarray]:
+def _read_sharded(directory: epath.Path, index_name: str, reader) -> dict[str, np.ndarray]:
     index_path = directory / index_name
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -133,7 +134,7 @@ def _read_sharded(directory: pathlib.Path, index_name: str, reader) -> dict[str,
     return tensors
 
 
-def read_hf_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
+def read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
     """All tensors of an HF directory, preferring safetensors as transformers does."""
     if (directory / SAFETENSORS_FILE).is_file():
         return _read_safetensors(directory / SAFETENSORS_FILE)
@@ -202,7 +203,7 @@ def hf_tensors_to_params(tensors: dict, d: dict, config, source):
 
 def load_hf(path) -> tuple:
     """An HF T5 directory -> (T5Config, params)."""
-    directory = pathlib.Path(path)
+    directory = epath.Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory; an HF checkpoint is a folder with {CONFIG_FILE}")
     d = read_hf_config_dict(directory)
@@ -239,27 +240,26 @@ def hf_config_dict(config, dtype: str) -> dict:
     return d
 
 
-def save_hf(path, config, params, *, dtype: str = "float32", spiece_model=None) -> pathlib.Path:
+def save_hf(path, config, params, *, dtype: str = "float32", spiece_model=None) -> epath.Path:
     """Write an HF T5 directory that `T5ForConditionalGeneration.from_pretrained` loads (v1.0 and v1.1)."""
     import ml_dtypes
-    from safetensors.numpy import save_file
 
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
     if np_dtype is None:
         raise CheckpointError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    directory = pathlib.Path(path)
+    directory = epath.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = params_to_hf_tensors(config, params, np_dtype)
-    save_file(tensors, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
+    paths.save_safetensors(tensors, directory / SAFETENSORS_FILE, metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(hf_config_dict(config, dtype), indent=2, sort_keys=True) + "\n")
     generation = {"decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_id,
                   "pad_token_id": config.pad_id}
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     if spiece_model is not None:
-        source = pathlib.Path(spiece_model)
+        source = epath.Path(spiece_model)
         if not source.is_file():
             raise CheckpointError(f"{source}: SentencePiece model not found")
-        shutil.copyfile(source, directory / "spiece.model")
+        source.copy(directory / "spiece.model", overwrite=True)
         (directory / "tokenizer_config.json").write_text(
             json.dumps({"tokenizer_class": "T5Tokenizer", "model_max_length": 512}, indent=2) + "\n")
     return directory

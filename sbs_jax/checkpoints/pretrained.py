@@ -1,5 +1,5 @@
-"""`load_pretrained`: one entry point that recognises what a path holds."""
-import pathlib
+"""`load_pretrained`: one entry point that recognises what a path holds (local or gs://)."""
+from etils import epath
 
 from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.hf import CONFIG_FILE, WEIGHT_FILES, load_hf
@@ -11,7 +11,7 @@ _OWN_CONFIG = "model_config.json"
 
 def detect_format(path) -> str:
     """'hf' | 't5x' | 'sbs' (our training checkpoint) for `path`; CheckpointError when none fits."""
-    p = pathlib.Path(path)
+    p = epath.Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     if p.is_file():

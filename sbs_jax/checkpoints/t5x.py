@@ -4,16 +4,18 @@ Two containers exist, both a flax msgpack `{"version": 3, "optimizer": {"target"
 - the legacy single file, every array stored inline;
 - the directory form public T5X checkpoints use (`checkpoint_N/checkpoint` + one zarr folder per large
   array): in the msgpack, such an array is replaced by its TensorStore spec, whose path is relative to
-  the checkpoint directory (T5X writes it so checkpoints can be moved; `gcs`/`gfile` drivers are read as
-  local files the same way T5X does when a GCS-written checkpoint is read locally).
+  the checkpoint directory (T5X writes it so checkpoints can be moved): it is resolved against wherever the
+  checkpoint now is, a local folder or gs://, whatever driver the spec names.
 Scanned checkpoints (`layers` stacked on one axis) are unstacked into `layers_{i}`.
 """
-import pathlib
+import os
 import re
 from typing import Any, Optional
 
 import numpy as np
+from etils import epath
 
+from sbs_jax import paths
 from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.layout import check_params, flatten
 
@@ -25,7 +27,7 @@ def _is_ts_spec(value) -> bool:
     return isinstance(value, dict) and "driver" in value and ("kvstore" in value or "path" in value)
 
 
-def _read_ts_array(spec: dict, ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
+def _read_ts_array(spec: dict, ckpt_dir: epath.Path, name: str) -> np.ndarray:
     import tensorstore as ts
 
     spec = dict(spec)
@@ -33,16 +35,19 @@ def _read_ts_array(spec: dict, ckpt_dir: pathlib.Path, name: str) -> np.ndarray:
     rel = spec["kvstore"].get("path") if isinstance(spec.get("kvstore"), dict) else spec.pop("path", None)
     if not isinstance(rel, str):
         raise CheckpointError(f"{ckpt_dir}: array {name} has a TensorStore spec without a path: {spec}")
-    spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
-    if not (ckpt_dir / rel).exists():
+    array_dir = ckpt_dir / rel
+    # A gs:// checkpoint is read through its kvstore URL, a local one through the file driver.
+    spec["kvstore"] = ({"driver": "file", "path": str(array_dir)} if paths.is_local(array_dir)
+                       else os.fspath(array_dir))
+    if not array_dir.exists():
         raise CheckpointError(f"{ckpt_dir}: array {name} refers to {rel}, which does not exist")
     try:
         return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{ckpt_dir / rel}: cannot read array {name} with TensorStore: {e}") from e
+        raise CheckpointError(f"{array_dir}: cannot read array {name} with TensorStore: {e}") from e
 
 
-def _resolve_path(path: pathlib.Path) -> pathlib.Path:
+def _resolve_path(path: epath.Path) -> epath.Path:
     """A msgpack file, a `checkpoint_N` directory, or a folder of `checkpoint_N` (latest wins)."""
     if path.is_file():
         return path
@@ -61,7 +66,7 @@ def read_t5x_target(path) -> dict[str, np.ndarray]:
     """The flat `path -> float32 array` params of a T5X checkpoint (optimizer state is not read)."""
     from flax import serialization
 
-    file = _resolve_path(pathlib.Path(path))
+    file = _resolve_path(epath.Path(path))
     raw = file.read_bytes()
     if raw.startswith(b"model_checkpoint_path"):
         raise CheckpointError(f"{file}: this is a TensorFlow (Mesh TF) checkpoint index, not a T5X checkpoint")
@@ -153,7 +158,7 @@ def load_t5x(path, config: Optional[Any] = None) -> tuple:
     Without `config`, the architecture is inferred from the shapes (relu vs gated-GELU from `wi` vs `wi_0`,
     tied vs `logits_dense`); give `config` for other activations or to check against a known size.
     """
-    source = pathlib.Path(path)
+    source = epath.Path(path)
     flat = read_t5x_target(source)
     if "token_embedder/embedding" not in flat:
         raise CheckpointError(f"{source}: missing tensor token_embedder/embedding; not a T5 checkpoint")

@@ -10,10 +10,11 @@ import argparse
 import hashlib
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 from typing import Iterable, Sequence
+
+from etils import epath
 
 # T5 checkpoints reserve 100 sentinel ids for span corruption; distillation never emits them, so vocabularies
 # here default to none (decoding maps any id past the vocabulary to unk). Pass extra_ids=100 for T5's 32100.
@@ -35,7 +36,7 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
     if vocabulary is None or vocabulary == "":
         raise ValueError("no vocabulary given: pass a SentencePiece model path (e.g. T5's spiece.model, or set "
                          "SPIECE_MODEL), or train one with `sbs vocab train`")
-    path = pathlib.Path(os.fspath(vocabulary)).expanduser()
+    path = epath.Path(vocabulary).expanduser()  # a local path or gs:// (read via tf.io.gfile)
     if path.is_dir():
         path = path / SPIECE_FILENAME
     if not path.is_file():
@@ -152,10 +153,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def copy_vocabulary(vocabulary, output_dir) -> pathlib.Path:
+def copy_vocabulary(vocabulary, output_dir) -> epath.Path:
     """Copy a vocabulary's SentencePiece model into `output_dir` (e.g. MODEL_DIR/vocab)."""
     vocab = load_vocabulary(vocabulary)
-    target = pathlib.Path(output_dir) / SPIECE_FILENAME
+    target = epath.Path(output_dir) / SPIECE_FILENAME
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(vocab.sentencepiece_model_file, target)
+    epath.Path(vocab.sentencepiece_model_file).copy(target, overwrite=True)
     return target

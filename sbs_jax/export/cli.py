@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import pathlib
 import re
 import sys
+
+from etils import epath
 
 from sbs_jax.export.serving import STREAMS, ServingSpec
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_feature_lengths(model_dir: pathlib.Path) -> dict:
+def run_feature_lengths(model_dir: epath.Path) -> dict:
     """TASK_FEATURE_LENGTHS from the run's operative gin config, {} when the run does not record one."""
     gin_path = model_dir / "config.gin"
     if not gin_path.is_file():
@@ -92,14 +93,14 @@ def load_checkpoint(path: str, step: int | None):
     return config, params, vocab, run_dir
 
 
-def _check_vocab(vocab, config) -> pathlib.Path:
+def _check_vocab(vocab, config) -> epath.Path:
     import sentencepiece as spm
 
-    vocab = pathlib.Path(vocab)
+    vocab = epath.Path(vocab)
     if not vocab.is_file():
         raise ExportError(f"{vocab}: SentencePiece model not found")
     try:
-        pieces = spm.SentencePieceProcessor(model_file=str(vocab)).GetPieceSize()
+        pieces = spm.SentencePieceProcessor(model_proto=vocab.read_bytes()).GetPieceSize()
     except (OSError, RuntimeError) as e:
         raise ExportError(f"{vocab}: not a SentencePiece model: {e}") from e
     if pieces > config.vocab_size:
@@ -122,8 +123,8 @@ def _spec(args, lengths: dict) -> ServingSpec:
         raise ExportError(str(e)) from e
 
 
-def export(args) -> pathlib.Path:
-    output = pathlib.Path(args.output)
+def export(args) -> epath.Path:
+    output = epath.Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise ExportError(f"{output}: exists and is not an empty directory (pass --overwrite to replace files)")
     config, params, vocab, run_dir = load_checkpoint(args.checkpoint, args.step)

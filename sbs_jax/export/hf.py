@@ -7,7 +7,8 @@ match the exported decode (greedy or beam, and the stream's maximum length as `m
 from __future__ import annotations
 
 import json
-import pathlib
+
+from etils import epath
 
 from sbs_jax.checkpoints import save_hf
 from sbs_jax.export.serving import ServingSpec, write_spec
@@ -16,7 +17,7 @@ GENERATION_FILE = "generation_config.json"
 
 
 def export_hf(output_dir, config, params, *, spec: ServingSpec, dtype: str = "float32",
-              spm_model=None) -> pathlib.Path:
+              spm_model=None) -> epath.Path:
     """Write a directory `T5ForConditionalGeneration.from_pretrained` loads; returns it."""
     output_dir = save_hf(output_dir, config, params, dtype=dtype, spiece_model=spm_model)
     generation_path = output_dir / GENERATION_FILE

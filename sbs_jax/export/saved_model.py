@@ -10,10 +10,10 @@ Signature `serving_default`: `inputs` tf.string [batch] -> `label` tf.string [ba
 """
 from __future__ import annotations
 
-import pathlib
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
 from sbs_jax.data import eos_marker
 from sbs_jax.export.serving import ServingSpec, cast_params, make_decode_fn, write_spec
@@ -66,7 +66,7 @@ def _make_module(config, params, spm_bytes: bytes, spec: ServingSpec, platforms:
 
 
 def export_saved_model(output_dir, config, params, *, spm_model, spec: ServingSpec, dtype: str = "float32",
-                       platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
+                       platforms: Sequence[str] = DEFAULT_PLATFORMS) -> epath.Path:
     """Write a SavedModel with a `serving_default` signature to `output_dir`.
 
     `spm_model`: path to the student's SentencePiece model. `dtype`: storage dtype of the exported weights;
@@ -74,8 +74,8 @@ def export_saved_model(output_dir, config, params, *, spm_model, spec: ServingSp
     """
     import tensorflow as tf
 
-    output_dir = pathlib.Path(output_dir)
-    spm_bytes = pathlib.Path(spm_model).read_bytes()
+    output_dir = epath.Path(output_dir)  # tf.saved_model writes gs:// itself
+    spm_bytes = epath.Path(spm_model).read_bytes()
     config = config.replace(dropout_rate=0.0)
     module = _make_module(config, cast_params(params, dtype), spm_bytes, spec, platforms)
     signature = module.serve.get_concrete_function()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Callable, Sequence
 
 import numpy as np
+from etils import epath
 
 from sbs_jax.data import eos_marker
 
@@ -62,9 +62,9 @@ class ServingSpec:
             raise ValueError(f"{source}: not a valid serving spec: {e}") from e
 
 
-def write_spec(directory: str | pathlib.Path, spec: ServingSpec, config, dtype: str) -> pathlib.Path:
+def write_spec(directory, spec: ServingSpec, config, dtype: str) -> epath.Path:
     """Record what was exported beside the artifact: the request format, the model config and the dtype."""
-    path = pathlib.Path(directory) / SPEC_FILE
+    path = epath.Path(directory) / SPEC_FILE
     record = {"serving": dataclasses.asdict(spec), "model": config.to_dict(), "dtype": dtype}
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path

@@ -8,12 +8,12 @@ back and serves strings without the model's Python code: tokenisation runs in nu
 from __future__ import annotations
 
 import json
-import pathlib
-import shutil
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 
+from sbs_jax import paths
 from sbs_jax.checkpoints.layout import flatten, unflatten
 from sbs_jax.export.serving import (SPEC_FILE, ServingSpec, cast_params, decode_outputs, encode_inputs,
                                     make_decode_fn, write_spec)
@@ -24,16 +24,15 @@ DEFAULT_PLATFORMS = ("cpu",)
 
 
 def export_stablehlo(output_dir, config, params, *, spm_model, spec: ServingSpec, dtype: str = "float32",
-                     platforms: Sequence[str] = DEFAULT_PLATFORMS) -> pathlib.Path:
+                     platforms: Sequence[str] = DEFAULT_PLATFORMS) -> epath.Path:
     """Write the artifacts of every stream in `spec.outputs` to `output_dir` (see the module docstring).
 
     `dtype`: storage dtype of the weights; the computation runs in `config.dtype`, as in training.
     """
     import jax
     import jax.numpy as jnp
-    from safetensors.numpy import save_file
 
-    output_dir = pathlib.Path(output_dir)
+    output_dir = epath.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = config.replace(dropout_rate=0.0)
     params = cast_params(params, dtype)
@@ -44,8 +43,8 @@ def export_stablehlo(output_dir, config, params, *, spm_model, spec: ServingSpec
         exported = jax.export.export(jax.jit(make_decode_fn(config, spec, stream)), platforms=tuple(platforms))(
             param_specs, tokens_spec)
         (output_dir / f"{stream}.stablehlo").write_bytes(exported.serialize())
-    save_file({k: np.ascontiguousarray(v) for k, v in flatten(params).items()}, str(output_dir / PARAMS_FILE))
-    shutil.copyfile(spm_model, output_dir / SPM_FILE)
+    paths.save_safetensors({k: np.ascontiguousarray(v) for k, v in flatten(params).items()}, output_dir / PARAMS_FILE)
+    epath.Path(spm_model).copy(output_dir / SPM_FILE, overwrite=True)
     write_spec(output_dir, spec, config, dtype)
     return output_dir
 
@@ -56,9 +55,8 @@ class StableHLOStudent:
     def __init__(self, directory):
         import jax
         import sentencepiece as spm
-        from safetensors.numpy import load_file
 
-        self.directory = pathlib.Path(directory)
+        self.directory = epath.Path(directory)
         spec_path = self.directory / SPEC_FILE
         if not spec_path.is_file():
             raise FileNotFoundError(f"{spec_path}: missing; not a directory written by `sbs export --format "
@@ -66,8 +64,8 @@ class StableHLOStudent:
         record = json.loads(spec_path.read_text())
         self.spec = ServingSpec.from_json(json.dumps(record["serving"]), str(spec_path))
         self.eos_id, self.pad_id = record["model"]["eos_id"], record["model"]["pad_id"]
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.directory / SPM_FILE))
-        self.params = unflatten(load_file(str(self.directory / PARAMS_FILE)))
+        self.sp = spm.SentencePieceProcessor(model_proto=(self.directory / SPM_FILE).read_bytes())
+        self.params = unflatten(paths.load_safetensors(self.directory / PARAMS_FILE))
         self.exported = {
             stream: jax.export.deserialize(bytearray((self.directory / f"{stream}.stablehlo").read_bytes()))
             for stream in self.spec.outputs

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
+
+from sbs_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Checkpointer:
     accuracy, and restores the newest checkpoint that reads back intact."""
 
     def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         self.save_every, self.keep, self.async_save = save_every, keep, async_save
         self._manager = self._make_manager()
 
@@ -143,15 +145,15 @@ class Checkpointer:
 
 
 def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
-    path = pathlib.Path(step_dir) / "meta" / "metadata"
+    path = epath.Path(step_dir) / "meta" / "metadata"
     return json.loads(path.read_text())
 
 
-def _is_step_dir(p: pathlib.Path) -> bool:
+def _is_step_dir(p: epath.Path) -> bool:
     return p.name.isdigit() and (p / "state").is_dir()
 
 
-def choose_step(checkpoints_dir: pathlib.Path) -> int:
+def choose_step(checkpoints_dir: epath.Path) -> int:
     """The best step by recorded validation accuracy (ties: the later), else the latest."""
     steps = sorted(int(p.name) for p in checkpoints_dir.iterdir() if _is_step_dir(p)) \
         if checkpoints_dir.is_dir() else []
@@ -165,9 +167,9 @@ def choose_step(checkpoints_dir: pathlib.Path) -> int:
     return max(scored)[1] if scored else steps[-1]
 
 
-def resolve(model_dir_or_step_dir, step: int | None = None) -> tuple[pathlib.Path, pathlib.Path]:
+def resolve(model_dir_or_step_dir, step: int | None = None) -> tuple[epath.Path, epath.Path]:
     """(model_dir, step_dir) for a run directory (best, or `step`) or one `checkpoints/<step>` directory."""
-    path = pathlib.Path(model_dir_or_step_dir)
+    path = epath.Path(model_dir_or_step_dir)
     if _is_step_dir(path):
         return path.parent.parent, path
     ckpt_dir = path / "checkpoints"
@@ -178,17 +180,17 @@ def resolve(model_dir_or_step_dir, step: int | None = None) -> tuple[pathlib.Pat
     return path, step_dir
 
 
-def load_model_config(model_dir: pathlib.Path):
+def load_model_config(model_dir: epath.Path):
     from sbs_jax.model import T5Config
 
-    path = pathlib.Path(model_dir) / "model_config.json"
+    path = epath.Path(model_dir) / "model_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's T5Config there")
     return T5Config(**json.loads(path.read_text()))
 
 
-def vocab_file(model_dir: pathlib.Path) -> pathlib.Path | None:
-    models = sorted((pathlib.Path(model_dir) / "vocab").glob("*.model"))
+def vocab_file(model_dir: epath.Path) -> epath.Path | None:
+    models = sorted((epath.Path(model_dir) / "vocab").glob("*.model"))
     return models[0] if models else None
 
 

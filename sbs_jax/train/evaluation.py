@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 
 from sbs_jax import partitioning
 from sbs_jax.model import decoding
@@ -193,7 +193,7 @@ def score_predictions(task_name: str, rows: list[dict]) -> dict[str, float]:
     return {**{k: float(v) for k, v in result.items()}, "num_examples": float(len(rows))}
 
 
-def write_predictions(path: pathlib.Path, rows: list[dict]) -> None:
+def write_predictions(path: epath.Path, rows: list[dict]) -> None:
     if jax.process_index() != 0:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,7 @@ def run_eval(config: EvalConfig) -> dict:
                          target_length=int(config.task_feature_lengths["targets"]),
                          rationale_length=config.rationale_length, max_examples=config.max_examples)
     metrics = score_predictions(config.mixture_or_task_name, rows)
-    path = pathlib.Path(config.model_dir) / "predictions" / f"eval_{config.split}_step{step}.jsonl"
+    path = epath.Path(config.model_dir) / "predictions" / f"eval_{config.split}_step{step}.jsonl"
     write_predictions(path, rows)
     progress.MetricWriter(config.model_dir, tensorboard=False).write(step, metrics, f"eval_{config.split}")
     return {"step": step, "split": config.split, **metrics, "predictions": str(path)}

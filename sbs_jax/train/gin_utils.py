@@ -13,6 +13,7 @@ import re
 from typing import Sequence
 
 import gin
+from etils import epath
 
 _REGISTERED = False
 # A macro that is referenced but never defined: gin calls `macro()` without a value in the macro's scope.
@@ -145,8 +146,8 @@ def _check_required(value, configurable: str) -> None:
             _check_required(v, _REGISTERED_NAMES.get(type(v).__name__, type(v).__name__))
 
 
-def write_operative_config(model_dir: str | os.PathLike) -> pathlib.Path:
-    path = pathlib.Path(model_dir) / "config.gin"
+def write_operative_config(model_dir: str | os.PathLike) -> epath.Path:
+    path = epath.Path(model_dir) / "config.gin"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(gin.operative_config_str())
     return path

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Iterator
 
 import numpy as np
+from etils import epath
 
 from sbs_jax.train import evaluation
 
@@ -29,7 +29,7 @@ class InferConfig:
 
 
 def read_inputs(path: str, input_field: str) -> list[dict]:
-    p = pathlib.Path(path)
+    p = epath.Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: input file not found")
     rows = []
@@ -78,7 +78,7 @@ def run_infer(config: InferConfig) -> dict:
     preds = evaluation.predict_split(decoder, params, vocab, _batches(vocab, rows, batch_size, config.input_length),
                                      target_length=config.target_length, rationale_length=config.rationale_length)
     if jax.process_index() == 0:
-        out = pathlib.Path(config.output_path)
+        out = epath.Path(config.output_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as f:
             for record, pred in zip(rows, preds):

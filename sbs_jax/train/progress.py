@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 import time
 from typing import Mapping
 
 import jax
+from etils import epath
+
+from sbs_jax import paths
 
 
 def _fmt_seconds(s: float) -> str:
@@ -84,8 +86,8 @@ class MetricWriter:
 
     def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = pathlib.Path(model_dir) / "metrics.jsonl"
-        self.tb_dir = pathlib.Path(model_dir) / "tensorboard"
+        self.path = epath.Path(model_dir) / "metrics.jsonl"
+        self.tb_dir = epath.Path(model_dir) / "tensorboard"  # TF writes gs:// itself
         self.tensorboard = tensorboard and self.enabled
         self._tb = {}
 
@@ -102,8 +104,7 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items()}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        paths.append_text(self.path, json.dumps({"step": int(step), "split": split, **clean}) + "\n")
         if self.tensorboard:
             import tensorflow as tf
             from tensorflow.core.framework import summary_pb2

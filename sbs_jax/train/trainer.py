@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 import time
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 
 from sbs_jax import partitioning
 from sbs_jax.model import T5Config, Transformer, scan_params
@@ -149,7 +149,7 @@ class Trainer:
         from sbs_jax.data import pipeline, register
 
         self.config = config
-        self.model_dir = pathlib.Path(config.model_dir)
+        self.model_dir = epath.Path(config.model_dir)
         self.task = config.mixture_or_task_name
         self.eval_tasks = eval_task_names(config.eval_task or self.task)
         paired = pipeline.is_paired(self.task)

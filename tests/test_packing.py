@@ -151,7 +151,8 @@ def test_packed_loss_and_gradients_equal_unpacked(arith):
     obj = objective_lib.ObjectiveConfig(rationale_weight=0.7)
 
     def run(batch):
-        fn = lambda p: objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False)  # noqa: E731
+        def fn(p):
+            return objective_lib.loss_fn(model, p, batch, jax.random.key(0), obj, enable_dropout=False)
         return jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
 
     (loss_u, m_u), grads_u = run(unpacked)

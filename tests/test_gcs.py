@@ -52,8 +52,9 @@ def _with_generation_headers(download):
 def _reset_gcs_clients():
     """Forget cached filesystems, so the next gs:// access connects to the current endpoint."""
     import gcsfs.core
-    from etils.epath import backend
+    from etils.epath import backend, gpath
 
+    gpath._is_tf_installed.cache_clear()  # noqa: SLF001 - epath reads EPATH_USE_TF once per process
     backend.fsspec_backend._get_filesystem.cache_clear()  # noqa: SLF001 - epath caches one fs per protocol
     gcsfs.core.GCSFileSystem.clear_instance_cache()
 

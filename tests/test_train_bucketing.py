@@ -83,6 +83,19 @@ def test_cut_picks_smallest_bucket_per_group():
     assert lb.choose_lengths(lb.needed_lengths(empty), lb.full_lengths(empty), 8) == {"encoder": 8, "label": 8}
 
 
+def test_bucket_lengths_with_a_step():
+    assert lb.train_bucket_lengths(1024, 16) == (16, 32, 64, 128, 256, 512, 1024)
+    assert lb.train_bucket_lengths(200, 16, step=32) == (16, 32, 64, 96, 128, 160, 192, 200)
+    assert lb.train_bucket_lengths(8, 16, step=32) == (8,)
+    assert lb.train_bucket_lengths(40, 8, step=8) == (8, 16, 24, 32, 40)
+    # CQA's ~72-token inputs: 96 with a step of 32, 128 with powers of two.
+    assert lb.choose_lengths({"encoder": 72}, {"encoder": 1024}, 16, 32) == {"encoder": 96}
+    assert lb.choose_lengths({"encoder": 72}, {"encoder": 1024}, 16) == {"encoder": 128}
+    assert lb.choose_lengths({"label": 5}, {"label": 256}, 16, 32) == {"label": 16}
+    with pytest.raises(ValueError, match="step=0"):
+        lb.train_bucket_lengths(64, 16, step=0)
+
+
 def test_cut_of_real_arith_batches(arith_batches):
     cutter = lb.BatchCutter(min_length=4)
     combinations = 6 * 2 * 4  # buckets (4, ..., 64, 96), (4, 8), (4, 8, 16, 32)
@@ -170,14 +183,17 @@ def test_config_errors_and_gin_macro():
         trainer.TrainConfig(**common, pack=True, length_buckets=True)
     with pytest.raises(ValueError, match="min_bucket_length: expected a positive integer"):
         trainer.TrainConfig(**common, length_buckets=True, min_bucket_length=0)
+    with pytest.raises(ValueError, match="bucket_step: expected a positive integer or None, got 0"):
+        trainer.TrainConfig(**common, length_buckets=True, bucket_step=0)
 
     files = [str(GIN_DIR / f) for f in ("models/t5_1_1_tiny.gin", "runs/step_by_step.gin", "datasets/arith.gin")]
     gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'"], search_paths=[str(GIN_DIR)])
     assert gin_utils.build("TrainConfig").length_buckets is False
     gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'", "LENGTH_BUCKETS = True",
-                            "TrainConfig.min_bucket_length = 8"], search_paths=[str(GIN_DIR)])
+                            "TrainConfig.min_bucket_length = 8", "TrainConfig.bucket_step = 32"],
+                    search_paths=[str(GIN_DIR)])
     config = gin_utils.build("TrainConfig")
-    assert config.length_buckets is True and config.min_bucket_length == 8
+    assert config.length_buckets is True and (config.min_bucket_length, config.bucket_step) == (8, 32)
     # The paper recipe pads like the official code (to the batch's longest example, here up to a power of 2).
     gin_utils.parse([str(GIN_DIR / "runs/paper_t5_1_1_base.gin"), str(GIN_DIR / "datasets/cqa.gin")],
                     ["MODEL_DIR = '/tmp/unused'", "INITIAL_CHECKPOINT_PATH = '/ckpt'", "TASK_REGISTRATIONS = []"],
@@ -196,7 +212,7 @@ def _train(tmp_path, name, **extra):
     return [x for x in lines if x["split"] == "train"], checkpointing.load_params(tmp_path / name, step=6)[1]
 
 
-@pytest.mark.slow  # several train-step compilations; ~40 s on 2 shared CPU cores
+@pytest.mark.slow  # two runs, 3-4 train-step compilations; 105 s on 2 shared CPU cores (load ~4)
 def test_trainer_with_buckets_trains_like_full_padding(arith, tmp_path, capsys):
     full, params_full = _train(tmp_path, "full")
     capsys.readouterr()

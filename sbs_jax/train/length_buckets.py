@@ -3,7 +3,7 @@
 Batches come padded to TASK_FEATURE_LENGTHS, while their rows are usually much shorter (CQA: inputs up to
 ~72 tokens in a batch, labels ~5, rationales ~46, against the paper recipe's 1,024 / 256 / 256). The
 official PyTorch code pads each batch to its longest example; here each global batch is cut to the smallest
-bucket length (`bucketing.bucket_lengths`: `min_length · 2^k`, capped at the padded length) that holds every
+bucket length (`min_length · 2^k`, or multiples of a step, capped at the padded length) that holds every
 row's real tokens, so only a few shapes compile. The encoder features of all streams share one length (the
 fused objective needs equal encoder shapes; the two streams' inputs differ by a prefix word), and each
 stream's decoder features get their own.
@@ -82,14 +82,27 @@ def agree_lengths(lengths: Mapping[str, int], allgather: Callable | None = None)
     return {n: int(v) for n, v in zip(names, gathered.max(axis=0))}
 
 
-def choose_lengths(needed: Mapping[str, int], full: Mapping[str, int], min_length: int) -> dict[str, int]:
-    """Per group, the smallest bucket of `bucket_lengths(full, min_length)` holding `needed` tokens."""
+def train_bucket_lengths(full_length: int, min_length: int, step: int | None = None) -> tuple[int, ...]:
+    """The lengths a group may be cut to: `min_length · 2^k` (`bucketing.bucket_lengths`), or with `step`,
+    `min_length` then the multiples of `step` above it; both end at `full_length`."""
+    if step is None:
+        return bucketing.bucket_lengths(full_length, min_length)
+    if step < 1 or min_length < 1:
+        raise ValueError(f"bucket lengths need positive lengths, got min_length={min_length}, step={step}")
+    first = min(min_length, full_length)
+    multiples = range((first // step + 1) * step, full_length, step)
+    return (first, *multiples, full_length) if first < full_length else (full_length,)
+
+
+def choose_lengths(needed: Mapping[str, int], full: Mapping[str, int], min_length: int,
+                   step: int | None = None) -> dict[str, int]:
+    """Per group, the smallest of `train_bucket_lengths(full, min_length, step)` holding `needed` tokens."""
     out = {}
     for group, length in needed.items():
         if length > full[group]:
             raise ValueError(f"length bucketing: {group!r} needs {length} tokens, more than its padded "
                              f"length {full[group]}")
-        out[group] = next(b for b in bucketing.bucket_lengths(full[group], min_length) if b >= length)
+        out[group] = next(b for b in train_bucket_lengths(full[group], min_length, step) if b >= length)
     return out
 
 
@@ -108,18 +121,21 @@ def shape_key(batch: Mapping[str, Mapping[str, np.ndarray]]) -> tuple:
 class BatchCutter:
     """Cuts each process-local batch to the bucket lengths every process agrees on, and counts what it saves.
 
+    `step`: None for power-of-two buckets, else buckets at multiples of `step` (`train_bucket_lengths`).
     `allgather` replaces `multihost_utils.process_allgather` (tests). `padded` / `kept` accumulate this
     process's token positions (rows × length of `encoder_input_tokens` and `decoder_target_tokens`, summed
     over streams) before and after cutting.
     """
     min_length: int = 16
+    step: int | None = None
     allgather: Callable | None = None
     padded: int = 0
     kept: int = 0
 
     def __call__(self, batch: Mapping[str, Mapping[str, np.ndarray]]) -> dict:
         full = full_lengths(batch)
-        lengths = choose_lengths(agree_lengths(needed_lengths(batch), self.allgather), full, self.min_length)
+        needed = agree_lengths(needed_lengths(batch), self.allgather)
+        lengths = choose_lengths(needed, full, self.min_length, self.step)
         cut = cut_batch(batch, lengths)
         self.padded += _token_positions(batch)
         self.kept += _token_positions(cut)

@@ -45,9 +45,10 @@ class TrainConfig:
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
     `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
     length_buckets: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
-    (`min_bucket_length · 2^k`, capped at TASK_FEATURE_LENGTHS) holding its real tokens, separately for the
-    encoder and each stream's decoder (`length_buckets.py`); same loss and gradients, one compiled step per
-    shape seen. Off by default: shapes, compile count and the first step's memory figure stay fixed.
+    (`min_bucket_length · 2^k`, or with `bucket_step` `min_bucket_length` then multiples of it; capped at
+    TASK_FEATURE_LENGTHS) holding its real tokens, separately for the encoder and each stream's decoder
+    (`length_buckets.py`); same loss and gradients, one compiled step per shape seen. Off by default:
+    shapes, compile count and the first step's memory figure stay fixed.
     Incompatible with `pack` (packed rows are full by construction).
     """
     model_dir: str
@@ -69,6 +70,7 @@ class TrainConfig:
     packed_lengths: Mapping[str, int] | None = None
     length_buckets: bool = False
     min_bucket_length: int = 16
+    bucket_step: int | None = None
     eval_every: int = 0
     eval_task: str | None = None
     validation_split: str = "validation"
@@ -89,6 +91,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.packed_lengths is not None and not self.pack:
             raise ValueError("TrainConfig.packed_lengths is set but pack=False; set pack=True (PACK) to pack")
+        if self.bucket_step is not None and int(self.bucket_step) < 1:
+            raise ValueError(f"TrainConfig.bucket_step: expected a positive integer or None, got {self.bucket_step}")
         if self.pack and self.length_buckets:
             raise ValueError("TrainConfig: pack=True (PACK) and length_buckets=True (LENGTH_BUCKETS) are both set; "
                              "packed rows are full by construction, so bucketing has nothing to cut: set one")
@@ -312,7 +316,7 @@ class Trainer:
         pending_examples = []  # device scalars, read only when logging (no per-step host sync)
         # One compiled step per batch shape: a single one unless length bucketing cuts batches.
         compiled_steps, last_val = {}, {}
-        cutter = length_buckets.BatchCutter(cfg.min_bucket_length) if cfg.length_buckets else None
+        cutter = length_buckets.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.length_buckets else None
         multi_process = jax.process_count() > 1
         for step in range(start, cfg.train_steps):
             local = next(batches)

@@ -28,7 +28,9 @@ import numpy as np
 from sbs_jax.train import bucketing
 
 ENCODER = "encoder"  # the length group of every stream's encoder features
-_DECODER_INPUTS = "decoder_input_tokens"  # the targets shifted right: its last real token sits past them
+# Not read for the needed length: the targets shifted right, so its last real token sits one column past the
+# targets' and feeds only that (masked) position.
+_DECODER_INPUTS = "decoder_input_tokens"
 
 
 def _group(stream: str, key: str) -> str:

@@ -1,5 +1,6 @@
 """Slow end-to-end checks of the trainer, each in subprocesses run under `timeout -s KILL`:
-exact resume after SIGKILL (also through a corrupted checkpoint), two processes equal to one, and a
+exact resume after SIGKILL (also through a corrupted checkpoint), two processes equal to one (also with length
+bucketing, whose cut lengths the processes agree on), and a
 few-hundred-step run on the embedded task that learns well above chance."""
 import collections
 import json
@@ -74,8 +75,8 @@ def test_sigkill_resume_is_bit_identical(tmp_path):
     _assert_identical(_params(ref, 12), _params(run, 12))
 
 
-def test_two_processes_equal_one(tmp_path):
-    flags = ["--gin.TRAIN_STEPS=3", "--gin.SAVE_EVERY=3", "--gin.TrainConfig.num_input_shards=2"]
+def _single_and_two_processes(tmp_path, *flags):
+    """Final params of a one-process run with 2 input shards and of the same run on 2 processes."""
     single = tmp_path / "single"
     subprocess.run(_train_cmd(single, *flags), cwd=REPO, env=_env(2), check=True, capture_output=True)
 
@@ -90,11 +91,34 @@ def test_two_processes_equal_one(tmp_path):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    a, b = _params(single, 3), _params(multi, 3)
+    return outputs[0], _params(single, 3), _params(multi, 3)
+
+
+def _assert_close(a, b):
     import jax
 
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_two_processes_equal_one(tmp_path):
+    flags = ["--gin.TRAIN_STEPS=3", "--gin.SAVE_EVERY=3", "--gin.TrainConfig.num_input_shards=2"]
+    _, a, b = _single_and_two_processes(tmp_path, *flags)
+    _assert_close(a, b)
+
+
+def test_two_processes_agree_on_bucket_lengths(tmp_path):
+    # Each process holds 4 of the 8 rows, so their own longest rows differ; with a bucket at every length
+    # both must cut to the global max (different shapes would fail to form global arrays) and train what one
+    # process trains.
+    flags = ["--gin.TRAIN_STEPS=3", "--gin.SAVE_EVERY=3", "--gin.TrainConfig.num_input_shards=2",
+             "--gin.LENGTH_BUCKETS=True", "--gin.TrainConfig.min_bucket_length=1", "--gin.TrainConfig.bucket_step=1",
+             "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 8, 'rationales': 32}"]
+    out, a, b = _single_and_two_processes(tmp_path, *flags)
+    assert "train step compiled for lengths encoder" in out and "encoder 96" not in out
+    # Step 1's inputs need 31 tokens in process 0's rows and 35 in process 1's (seed 0): process 0 cuts to 35.
+    assert "compiled for lengths encoder 35, label 2, rationale 16" in out
+    _assert_close(a, b)
 
 
 def test_quickstart_learns_well_above_chance(tmp_path):

@@ -18,7 +18,8 @@ from etils import epath
 
 from sbs_jax import partitioning
 from sbs_jax.model import T5Config, Transformer, scan_params
-from sbs_jax.train import checkpointing, evaluation, inputs, objective as objective_lib, optim, progress
+from sbs_jax.train import checkpointing, evaluation, inputs, length_buckets, objective as objective_lib, optim
+from sbs_jax.train import progress
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class TrainConfig:
     (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
     `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
+    length_buckets: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
+    (`min_bucket_length · 2^k`, or with `bucket_step` `min_bucket_length` then multiples of it; capped at
+    TASK_FEATURE_LENGTHS) holding its real tokens, separately for the encoder and each stream's decoder
+    (`length_buckets.py`); same loss and gradients, one compiled step per shape seen. Off by default:
+    shapes, compile count and the first step's memory figure stay fixed.
+    Incompatible with `pack` (packed rows are full by construction).
     """
     model_dir: str
     mixture_or_task_name: str
@@ -61,6 +68,9 @@ class TrainConfig:
     num_input_shards: int | None = None
     pack: bool = False
     packed_lengths: Mapping[str, int] | None = None
+    length_buckets: bool = False
+    min_bucket_length: int = 16
+    bucket_step: int | None = None
     eval_every: int = 0
     eval_task: str | None = None
     validation_split: str = "validation"
@@ -76,11 +86,16 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "keep_checkpoints",
-                     "log_every"):
+                     "log_every", "min_bucket_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.packed_lengths is not None and not self.pack:
             raise ValueError("TrainConfig.packed_lengths is set but pack=False; set pack=True (PACK) to pack")
+        if self.bucket_step is not None and int(self.bucket_step) < 1:
+            raise ValueError(f"TrainConfig.bucket_step: expected a positive integer or None, got {self.bucket_step}")
+        if self.pack and self.length_buckets:
+            raise ValueError("TrainConfig: pack=True (PACK) and length_buckets=True (LENGTH_BUCKETS) are both set; "
+                             "packed rows are full by construction, so bucketing has nothing to cut: set one")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -211,8 +226,12 @@ class Trainer:
             self.state_shardings, self.abstract_state, compile_lib.abstract_batch(local_batch, self.mesh))
         if jax.process_index() == 0:
             memory = compile_lib.memory_summary(compiled)
-            print(f"train step compiled in {time.perf_counter() - t0:.1f}s" + (f"; {memory}" if memory else ""),
-                  flush=True)
+            shapes = ""
+            if cfg.length_buckets:
+                shapes = " for lengths " + ", ".join(f"{k} {v}" for k, v in sorted(
+                    length_buckets.full_lengths(local_batch).items()))
+            print(f"train step compiled{shapes} in {time.perf_counter() - t0:.1f}s"
+                  + (f"; {memory}" if memory else ""), flush=True)
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -295,12 +314,18 @@ class Trainer:
         bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
                                    log_every=cfg.log_every)
         pending_examples = []  # device scalars, read only when logging (no per-step host sync)
-        compiled, last_val = None, {}
+        # One compiled step per batch shape: a single one unless length bucketing cuts batches.
+        compiled_steps, last_val = {}, {}
+        cutter = length_buckets.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.length_buckets else None
         multi_process = jax.process_count() > 1
         for step in range(start, cfg.train_steps):
             local = next(batches)
+            if cutter is not None:
+                local = cutter(local)
+            key = length_buckets.shape_key(local)
+            compiled = compiled_steps.get(key)
             if compiled is None:
-                compiled = self.compile_step(local)
+                compiled = compiled_steps[key] = self.compile_step(local)
             state, metrics = compiled(state, inputs.to_global(local, self.mesh))
             if multi_process:
                 # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
@@ -324,6 +349,9 @@ class Trainer:
             if evaluate_now or self.checkpointer.should_save(done) or done == cfg.train_steps:
                 self.checkpointer.save(done, state, data_position=done, seed=cfg.seed, metrics=val)
         bar.close()
+        if cutter is not None and cutter.padded and jax.process_index() == 0:
+            print(f"length bucketing: {len(compiled_steps)} train step shape(s) compiled; batches kept "
+                  f"{100.0 * cutter.kept / cutter.padded:.1f} % of the padded token positions", flush=True)
         self.checkpointer.wait()
         summary = {"model_dir": str(self.model_dir), "final_step": int(cfg.train_steps),
                    "validation": last_val}

@@ -182,7 +182,8 @@ def test_packed_rows_give_the_same_logits_as_unpacked(name):
 
 
 # ---------------------------------------------------------------- scan
-@pytest.mark.parametrize("name,remat", [("t5_1_0_tiny", "full"), ("t5_1_1_tiny", "dots_saveable")])
+@pytest.mark.parametrize("name,remat", [pytest.param("t5_1_0_tiny", "full", marks=pytest.mark.slow),  # ~20 s each
+                                        ("t5_1_1_tiny", "dots_saveable")])
 def test_scan_matches_unrolled_logits_and_grads(name, remat):
     cfg = tiny(name)
     model, params = init_params(cfg)

@@ -141,6 +141,7 @@ def _failure_index(arith):
     return next(i for i, ex in enumerate(arith["train"].examples[:400]) if not ex.rationale)
 
 
+@pytest.mark.slow  # ~45 s: value_and_grad of two layouts; test_every_example_once... keeps packing in the default suite
 def test_packed_loss_and_gradients_equal_unpacked(arith):
     start = max(_failure_index(arith) - 4, 0)
     unpacked, packed = _same_examples(start, 9)  # includes an unparsed rationale
@@ -203,6 +204,7 @@ def test_accumulation_over_packed_rows_equals_full_batch(arith):
     assert max(jax.tree.leaves(diffs)) < 1e-5
 
 
+@pytest.mark.slow  # ~30 s: two packed input shards read twice
 def test_packed_input_resumes_and_keeps_shapes_across_shards(arith):
     def batches(start, shards):
         it = inputs.train_batches("arith_sbs", task_feature_lengths=LENGTHS, batch_size=8, seed=3,

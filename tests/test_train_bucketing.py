@@ -155,7 +155,7 @@ def tiny_model():
     return model, params["params"]
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", [pytest.param(False, marks=pytest.mark.slow), True])  # ~18 s each
 def test_cut_batch_has_full_batch_loss_and_gradients(arith_batches, tiny_model, fused):
     full = arith_batches[0]
     cut = lb.BatchCutter(min_length=4)(full)

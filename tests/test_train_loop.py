@@ -25,6 +25,7 @@ def cqa_tasks(datasets_dir, tmp_path_factory):
                                       valid_from_train=0.1)
 
 
+@pytest.mark.slow  # ~40 s: trains a vocabulary on 2,000 CQA examples first
 def test_one_step_on_shared_cqa(cqa_tasks, tmp_path):
     assert "cqa_sbs" in cqa_tasks
     config = trainer.TrainConfig(

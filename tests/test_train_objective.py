@@ -134,6 +134,7 @@ def test_fused_equals_two_pass(hf_model_and_ours):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~25 s; test_fused_equals_two_pass keeps the fused step in the default suite
 def test_fused_dropout_is_deterministic_per_key(hf_model_and_ours):
     _, _, config, params = hf_model_and_ours
     model = Transformer(config.replace(dropout_rate=0.3))

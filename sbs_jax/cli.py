@@ -2,6 +2,8 @@
 import importlib
 import sys
 
+from sbs_jax import errors
+
 # verb -> (module, help). Modules are imported lazily: TF/JAX start-up is slow and most verbs need one of them.
 COMMANDS = {
     "train": ("sbs_jax.train.main", "train a student (gin: --gin_file=..., --gin.MACRO=value)"),
@@ -23,7 +25,10 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
+    """Dispatch to a verb inside the error boundary (`sbs_jax.errors`): exit 2 for user mistakes, 1 otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = errors.debug_enabled(argv)
+    argv = errors.strip_verbose(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -31,11 +36,14 @@ def main(argv=None) -> int:
     if verb not in COMMANDS:
         print(f"sbs: unknown command {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[verb][0])
     # Verbs sharing a module (train/eval/infer) get the verb back as argv[0].
     if COMMANDS[verb][0] == "sbs_jax.train.main":
         rest = [verb] + rest
-    return int(module.main(rest) or 0)
+
+    def dispatch(args):
+        return importlib.import_module(COMMANDS[verb][0]).main(args + (["--verbose"] if verbose else []))
+
+    return errors.run(f"sbs {verb}", dispatch, rest + (["--verbose"] if verbose else []))
 
 
 if __name__ == "__main__":

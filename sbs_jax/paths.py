@@ -47,3 +47,17 @@ def load_safetensors(path) -> dict:
     from safetensors.numpy import load, load_file
 
     return load_file(os.fspath(path)) if is_local(path) else load(epath.Path(path).read_bytes())
+
+
+def read_utf8(path, what: str = "file") -> str:
+    """A text file's contents; a file that is not UTF-8 is an InputError naming it and the offending byte."""
+    from sbs_jax.errors import InputError
+
+    p = epath.Path(path)
+    data = p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(f"{p}:{line}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "convert it to UTF-8") from None

@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 
+from sbs_jax import errors
+
 METHODS = (("standard finetuning", "finetune", "runs/finetune.gin"),
            ("distilling step-by-step", "step_by_step", "runs/step_by_step.gin"))
 
@@ -42,6 +44,7 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x:.1f}%"
 
 
+@errors.command("sbs quickstart")
 def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

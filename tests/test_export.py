@@ -140,7 +140,7 @@ def test_stablehlo_bfloat16_stores_bfloat16(student, tmp_path):
 
 
 def _error(capsys, argv) -> str:
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2  # a user mistake (sbs_jax.errors contract)
     err = capsys.readouterr().err
     assert err.startswith("sbs export: error: ") and "Traceback" not in err
     return err

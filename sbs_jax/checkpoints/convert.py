@@ -9,6 +9,7 @@ import sys
 import numpy as np
 from etils import epath
 
+from sbs_jax import errors
 from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.hf import load_hf, save_hf
 from sbs_jax.checkpoints.layout import flatten
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@errors.command("sbs convert")
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)

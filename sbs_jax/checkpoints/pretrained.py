@@ -35,8 +35,8 @@ def load_pretrained(path) -> tuple:
         return load_hf(path)
     if kind == "t5x":
         return load_t5x(path)
-    # Imported lazily: the trainer owns its checkpoint format (orbax) and pulls in optax/orbax.
-    from sbs_jax.train.checkpointing import load_params
+    # Imported lazily: reading a run pulls in orbax.
+    from sbs_jax.run_dir import load_params
 
     config, params, _ = load_params(path)
     return config, params

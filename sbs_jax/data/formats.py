@@ -7,13 +7,15 @@ not follow the format; callers count those instead of inventing a target (the of
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from typing import Callable, Mapping, Sequence
 
 from sbs_jax.data.eos_marker import EOS_MARKER
+from sbs_jax.errors import InputError
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad or missing input data; the message names the file, line or field and what was expected."""
 
 
@@ -139,3 +141,32 @@ def validate_record(fmt: DatasetFormat, record, where: str) -> None:
     if fmt.name == "cqa" and not 1 <= len(record["choices"]) <= len(CHOICE_LETTERS):
         raise DataError(f"{where}: field 'choices' has {len(record['choices'])} entries, expected 1 to "
                          f"{len(CHOICE_LETTERS)}")
+    if fmt.name == "cqa" and record["answer"] not in record["choices"]:
+        raise DataError(f"{where}: field 'answer' is {record['answer']!r:.60}, which is not among its 'choices' "
+                         f"{record['choices']!r:.200}; expected one of the choices, verbatim")
+    if fmt.name == "svamp":
+        problem = equation_problem(record["label"])
+        if problem:
+            raise DataError(f"{where}: field 'label' {record['label']!r:.80} is not an equation: {problem}; "
+                             "expected numbers joined by + - * / with parentheses, e.g. '( 84.0 / 2.0 )'")
+
+
+_EQUATION_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+
+
+def equation_problem(text: str) -> str | None:
+    """None when `text` is an arithmetic equation over number literals (SVAMP's label format), else what is
+    wrong. Parsed with `ast` and checked node by node; never evaluated."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        return f"it does not parse ({e.msg})"
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.USub, ast.UAdd) + _EQUATION_OPS):
+            continue
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            continue
+        segment = ast.get_source_segment(text.strip(), node)
+        kind = type(node).__name__.lower()
+        return f"{kind} {segment!r} is not allowed" if segment else f"operator {kind} is not allowed"
+    return None

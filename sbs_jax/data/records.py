@@ -12,6 +12,7 @@ import pathlib
 import re
 from typing import Iterable, Sequence
 
+from sbs_jax import paths
 from sbs_jax.data import formats as formats_lib
 from sbs_jax.data import metrics
 from sbs_jax.data.formats import DataError  # noqa: F401  (re-exported: the data package's error type)
@@ -108,7 +109,7 @@ def read_teacher_outputs(files: Sequence[pathlib.Path]) -> list[str]:
     outputs = []
     for path in files:
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            value = json.loads(paths.read_utf8(path, "teacher output file"))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); expected a JSON list of "
                             "strings") from None

@@ -34,6 +34,7 @@ class TaskInfo:
     label_source: str           # gold | teacher (label stream on every split; evaluation is always on gold)
     metric: str                 # key of metrics.METRICS
     split_data: Mapping[str, SplitData] | None = None  # in-memory sources: examples and teacher statistics
+    train_fraction: float | None = None  # fraction of the train split kept (data-size studies); None: unknown
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
@@ -44,6 +45,35 @@ def get_task_info(name: str) -> TaskInfo:
         known = ", ".join(sorted(_TASK_INFO)) or "none"
         raise ValueError(f"task {name!r} was not registered by sbs_jax (registered: {known})")
     return _TASK_INFO[name]
+
+
+def check_rationales(task_name: str, split: str, max_unparsed_fraction: float) -> str | None:
+    """For a step-by-step run: a task whose `split` has no teacher rationale at all, or more than
+    `max_unparsed_fraction` unparsed teacher outputs, is a DataError (training would silently become
+    finetuning). Returns a one-line note with the unparsed count when some are missing, else None."""
+    info = _TASK_INFO.get(task_name)
+    data = (info.split_data or {}).get(split) if info else None
+    if data is None or not data.examples:
+        return None  # a source sbs_jax did not read itself: nothing recorded to check
+    total, missing = len(data.examples), data.parse_failures
+    if not data.has_teacher:
+        folder = data.source.rsplit("/", 1)[0] if data.source.endswith(".json") else None
+        where = f"{folder}/llm/{split}_CoT_0.json, ..." if folder else f"teacher outputs for {data.source}"
+        raise DataError(f"task {task_name!r} trains step-by-step but split {split!r} has no teacher rationales: "
+                        f"{where} not found; make them with `sbs teacher generate` (docs/teacher.md), or train "
+                        f"the `_ft` variant")
+    if missing == total:
+        raise DataError(f"task {task_name!r} trains step-by-step but none of the {total} teacher outputs of split "
+                        f"{split!r} ({data.source}) gave a rationale; check the files or the parser")
+    if missing > max_unparsed_fraction * total:
+        raise DataError(f"task {task_name!r}: {missing} of {total} teacher outputs of split {split!r} "
+                        f"({100.0 * missing / total:.1f} %) have no usable rationale, more than the limit "
+                        f"{100.0 * max_unparsed_fraction:.1f} % (TrainConfig.max_unparsed_fraction); fix the "
+                        "teacher outputs or raise the limit")
+    if missing:
+        return (f"note: {task_name} {split}: {missing} of {total} teacher outputs ({100.0 * missing / total:.1f} %) "
+                "have no usable rationale; those examples train the label stream only")
+    return None
 
 
 def get_vocabulary(task_name: str):
@@ -132,10 +162,13 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
         else:
             logging.info("%s:%s: %d examples, no teacher outputs", name, s, len(d.examples))
     largest = max(len(ex) for ex in planned.values())
-    return register_source_task(
+    names = register_source_task(
         name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,
         teacher_label_field="teacher_label", shuffle_buffer_size=max(1, min(largest, MAX_SHUFFLE_BUFFER)),
         split_data=split_data)
+    for task in names:
+        _TASK_INFO[task] = dataclasses.replace(_TASK_INFO[task], train_fraction=float(train_fraction))
+    return names
 
 
 def _restat(parent: SplitData, split: str, examples: list[Example], metric: str) -> SplitData:

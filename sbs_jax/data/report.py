@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from sbs_jax import errors
 from sbs_jax.data import formats, records
 from sbs_jax.data.preprocessors import PREDICT_PREFIX
 from sbs_jax.data.records import DataError, SplitData
@@ -82,6 +83,7 @@ def format_report(name: str, report: Mapping[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@errors.command("sbs data")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sbs data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

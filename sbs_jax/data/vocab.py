@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 from etils import epath
 
+from sbs_jax import errors, paths
+
 # T5 checkpoints reserve 100 sentinel ids for span corruption; distillation never emits them, so vocabularies
 # here default to none (decoding maps any id past the vocabulary to unk). Pass extra_ids=100 for T5's 32100.
 DEFAULT_EXTRA_IDS = 0
@@ -124,6 +126,7 @@ def _task_texts(args) -> list[str]:
     return model_texts(ex for s in chosen for ex in splits[s])
 
 
+@errors.command("sbs vocab")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sbs vocab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.text_file:
-            texts = pathlib.Path(args.text_file).read_text(encoding="utf-8").splitlines()
+            texts = paths.read_utf8(args.text_file, "--text_file").splitlines()
         else:
             texts = _task_texts(args)
         path = train_vocabulary(texts, args.output_dir, vocab_size=args.vocab_size, seed=args.seed,
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
 def copy_vocabulary(vocabulary, output_dir) -> epath.Path:
     """Copy a vocabulary's SentencePiece model into `output_dir` (e.g. MODEL_DIR/vocab)."""
     vocab = load_vocabulary(vocabulary)
-    target = epath.Path(output_dir) / SPIECE_FILENAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    epath.Path(vocab.sentencepiece_model_file).copy(target, overwrite=True)
-    return target
+    from sbs_jax import run_dir
+
+    # Atomic: a run directory never holds half a vocabulary, even if the copy is interrupted.
+    return run_dir.atomic_copy(vocab.sentencepiece_model_file, epath.Path(output_dir) / SPIECE_FILENAME)

@@ -16,12 +16,13 @@ import sys
 
 from etils import epath
 
+from sbs_jax import errors, run_dir
 from sbs_jax.export.serving import STREAMS, ServingSpec
 
 FORMATS = ("hf", "saved_model", "stablehlo")
 
 
-class ExportError(ValueError):
+class ExportError(errors.InputError):
     """What the user asked for cannot be exported; the message says why and what was expected."""
 
 
@@ -49,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_feature_lengths(model_dir: epath.Path) -> dict:
-    """TASK_FEATURE_LENGTHS from the run's operative gin config, {} when the run does not record one."""
+    """TASK_FEATURE_LENGTHS from the run's run.json; for runs older than run.json, from its operative gin
+    config; {} when the run records neither."""
+    info = run_dir.read_run_info(model_dir)
+    if info and info.get("task_feature_lengths"):
+        return {k: int(v) for k, v in info["task_feature_lengths"].items()}
     gin_path = model_dir / "config.gin"
     if not gin_path.is_file():
         return {}
@@ -75,14 +80,12 @@ def load_checkpoint(path: str, step: int | None):
     try:
         kind = detect_format(path)
         if kind == "sbs":
-            from sbs_jax.train.checkpointing import load_params, resolve
-
-            run_dir, _ = resolve(path, step)
-            config, params, vocab = load_params(path, step)
+            model_dir, _ = run_dir.resolve(path, step)
+            config, params, vocab = run_dir.load_params(path, step)
         else:
             if step is not None:
                 raise ExportError(f"{path}: --step only applies to a training run directory, this is {kind}")
-            (config, params), vocab, run_dir = load_pretrained(path), None, None
+            (config, params), vocab, model_dir = load_pretrained(path), None, None
         check_params(flatten(params), config, str(path))
     except ExportError:
         raise
@@ -90,7 +93,7 @@ def load_checkpoint(path: str, step: int | None):
         raise ExportError(_naming(path, str(e))) from e
     except Exception as e:  # orbax/tensorstore raise their own types for unreadable or foreign data
         raise ExportError(_naming(path, f"not a readable checkpoint ({type(e).__name__}: {e})")) from e
-    return config, params, vocab, run_dir
+    return config, params, vocab, model_dir
 
 
 def _check_vocab(vocab, config) -> epath.Path:
@@ -127,10 +130,10 @@ def export(args) -> epath.Path:
     output = epath.Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise ExportError(f"{output}: exists and is not an empty directory (pass --overwrite to replace files)")
-    config, params, vocab, run_dir = load_checkpoint(args.checkpoint, args.step)
+    config, params, vocab, model_dir = load_checkpoint(args.checkpoint, args.step)
     if args.compute_dtype:
         config = config.replace(dtype=args.compute_dtype)
-    spec = _spec(args, run_feature_lengths(run_dir) if run_dir else {})
+    spec = _spec(args, run_feature_lengths(model_dir) if model_dir else {})
     vocab = args.vocab or vocab
     if vocab is not None:
         vocab = _check_vocab(vocab, config)
@@ -153,13 +156,10 @@ def export(args) -> epath.Path:
                             platforms=platforms)
 
 
+@errors.command("sbs export")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        output = export(args)
-    except ExportError as e:
-        print(f"sbs export: error: {e}", file=sys.stderr)
-        return 1
+    output = export(args)  # errors are reported by the boundary (exit 2 for ExportError)
     print(f"sbs export: wrote {args.format} ({args.dtype}) to {output}")
     return 0
 

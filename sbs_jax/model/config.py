@@ -198,3 +198,14 @@ def get_config(name: str, **overrides) -> T5Config:
     fields = dict(d_model=d_model, d_ff=d_ff, num_layers=layers, num_heads=heads, d_kv=d_kv, **family)
     fields.update(overrides)
     return T5Config(**fields)
+
+
+def preset_name(config: T5Config) -> str | None:
+    """The size preset `config` has the architecture of (vocab size and runtime fields aside), else None."""
+    sizes = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv", "feed_forward_proj", "tie_word_embeddings")
+    for name in PRESETS:
+        preset = get_config(name)
+        if all(getattr(preset, f) == getattr(config, f) for f in sizes) and \
+                config.num_decoder_layers in (None, config.num_layers):
+            return name
+    return None

@@ -6,6 +6,7 @@ import os
 import pathlib
 import sys
 
+from sbs_jax import errors
 from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError
 from sbs_jax.teacher.generate import GenerateConfig, generate, read_examples
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
@@ -110,6 +111,7 @@ def _prompt(args) -> int:
     return 0
 
 
+@errors.command("sbs teacher")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,

@@ -7,23 +7,19 @@ raising is still caught; a damaged latest checkpoint is set aside and the previo
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.experimental import multihost_utils
 
 from sbs_jax import paths
+from sbs_jax.run_dir import BEST_METRIC  # one definition of the best-checkpoint metric
 
 log = logging.getLogger(__name__)
-
-BEST_METRIC = "accuracy"
 
 
 @jax.jit
@@ -144,71 +140,7 @@ class Checkpointer:
         self._manager.close()
 
 
-def read_meta(step_dir: str | os.PathLike) -> dict[str, Any]:
-    path = epath.Path(step_dir) / "meta" / "metadata"
-    return json.loads(path.read_text())
-
-
-def _is_step_dir(p: epath.Path) -> bool:
-    return p.name.isdigit() and (p / "state").is_dir()
-
-
-def choose_step(checkpoints_dir: epath.Path) -> int:
-    """The best step by recorded validation accuracy (ties: the later), else the latest."""
-    steps = sorted(int(p.name) for p in checkpoints_dir.iterdir() if _is_step_dir(p)) \
-        if checkpoints_dir.is_dir() else []
-    if not steps:
-        raise FileNotFoundError(f"{checkpoints_dir}: no checkpoints (expected step directories like 1000/)")
-    scored = []
-    for s in steps:
-        metrics = read_meta(checkpoints_dir / str(s)).get("metrics") or {}
-        if BEST_METRIC in metrics:
-            scored.append((float(metrics[BEST_METRIC]), s))
-    return max(scored)[1] if scored else steps[-1]
-
-
-def resolve(model_dir_or_step_dir, step: int | None = None) -> tuple[epath.Path, epath.Path]:
-    """(model_dir, step_dir) for a run directory (best, or `step`) or one `checkpoints/<step>` directory."""
-    path = epath.Path(model_dir_or_step_dir)
-    if _is_step_dir(path):
-        return path.parent.parent, path
-    ckpt_dir = path / "checkpoints"
-    step = choose_step(ckpt_dir) if step is None else step
-    step_dir = ckpt_dir / str(step)
-    if not _is_step_dir(step_dir):
-        raise FileNotFoundError(f"{step_dir}: no such checkpoint")
-    return path, step_dir
-
-
-def load_model_config(model_dir: epath.Path):
-    from sbs_jax.model import T5Config
-
-    path = epath.Path(model_dir) / "model_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's T5Config there")
-    return T5Config(**json.loads(path.read_text()))
-
-
-def vocab_file(model_dir: epath.Path) -> epath.Path | None:
-    models = sorted((epath.Path(model_dir) / "vocab").glob("*.model"))
-    return models[0] if models else None
-
-
-def load_params(model_dir_or_step_dir, step: int | None = None):
-    """(T5Config, params, vocab_path) of a trained student, params as host numpy arrays in the unscanned
-    layout (the config says `scan_layers=False` accordingly). Only the params are read, not the optimizer."""
-    from sbs_jax.model import unscan_params
-
-    model_dir, step_dir = resolve(model_dir_or_step_dir, step)
-    config = load_model_config(model_dir)
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(step_dir / "state").item_metadata.tree
-    item = {"params": tree["params"]}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-    params = restored["params"]
-    if config.scan_layers:
-        params = unscan_params(params, config)
-        config = config.replace(scan_layers=False)
-    return config, params, vocab_file(model_dir)
+# Reading a trained run lives in the run-directory module (below train/, so checkpoints/ and export/ can use
+# it without importing the trainer); re-exported here for existing callers.
+from sbs_jax.run_dir import (choose_step, load_model_config, load_params, read_meta, resolve,  # noqa: E402,F401
+                             vocab_file)

@@ -10,10 +10,12 @@ import logging
 import os
 import pathlib
 import re
+import tokenize
 from typing import Sequence
 
 import gin
-from etils import epath
+
+from sbs_jax import errors, run_dir
 
 _REGISTERED = False
 # A macro that is referenced but never defined: gin calls `macro()` without a value in the macro's scope.
@@ -49,7 +51,7 @@ def task_name(dataset: str, variant: str) -> str:
     ft, distill) together name the task, since gin macros cannot concatenate strings."""
     for name, value in (("DATASET", dataset), ("TASK_VARIANT", variant)):
         if value is gin.REQUIRED:
-            raise ValueError(_required_message(name) + " (or set MIXTURE_OR_TASK_NAME)")
+            raise errors.UsageError(_required_message(name) + " (or set MIXTURE_OR_TASK_NAME)")
     return f"{dataset}_{variant}"
 
 
@@ -72,7 +74,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
         if arg.startswith("--gin."):
             name, sep, value = arg[len("--gin."):].partition("=")
             if not sep:
-                raise ValueError(f"{arg!r}: expected --gin.NAME=VALUE")
+                raise errors.UsageError(f"{arg!r}: expected --gin.NAME=VALUE")
             out.append(f"--gin_bindings={name} = {value}")
         else:
             out.append(arg)
@@ -87,17 +89,57 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
         gin.add_config_file_search_path(path)
     for f in gin_files:
         if not _findable(f, list(search_paths) + default_search_paths()):
-            raise FileNotFoundError(f"gin file {f!r} not found as given nor under the search paths "
+            raise errors.UsageError(f"gin file {f!r} not found as given nor under the search paths "
                                     f"{list(search_paths) + default_search_paths()}")
     # gin tries each include relative to the working directory first and logs "Path not found" at ERROR
     # before it finds the file on the search path; that is not an error, so filter it out while parsing.
+    # Files and bindings are parsed one at a time so that an error names the one at fault.
     root = logging.getLogger()
     root.addFilter(_path_not_found_filter)
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings), skip_unknown=False,
-                                            finalize_config=False)
+        for f in gin_files:
+            with _naming_errors(f"gin file {f} (or a file it includes)"):
+                gin.parse_config_file(f, skip_unknown=False)
+        for binding in bindings:
+            with _naming_errors(f"--gin binding {binding!r}", binding=binding):
+                gin.parse_config(binding, skip_unknown=False)
     finally:
         root.removeFilter(_path_not_found_filter)
+
+
+class _naming_errors:
+    """Turn gin's parse errors (SyntaxError, tokenize.TokenError, ValueError) into a UsageError naming the file
+    or binding, with the line, and for an unquoted string value how to quote it."""
+
+    def __init__(self, where: str, binding: str | None = None):
+        self.where, self.binding = where, binding
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, errors.SbsError):
+            return False
+        if isinstance(exc, tokenize.TokenError):
+            line = exc.args[1][0] if len(exc.args) > 1 and exc.args[1] else "?"
+            raise errors.UsageError(f"{self.where}: line {line}: {exc.args[0]}; check for an unclosed bracket, "
+                                    "brace or quote") from None
+        if isinstance(exc, SyntaxError):
+            location = getattr(exc, "location", None) or (exc.args[1] if len(exc.args) > 1 else None)
+            text = str(getattr(location, "line_content", "") or "").strip()
+            line = getattr(location, "line_num", None)
+            hint = ""
+            if self.binding is not None:
+                name, _, value = self.binding.partition("=")
+                name, value = name.strip(), value.strip()
+                if value and value[0] not in "'\"[{(%@-0123456789" and value not in ("True", "False", "None"):
+                    hint = (f"; a string value needs its own quotes inside the shell's: "
+                            f"--gin.{name}=\"'{value}'\"")
+            at = "" if self.binding is not None or line is None else f": line {line}"
+            raise errors.UsageError(f"{self.where}{at}: gin cannot parse {text!r} ({exc.msg}){hint}") from None
+        if isinstance(exc, (ValueError, KeyError, TypeError)):
+            raise errors.UsageError(f"{self.where}: {str(exc).strip()}") from None
+        return False
 
 
 def _path_not_found_filter(record: logging.LogRecord) -> bool:
@@ -112,16 +154,18 @@ def build(configurable: str):
     """Call a registered configurable with its gin bindings; a value left at %gin.REQUIRED is named."""
     try:
         value = gin.get_configurable(configurable)()
+    except errors.SbsError:
+        raise
     except ValueError as e:
         match = _REQUIRED_MACRO.search(str(e))
         if match:
-            raise ValueError(_required_message(match.group(1))) from None
+            raise errors.UsageError(_required_message(match.group(1))) from None
         raise
     except TypeError as e:
         match = _UNSET_MACRO.search(str(e))
         if match:
-            raise ValueError(_required_message(match.group(1))) from None
-        raise ValueError(f"gin config for {configurable}: {e}") from None
+            raise errors.UsageError(_required_message(match.group(1))) from None
+        raise errors.UsageError(f"gin config for {configurable}: {e}") from None
     _check_required(value, configurable)
     return value
 
@@ -141,13 +185,11 @@ def _check_required(value, configurable: str) -> None:
                 ref = str(gin.query_parameter(f"{configurable}.{field.name}"))
             except ValueError:
                 ref = f"{configurable}.{field.name}"
-            raise ValueError(_required_message(ref.lstrip("%")))
+            raise errors.UsageError(_required_message(ref.lstrip("%")))
         if dataclasses.is_dataclass(v):
             _check_required(v, _REGISTERED_NAMES.get(type(v).__name__, type(v).__name__))
 
 
-def write_operative_config(model_dir: str | os.PathLike) -> epath.Path:
-    path = epath.Path(model_dir) / "config.gin"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(gin.operative_config_str())
-    return path
+def write_operative_config(model_dir: str | os.PathLike):
+    """MODEL_DIR/config.gin, written atomically (a crash leaves the old file or the new one, never half)."""
+    return run_dir.atomic_write_text(run_dir.RunDir(model_dir).config_gin, gin.operative_config_str())

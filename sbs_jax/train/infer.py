@@ -8,6 +8,7 @@ from typing import Iterator
 import numpy as np
 from etils import epath
 
+from sbs_jax import errors, paths
 from sbs_jax.train import evaluation
 
 
@@ -31,10 +32,10 @@ class InferConfig:
 def read_inputs(path: str, input_field: str) -> list[dict]:
     p = epath.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: input file not found")
+        raise errors.InputError(f"{p}: input file not found (InferConfig.input_path, INFER_INPUT)")
     rows = []
     json_lines = p.suffix in (".jsonl", ".json")
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(paths.read_utf8(p, "input file").splitlines(), 1):
         if not line.strip():
             continue
         if not json_lines:
@@ -43,9 +44,9 @@ def read_inputs(path: str, input_field: str) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+            raise errors.InputError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get(input_field), str):
-            raise ValueError(f"{p}:{lineno}: expected an object with a string field {input_field!r}")
+            raise errors.InputError(f"{p}:{lineno}: expected an object with a string field {input_field!r}")
         rows.append({**record, "input": record[input_field]})
     return rows
 

@@ -11,6 +11,8 @@ import sys
 
 from absl import flags
 
+from sbs_jax import errors
+
 VERBS = ("train", "eval", "infer")
 _CONFIGURABLE = {"train": "TrainConfig", "eval": "EvalConfig", "infer": "InferConfig"}
 
@@ -30,11 +32,11 @@ def _flags() -> flags.FlagValues:
     return fv
 
 
+@errors.command()
 def main(argv) -> int:
     argv = list(argv)
     if not argv or argv[0] not in VERBS:
-        print(f"usage: sbs {{{'|'.join(VERBS)}}} --gin_file=... [--gin.MACRO=value ...]", file=sys.stderr)
-        return 2
+        raise errors.UsageError(f"usage: sbs {{{'|'.join(VERBS)}}} --gin_file=... [--gin.MACRO=value ...]")
     verb = argv[0]
     from sbs_jax.train import gin_utils
 
@@ -42,8 +44,7 @@ def main(argv) -> int:
     try:
         fv([f"sbs {verb}"] + gin_utils.rewrite_gin_args(argv[1:]))
     except (flags.Error, ValueError) as e:
-        print(f"sbs {verb}: {e}", file=sys.stderr)
-        return 2
+        raise errors.UsageError(str(e)) from None
     logging.basicConfig(level=fv.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(fv.log_level.upper())
 
@@ -52,18 +53,16 @@ def main(argv) -> int:
     distributed.maybe_initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
     import jax
 
-    try:
-        gin_utils.parse(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
-        config = gin_utils.build(_CONFIGURABLE[verb])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sbs {verb}: {e}", file=sys.stderr)
-        return 2
+    gin_utils.parse(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
+    config = gin_utils.build(_CONFIGURABLE[verb])
     if verb == "train":
         from sbs_jax.train import trainer
 
+        # The Trainer checks MODEL_DIR against the new run before anything is written there.
+        run = trainer.Trainer(config)
         if jax.process_index() == 0:
             gin_utils.write_operative_config(config.model_dir)
-        result = trainer.train(config)
+        result = run.run()
     elif verb == "eval":
         from sbs_jax.train import evaluation
 

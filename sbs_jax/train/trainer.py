@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from sbs_jax import partitioning
+from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import checkpointing, evaluation, inputs, length_buckets, objective as objective_lib, optim
 from sbs_jax.train import progress
@@ -25,7 +25,7 @@ from sbs_jax.train import compile as compile_lib, state as state_lib
 log = logging.getLogger(__name__)
 
 # Fields a run may change on top of an imported checkpoint's architecture.
-_RUNTIME_FIELDS = ("dtype", "dropout_rate", "scan_layers", "remat_policy")
+_RUNTIME_FIELDS = run_dir.RUNTIME_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,8 @@ class TrainConfig:
     (`length_buckets.py`); same loss and gradients, one compiled step per shape seen. Off by default:
     shapes, compile count and the first step's memory figure stay fixed.
     Incompatible with `pack` (packed rows are full by construction).
+    max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
+    this fraction of its training examples have no usable teacher rationale (and always when none has one).
     """
     model_dir: str
     mixture_or_task_name: str
@@ -83,6 +85,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     log_every: int = 50
     tensorboard: bool = True
+    max_unparsed_fraction: float = 0.2
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "keep_checkpoints",
@@ -96,6 +99,9 @@ class TrainConfig:
         if self.pack and self.length_buckets:
             raise ValueError("TrainConfig: pack=True (PACK) and length_buckets=True (LENGTH_BUCKETS) are both set; "
                              "packed rows are full by construction, so bucketing has nothing to cut: set one")
+        if not 0.0 <= float(self.max_unparsed_fraction) <= 1.0:
+            raise ValueError(f"TrainConfig.max_unparsed_fraction: expected a fraction in [0, 1], got "
+                             f"{self.max_unparsed_fraction}")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -143,6 +149,17 @@ def check_label_source(mode: str, task_name: str) -> None:
                              "variant)")
 
 
+def check_rationales(config: TrainConfig, task_name: str) -> list[str]:
+    """Step-by-step training needs teacher rationales: none at all, or too many unparsed, is an error (the
+    run would silently be finetuning); some unparsed gives a note with the count."""
+    from sbs_jax.data import register
+
+    if config.objective.mode != "step_by_step":
+        return []
+    notes = [register.check_rationales(t, "train", config.max_unparsed_fraction) for t in eval_task_names(task_name)]
+    return [n for n in notes if n]
+
+
 def eval_task_names(name: str) -> list[str]:
     """The tasks evaluated for `name`: itself, or each task of a mixture."""
     import seqio
@@ -175,6 +192,9 @@ class Trainer:
         self.vocab = register.get_vocabulary(self.task)
         model_config, init_params = resolve_model_config(config, self.vocab.vocab_size)
         self.model_config = model_config
+        # Everything that can refuse the run is checked before the first write to MODEL_DIR.
+        run_dir.check_compatible(self.model_dir, model_config, task=self.task, seed=config.seed)
+        self.rationale_notes = check_rationales(config, self.task)
         self.model = Transformer(model_config)
         self.mesh = partitioning.make_mesh(data=-1, model=config.mesh_model)
         self.rules = partitioning.get_rules(config.partitioning)
@@ -194,14 +214,34 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ setup
     def write_run_files(self) -> None:
-        """model_config.json and vocab/ in MODEL_DIR (process 0)."""
+        """model_config.json, run.json and vocab/ in MODEL_DIR (process 0), each written atomically."""
+        for note in self.rationale_notes:
+            print(note, flush=True)
         if jax.process_index() != 0:
             return
         from sbs_jax.data import vocab as vocab_lib
 
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        (self.model_dir / "model_config.json").write_text(json.dumps(self.model_config.to_dict(), indent=2) + "\n")
-        vocab_lib.copy_vocabulary(self.vocab, self.model_dir / "vocab")
+        rd = run_dir.RunDir(self.model_dir)
+        rd.root.mkdir(parents=True, exist_ok=True)
+        run_dir.atomic_write_text(rd.model_config_json, json.dumps(self.model_config.to_dict(), indent=2) + "\n")
+        run_dir.write_run_info(rd.root, self.run_info())
+        vocab_lib.copy_vocabulary(self.vocab, rd.vocab_dir)
+
+    def run_info(self) -> dict:
+        from sbs_jax.data import register
+        from sbs_jax.model import config as model_config_lib
+
+        fractions = set()
+        for task in eval_task_names(self.task):
+            try:
+                fractions.add(register.get_task_info(task).train_fraction)
+            except ValueError:
+                fractions.add(None)
+        preset = model_config_lib.preset_name(self.model_config)
+        return run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
+                                mode=self.config.objective.mode, seed=self.config.seed,
+                                train_fraction=fractions.pop() if len(fractions) == 1 else None,
+                                model_config=self.model_config, preset=preset)
 
     def initial_state(self):
         """(state, first step): the newest intact checkpoint, else a fresh state."""
@@ -363,7 +403,7 @@ class Trainer:
         self.checkpointer.close()
         self.writer.close()
         if jax.process_index() == 0:
-            (self.model_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            run_dir.atomic_write_text(run_dir.RunDir(self.model_dir).summary_json, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def evaluate_test(self, state, best: int | None) -> dict:

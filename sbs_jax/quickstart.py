@@ -36,8 +36,9 @@ def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: in
         bindings.append(f"TRAIN_STEPS = {steps}")
     gin_utils.parse(["models/t5_1_1_tiny.gin", run_gin, "datasets/arith.gin", "runs/quickstart.gin"], bindings)
     config = gin_utils.build("TrainConfig")
+    run = trainer.Trainer(config)  # checks MODEL_DIR before anything is written there
     gin_utils.write_operative_config(model_dir)
-    return trainer.train(config)
+    return run.run()
 
 
 def _pct(x) -> str:

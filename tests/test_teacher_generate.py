@@ -145,7 +145,7 @@ def test_changed_settings_refuse_to_resume(tmp_path, datasets_dir, capsys):
         args = ["--task", "anli1", "--split", "valid", "--data_dir", data, "--endpoint", server.url,
                 "--out", tmp_path / "out"]
         assert run_cli(*args, "--model", "a") == 0
-        assert run_cli(*args, "--model", "b") == 1
+        assert run_cli(*args, "--model", "b") == 2  # a user mistake: exit 2 (sbs_jax.errors)
     assert "model: journal 'a' vs now 'b'" in capsys.readouterr().err
 
 
@@ -246,14 +246,14 @@ def test_refuses_to_overwrite_its_input(tmp_path, capsys):
     data = make_data_dir(tmp_path, "anli1", "valid", ['{"premise": "p", "hypothesis": "h", "label": 0}'])
     rc = run_cli("--task", "anli1", "--split", "valid", "--data_dir", data, "--endpoint", "http://127.0.0.1:9",
                  "--model", "t", "--out", tmp_path)
-    assert rc == 1 and "is the input data dir" in capsys.readouterr().err
+    assert rc == 2 and "is the input data dir" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "anli1").iterdir()) == ["anli1_valid.json"]
 
 
 def test_self_consistency_needs_temperature(tmp_path, capsys):
     rc = cli.main(["generate", "--task", "cqa", "--data_dir", str(tmp_path), "--endpoint", "http://127.0.0.1:9",
                    "--model", "t", "--out", str(tmp_path), "--num_samples", "3"])
-    assert rc == 1 and "--temperature > 0" in capsys.readouterr().err
+    assert rc == 2 and "--temperature > 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -334,6 +334,6 @@ def test_bad_examples_are_named_before_requests(tmp_path, capsys, rows, match):
     with FakeTeacher({}) as server:
         rc = run_cli("--task", "anli1", "--split", "valid", "--data_dir", data, "--endpoint", server.url,
                      "--model", "t", "--out", tmp_path / "out", "--concurrency", 1)
-        assert rc == 1 and len(server.log) <= 1     # at most the valid first example was requested
+        assert rc == 2 and len(server.log) <= 1     # at most the valid first example was requested
     err = capsys.readouterr().err
     assert re.search(match, err), err

@@ -7,7 +7,7 @@ import pathlib
 import sys
 
 from sbs_jax import errors
-from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError
+from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError, TeacherInputError
 from sbs_jax.teacher.generate import GenerateConfig, generate, read_examples
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
 
@@ -102,7 +102,7 @@ def _prompt(args) -> int:
     path = os.path.join(args.data_dir, dataset, f"{dataset}_{args.split}.json")
     _, examples, linenos = read_examples(pathlib.Path(path), args.index + 1)
     if args.index >= len(examples):
-        raise TeacherError(f"{path} has {len(examples)} examples; --index {args.index} is out of range")
+        raise TeacherInputError(f"{path} has {len(examples)} examples; --index {args.index} is out of range")
     where = f"example {args.index} ({path}:{linenos[args.index]})"
     if args.api == "chat":
         print(json.dumps(template.messages(examples[args.index], where), indent=2, ensure_ascii=False))
@@ -118,7 +118,9 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _generate(args) if args.command == "generate" else _prompt(args)
-    except (TeacherError, TemplateError, ValueError) as e:
+    except TeacherError as e:
+        if isinstance(e, errors.InputError):
+            raise  # the boundary reports the user's mistake (exit 2)
         print(f"sbs teacher: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

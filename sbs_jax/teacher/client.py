@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 
+from sbs_jax.errors import InputError
+
 log = logging.getLogger("sbs_jax.teacher")
 
 APIS = ("completions", "chat")
@@ -24,6 +26,10 @@ _RETRY_STATUS = frozenset({408, 409, 429})     # and 5xx; the statuses the opena
 
 class TeacherError(RuntimeError):
     """Base of the errors a teacher run reports."""
+
+
+class TeacherInputError(TeacherError, InputError):
+    """What the user gave (examples file, --out, journal, flags) cannot be used: exit 2, not a server failure."""
 
 
 class FatalRequestError(TeacherError):

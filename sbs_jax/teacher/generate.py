@@ -20,7 +20,8 @@ import os
 import pathlib
 import time
 
-from sbs_jax.teacher.client import FatalRequestError, RequestFailed, TeacherClient, TeacherError
+from sbs_jax.teacher.client import (FatalRequestError, RequestFailed, TeacherClient, TeacherError,
+                                    TeacherInputError)
 from sbs_jax.teacher.journal import Journal
 from sbs_jax.teacher.parsing import agrees, gold_label, select_output
 from sbs_jax.teacher.templates import Template
@@ -52,7 +53,7 @@ def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[st
     """The JSON-lines examples file: raw lines (copied verbatim to the output), the parsed objects and their
     line numbers (blank lines are skipped)."""
     if not path.is_file():
-        raise TeacherError(f"examples file {path} not found (expected <data_dir>/<dataset>/<dataset>_<split>.json)")
+        raise TeacherInputError(f"examples file {path} not found (expected <data_dir>/<dataset>/<dataset>_<split>.json)")
     lines, examples, linenos = [], [], []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -63,10 +64,10 @@ def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[st
             try:
                 example = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TeacherError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one example object per "
+                raise TeacherInputError(f"{path}:{lineno}: invalid JSON ({e.msg}); expected one example object per "
                                    f"line") from None
             if not isinstance(example, dict):
-                raise TeacherError(f"{path}:{lineno}: expected a JSON object, got {type(example).__name__}")
+                raise TeacherInputError(f"{path}:{lineno}: expected a JSON object, got {type(example).__name__}")
             lines.append(line.rstrip("\n"))
             examples.append(example)
             linenos.append(lineno)
@@ -99,18 +100,18 @@ class _Run:
         self.lines, self.examples, self.linenos = read_examples(self.examples_path, config.limit)
         self.out = pathlib.Path(config.out_dir) / config.dataset
         if self.out.resolve() == self.examples_path.parent.resolve():
-            raise TeacherError(f"--out {config.out_dir} is the input data dir: its examples and teacher files "
+            raise TeacherInputError(f"--out {config.out_dir} is the input data dir: its examples and teacher files "
                                f"would be overwritten; write to another directory")
         self.chat = client.config.api == "chat"
         if config.filter_agree and template.gold.field is None:
-            raise TeacherError(f"--filter_agree needs gold labels, but template {template.name!r} names no gold "
+            raise TeacherInputError(f"--filter_agree needs gold labels, but template {template.name!r} names no gold "
                                f"field (set gold.field)")
         self.golds = []                 # checked before any request is made
         for example, lineno in zip(self.examples, self.linenos):
             try:
                 self.golds.append(gold_label(example, template.gold))
             except (KeyError, ValueError) as e:
-                raise TeacherError(f"{self.examples_path}:{lineno}: {e}") from None
+                raise TeacherInputError(f"{self.examples_path}:{lineno}: {e}") from None
 
     def settings(self) -> dict:
         c = self.client.config

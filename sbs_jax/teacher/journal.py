@@ -8,7 +8,7 @@ import json
 import os
 import pathlib
 
-from sbs_jax.teacher.client import TeacherError
+from sbs_jax.teacher.client import TeacherInputError
 
 FORMAT = "sbs-teacher-journal/1"
 
@@ -44,26 +44,26 @@ class Journal:
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TeacherError(f"{self.path}:{lineno}: corrupt journal line ({e.msg}); "
+                raise TeacherInputError(f"{self.path}:{lineno}: corrupt journal line ({e.msg}); "
                                    f"delete the journal to start the run over") from None
             if lineno == 1:
                 self._check_header(entry)
                 continue
             index = entry.get("index")
             if not isinstance(index, int) or not 0 <= index < self.num_examples:
-                raise TeacherError(f"{self.path}:{lineno}: journal record index {index!r} is not an example "
+                raise TeacherInputError(f"{self.path}:{lineno}: journal record index {index!r} is not an example "
                                    f"index in [0, {self.num_examples})")
             done.setdefault(index, entry)         # a duplicate cannot be written; if present the first wins
         return done
 
     def _check_header(self, header: dict):
         if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise TeacherError(f"{self.path}:1: not an sbs teacher journal (expected format {FORMAT!r})")
+            raise TeacherInputError(f"{self.path}:1: not an sbs teacher journal (expected format {FORMAT!r})")
         old = header.get("settings", {})
         changed = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
         if changed:
             diff = "; ".join(f"{k}: journal {old.get(k)!r} vs now {self.settings.get(k)!r}" for k in changed)
-            raise TeacherError(f"{self.path}: the journal was written with other settings ({diff}); rerun with "
+            raise TeacherInputError(f"{self.path}: the journal was written with other settings ({diff}); rerun with "
                                f"the same settings to resume, or use another --out to start a new run")
 
     def _write(self, *entries: dict):

@@ -10,7 +10,6 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import errors
-from sbs_jax.checkpoints.errors import CheckpointError
 from sbs_jax.checkpoints.hf import load_hf, save_hf
 from sbs_jax.checkpoints.layout import flatten
 from sbs_jax.checkpoints.t5x import load_t5x
@@ -39,14 +38,10 @@ def main(argv=None) -> int:
         return int(e.code or 0)
     output = epath.Path(args.output)
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not args.overwrite)):
-        print(f"sbs convert: {output} exists and is not an empty directory (use --overwrite)", file=sys.stderr)
-        return 2
-    try:
-        config, params = _LOADERS[args.source_format](args.input)
-        save_hf(output, config, params, dtype=args.dtype, spiece_model=args.spiece_model)
-    except CheckpointError as e:
-        print(f"sbs convert: {e}", file=sys.stderr)
-        return 2
+        raise errors.UsageError(f"{output} exists and is not an empty directory (use --overwrite)")
+    # A CheckpointError (an InputError) is reported by the boundary: `sbs convert: error: ...`, exit 2.
+    config, params = _LOADERS[args.source_format](args.input)
+    save_hf(output, config, params, dtype=args.dtype, spiece_model=args.spiece_model)
     n_params = sum(int(np.size(v)) for v in flatten(params).values())
     kind = "T5 v1.0 (tied, scaled)" if config.tie_word_embeddings else "untied output layer (T5 v1.1 style)"
     print(f"converted {args.source_format} {args.input} -> HF {output}: {n_params:,} parameters, "

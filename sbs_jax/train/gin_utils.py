@@ -98,7 +98,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     root.addFilter(_path_not_found_filter)
     try:
         for f in gin_files:
-            with _naming_errors(f"gin file {f} (or a file it includes)"):
+            with _naming_errors(f"gin file {f} (or a file it includes)", path=_find(f, search_paths)):
                 gin.parse_config_file(f, skip_unknown=False)
         for binding in bindings:
             with _naming_errors(f"--gin binding {binding!r}", binding=binding):
@@ -111,8 +111,8 @@ class _naming_errors:
     """Turn gin's parse errors (SyntaxError, tokenize.TokenError, ValueError) into a UsageError naming the file
     or binding, with the line, and for an unquoted string value how to quote it."""
 
-    def __init__(self, where: str, binding: str | None = None):
-        self.where, self.binding = where, binding
+    def __init__(self, where: str, binding: str | None = None, path: str | None = None):
+        self.where, self.binding, self.path = where, binding, path
 
     def __enter__(self):
         return self
@@ -121,6 +121,10 @@ class _naming_errors:
         if exc is None or isinstance(exc, errors.SbsError):
             return False
         if isinstance(exc, tokenize.TokenError):
+            opened = _unclosed_bracket(self.path) if self.path else None
+            if opened:
+                raise errors.UsageError(f"{self.where}: line {opened[0]}: unclosed {opened[1]!r} (the file ends "
+                                        "before it is closed)") from None
             line = exc.args[1][0] if len(exc.args) > 1 and exc.args[1] else "?"
             raise errors.UsageError(f"{self.where}: line {line}: {exc.args[0]}; check for an unclosed bracket, "
                                     "brace or quote") from None
@@ -138,8 +142,33 @@ class _naming_errors:
             at = "" if self.binding is not None or line is None else f": line {line}"
             raise errors.UsageError(f"{self.where}{at}: gin cannot parse {text!r} ({exc.msg}){hint}") from None
         if isinstance(exc, (ValueError, KeyError, TypeError)):
-            raise errors.UsageError(f"{self.where}: {str(exc).strip()}") from None
+            # gin adds its location on indented lines below the message: keep it, on the same line.
+            lines = [line.strip() for line in str(exc).strip().splitlines()]
+            raise errors.UsageError(f"{self.where}: {' '.join(lines[:2])}") from None
         return False
+
+
+def _find(name: str, search_paths: Sequence[str]) -> str | None:
+    for path in [name] + [os.path.join(p, name) for p in list(search_paths) + default_search_paths()]:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _unclosed_bracket(path: str) -> tuple[int, str] | None:
+    """(line, bracket) of the outermost bracket a gin file leaves open (gin reads it with Python's tokenizer,
+    which reports only where the file ended)."""
+    stack = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for tok in tokenize.generate_tokens(f.readline):
+                if tok.type == tokenize.OP and tok.string in "([{":
+                    stack.append((tok.start[0], tok.string))
+                elif tok.type == tokenize.OP and tok.string in ")]}" and stack:
+                    stack.pop()
+    except (tokenize.TokenError, SyntaxError, OSError, UnicodeDecodeError):
+        pass
+    return stack[0] if stack else None
 
 
 def _path_not_found_filter(record: logging.LogRecord) -> bool:

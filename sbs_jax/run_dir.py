@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
-from sbs_jax import errors
+from sbs_jax import errors, paths
 
 BEST_METRIC = "accuracy"
 RUN_INFO_VERSION = 1
@@ -62,9 +62,15 @@ class RunDir:
 
 # ------------------------------------------------------------------------------------------ atomic writes
 def atomic_write_bytes(path, data: bytes) -> epath.Path:
-    """Write to a temporary sibling, then rename over `path`: readers see the old file or the new one."""
+    """Write to a temporary sibling, then rename over `path`: readers see the old file or the new one.
+
+    An object store (gs://) already replaces an object atomically on upload, and has no cheap rename: written
+    directly there."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_local(path):
+        path.write_bytes(data)
+        return path
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     if os.environ.get(_KILL_HOOK) == path.name:
         _write_half_and_die(tmp, data)

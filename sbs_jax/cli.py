@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in COMMANDS:
-        print(f"sbs: unknown command {verb!r}\n\n{usage()}", file=sys.stderr)
+        print(f"sbs: error: unknown command {verb!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     # Verbs sharing a module (train/eval/infer) get the verb back as argv[0].
     if COMMANDS[verb][0] == "sbs_jax.train.main":

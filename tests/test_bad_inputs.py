@@ -409,6 +409,11 @@ def test_internal_failure_is_one_line_exit_1_and_traceback_only_when_asked(monke
     assert code == 1 and "Traceback" in err
 
 
+def test_unknown_command(capsys):
+    code, err = sbs(capsys, "trian")
+    assert_error(code, err, 2, "unknown command 'trian'", "train")
+
+
 def test_value_error_from_a_library_is_internal_not_a_user_mistake():
     import numpy as np
 
@@ -437,13 +442,13 @@ def test_sigkill_while_writing_run_files_leaves_the_run_loadable(existing_run, s
     proc = subprocess.run([sys.executable, "-m", "sbs_jax.cli", "train", *train_flags(small_data, spm, model_dir)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    leftovers = list(model_dir.glob(".run.json.tmp*"))
-    assert leftovers and 0 < leftovers[0].stat().st_size < len(old["run.json"])  # the kill did land mid-write
     assert (model_dir / "run.json").read_bytes() == old["run.json"]
     assert json.loads((model_dir / "model_config.json").read_text()) == json.loads(old["model_config.json"])
     assert run_dir.read_run_info(model_dir)["task"] == "svamp_ft"
     config, params, vocab = run_dir.load_params(model_dir)
     assert config.d_model == 16 and vocab is not None and "token_embedder" in params
+    leftovers = list(model_dir.glob(".run.json.tmp*"))
+    assert leftovers and 0 < leftovers[0].stat().st_size < len(old["run.json"])  # the kill did land mid-write
     # And the interrupted run resumes: the same command without the hook trains to the end.
     del env["SBS_TEST_KILL_DURING_WRITE"]
     proc = subprocess.run([sys.executable, "-m", "sbs_jax.cli", "train", *train_flags(small_data, spm, model_dir),

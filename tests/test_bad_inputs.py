@@ -455,3 +455,4 @@ def test_sigkill_while_writing_run_files_leaves_the_run_loadable(existing_run, s
                            "--gin.TRAIN_STEPS=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((model_dir / "summary.json").read_text())["final_step"] == 2
+    assert run_dir.read_run_info(model_dir)["created"] == json.loads(old["run.json"])["created"]  # kept on resume

@@ -238,10 +238,14 @@ class Trainer:
             except ValueError:
                 fractions.add(None)
         preset = model_config_lib.preset_name(self.model_config)
-        return run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
+        info = run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
                                 mode=self.config.objective.mode, seed=self.config.seed,
                                 train_fraction=fractions.pop() if len(fractions) == 1 else None,
                                 model_config=self.model_config, preset=preset)
+        previous = run_dir.read_run_info(self.model_dir)  # a resumed run keeps its creation time
+        if previous and previous.get("created"):
+            info["created"] = previous["created"]
+        return info
 
     def initial_state(self):
         """(state, first step): the newest intact checkpoint, else a fresh state."""

@@ -283,7 +283,8 @@ class Trainer:
 
     def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
         rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(task, split),
-                                        target_length=int(self.config.task_feature_lengths["targets"]),
+                                        target_length=self.config.decode.label_length(
+                                            self.config.task_feature_lengths),
                                         rationale_length=self.config.rationale_length)
         metrics = evaluation.score_predictions(task, rows)
         directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"

@@ -216,3 +216,40 @@ def test_accuracy_equals_reference_on_decoded_predictions(name, datasets_dir, sp
                                      tokenizer.batch_decode(ids, skip_special_tokens=True))
     assert 20.0 < theirs < 95.0  # a mix of right and wrong predictions
     assert ours == pytest.approx(theirs, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+def test_run_manifest_lists_the_reference_selection_and_prefix(spiece_dir, datasets_dir, tmp_path):
+    from sbs_jax import tasks
+    from sbs_jax.train import infer
+
+    tasks.register_paper_tasks(str(datasets_dir), datasets=["svamp"], vocabulary=str(spiece_dir / "spiece.model"),
+                               variants=["sbs", "ft"], selection="official", prefix_style="official",
+                               valid_from_train=0.1, train_fraction=0.5, seed=1)
+    raw = {s: _raw(datasets_dir, "svamp", s) for s in ("train", "test")}
+    ref_train, ref_valid = ref.reference_selection(len(raw["train"]), 0.5, 1, carve_validation=True)
+    expected = {"train": sorted(ref_train), "validation": sorted(ref_valid)}
+    for variant, prefix in (("ft", ""), ("sbs", "predict: ")):
+        run_dir = tmp_path / variant
+        selection.write_task_selection_manifest(run_dir, f"svamp_{variant}")
+        record = selection.read_selection_manifest(run_dir)
+        assert record["settings"] == {
+            "task": f"svamp_{variant}", "variant": variant, "label_source": "gold", "prefix_style": "official",
+            "label_prefix": prefix, "rationale_prefix": "explain: " if variant == "sbs" else None,
+            "selection": "official", "train_fraction": 0.5, "seed": 1, "valid_from_train": 0.1}
+        for split, rows in expected.items():
+            assert record["splits"][split]["inputs"] == [
+                selection.input_hash(ref.reference_input("svamp", raw["train"][i])) for i in rows]
+        assert record["splits"]["test"]["inputs"] == [selection.input_hash(r["input"]) for r in raw["test"]]
+        # Serving reads the run's prefix: none for the official code's standard finetuning.
+        assert selection.run_label_prefix(run_dir, default="predict: ") == prefix
+        v = vocab.load_vocabulary(spiece_dir / "spiece.model")
+        tokens = next(infer._batches(v, [{"input": "Tom has 3 apples."}], 1, 32, prefix))["encoder_input_tokens"]
+        assert tokens[0][tokens[0] > 0].tolist() == list(v.encode(prefix + "Tom has 3 apples.")) + [1]
+    assert selection.run_label_prefix(tmp_path / "no_run", default="predict: ") == "predict: "
+
+
+def test_bad_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / selection.MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(records.DataError, match=r"selection.json:1: malformed JSON"):
+        selection.read_selection_manifest(tmp_path)

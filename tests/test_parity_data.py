@@ -253,3 +253,24 @@ def test_bad_manifest_is_a_clear_error(tmp_path):
     (tmp_path / selection.MANIFEST_FILE).write_text("{not json")
     with pytest.raises(records.DataError, match=r"selection.json:1: malformed JSON"):
         selection.read_selection_manifest(tmp_path)
+
+
+def test_official_gin_overrides_the_dataset_and_run_files():
+    import gin
+
+    from sbs_jax.train import gin_utils
+
+    gin_utils.register_configurables()
+    try:
+        for files in (["models/t5_1_1_tiny.gin", "runs/finetune.gin", "datasets/cqa.gin", "runs/official.gin"],
+                      ["runs/eval.gin", "datasets/svamp.gin", "runs/official.gin"]):
+            gin_utils.parse(files, ["RUN = 2"])
+            q = gin.query_parameter
+            assert q("sbs_jax.tasks.register_paper_tasks.selection") == "official"
+            assert q("sbs_jax.tasks.register_paper_tasks.prefix_style") == "official"
+            assert q("sbs_jax.tasks.register_paper_tasks.scoring") == "official"
+            assert str(q("SEED/macro.value")) == "%RUN" and q("RUN/macro.value") == 2
+            assert q("OptimizerConfig.clip_norm") == 1.0 and q("OptimizerConfig.eps") == 1e-8
+            assert gin.get_configurable("DecodeConfig")().max_label_length == 63
+    finally:
+        gin.clear_config()

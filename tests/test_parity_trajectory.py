@@ -1,6 +1,7 @@
 """Trajectory parity (slow): from one random HF T5 v1.1, 50 batches through our step under runs/official.gin and
 through the torch loop equivalent to HF Seq2SeqTrainer's defaults (bench/parity.py): per-step loss, learning
 rate each step and final parameters, for step-by-step and for standard finetuning."""
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -44,5 +45,10 @@ def test_trajectory_equals_trainer_reference(mode, hf_dir, batches):
     assert result["max_lr_rel"] <= parity.LR_RTOL
     assert result["max_param_rel"] <= parity.PARAM_RTOL
     assert result["reference_lrs"][-1] == pytest.approx(LEARNING_RATE / STEPS)  # linear decay, no warmup
-    # The run learned something: the check is not between two frozen models.
-    assert result["reference_losses"][-1] < 0.9 * result["reference_losses"][0]
+    # The parameters really moved, by far more than the tolerance (random targets: the loss barely falls).
+    from safetensors.numpy import load_file
+
+    init = load_file(str(hf_dir / "model.safetensors"))
+    moved = [np.linalg.norm(result["reference_params"][k] - v) / np.linalg.norm(v) for k, v in init.items()]
+    assert np.median(moved) > 20 * parity.PARAM_RTOL, np.median(moved)
+    assert np.mean(result["reference_losses"][-10:]) < np.mean(result["reference_losses"][:10])

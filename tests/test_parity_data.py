@@ -274,3 +274,12 @@ def test_official_gin_overrides_the_dataset_and_run_files():
             assert gin.get_configurable("DecodeConfig")().max_label_length == 63
     finally:
         gin.clear_config()
+
+
+def test_svamp_files_are_the_official_split_of_svamp_json(datasets_dir):
+    """The official SVAMP loader: `np.random.RandomState(0).permutation` of SVAMP.json, 800 train, rest test,
+    input `Body\\nQuestion`, label the equation string."""
+    full = json.loads((datasets_dir / "svamp" / "SVAMP.json").read_text())
+    rows = [{"input": full[i]["Body"] + "\n" + full[i]["Question"], "label": full[i]["Equation"]}
+            for i in np.random.RandomState(0).permutation(len(full))]
+    assert rows[:800] == _raw(datasets_dir, "svamp", "train") and rows[800:] == _raw(datasets_dir, "svamp", "test")

@@ -77,14 +77,14 @@ def register_source_task(name: str, source: seqio.DataSource, *, vocabulary, met
                          teacher_label_field: str | None = None, label_names: Sequence[str] | None = None,
                          shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
                          split_data: Mapping[str, SplitData] | None = None, prefix_style: str = "ours",
-                         selection: Mapping[str, Any] | None = None) -> list[str]:
+                         selection_settings: Mapping[str, Any] | None = None) -> list[str]:
     """Register `<name>_<variant>` tasks over any SeqIO DataSource; returns the task names.
 
     Field names say where the source keeps the model input, the gold label, the teacher rationale ("" or
     absent = no rationale: that row's rationale stream has zero loss weight) and, optionally, the teacher's
     label (used by `sbs_llm`/`distill`; gold where it is empty). Integer labels map through `label_names`.
     `prefix_style` (`preprocessors.PREFIX_STYLES`): `ours` prefixes every variant's inputs, `official` only the
-    step-by-step variants' (as the official code). `selection` records how `split_data` was selected.
+    step-by-step variants' (as the official code). `selection_settings` records how `split_data` was selected.
     """
     if metric not in metrics.METRICS:
         raise ValueError(f"metric must be one of {sorted(metrics.METRICS)}, got {metric!r}")
@@ -117,7 +117,7 @@ def register_source_task(name: str, source: seqio.DataSource, *, vocabulary, met
                                shuffle_buffer_size=shuffle_buffer_size)
         _TASK_INFO[task_name] = TaskInfo(task_name, name, variant, paired, label_source, metric, split_data,
                                          label_prefix, rationale_prefix, prefix_style,
-                                         None if selection is None else dict(selection))
+                                         None if selection_settings is None else dict(selection_settings))
         names.append(task_name)
     return names
 
@@ -159,8 +159,8 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
         name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,
         teacher_label_field="teacher_label", shuffle_buffer_size=max(1, min(largest, MAX_SHUFFLE_BUFFER)),
         split_data=split_data, prefix_style=prefix_style,
-        selection={"selection": selection, "train_fraction": train_fraction, "seed": seed,
-                   "valid_from_train": valid_from_train})
+        selection_settings={"selection": selection, "train_fraction": train_fraction, "seed": seed,
+                            "valid_from_train": valid_from_train})
 
 
 def _restat(parent: SplitData, split: str, examples: list[Example], metric: str) -> SplitData:

@@ -27,7 +27,9 @@ setup(
     extras_require={
         # gcsfs + the GCS emulator: tests/test_gcs.py runs MODEL_DIR=gs:// against a local emulator.
         "test": ["pytest>=8", "torch==2.13.0", "transformers==5.24.0", "gcsfs>=2026.9.0",
-                 "gcp-storage-emulator>=2026.7.19"],
+                 "gcp-storage-emulator>=2026.7.19",
+                 # bench/parity_reference.py and tests/test_parity_*.py: the official selection semantics.
+                 "datasets==5.2.0"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

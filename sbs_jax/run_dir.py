@@ -51,6 +51,7 @@ class RunDir:
     predictions_dir = property(lambda self: self.root / "predictions")
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
     summary_json = property(lambda self: self.root / "summary.json")
+    selection_json = property(lambda self: self.root / "selection.json")  # written by data.selection
 
     def step_dirs(self) -> list[epath.Path]:
         d = self.checkpoints_dir

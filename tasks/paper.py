@@ -6,13 +6,14 @@ from typing import Sequence
 
 import gin
 
-from sbs_jax.data import formats, records, register
+from sbs_jax.data import formats, metrics, records, register
 
 
 @gin.configurable(module="sbs_jax.tasks")
 def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None,
                          valid_from_train: float | None = None, train_fraction: float = 1.0, seed: int = 0,
-                         vocabulary=None, variants: Sequence[str] = register.VARIANT_NAMES) -> list[str]:
+                         vocabulary=None, variants: Sequence[str] = register.VARIANT_NAMES,
+                         selection: str = "ours", prefix_style: str = "ours", scoring: str = "ours") -> list[str]:
     """Register `{D}_sbs`, `{D}_sbs_llm`, `{D}_ft`, `{D}_distill` for each dataset D found in `data_dir`.
 
     Args:
@@ -20,7 +21,11 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
       datasets: names to register (default: every paper dataset that has a folder in `data_dir`).
       valid_from_train: carve this seeded fraction of train into a `validation` split (the paper uses 0.1).
       train_fraction: seeded, nested fraction of the (remaining) train split to keep (data-size studies).
-      seed: seed of the carve-out and of the subset.
+      seed: seed of the carve-out and of the subset (`selection="official"`: the run, which seeds the subset;
+        the carve-out then uses seed 0, as the official code).
+      selection: `ours` (carve-out first, fixed across fractions) or `official` (subset first, then carve-out).
+      prefix_style: `ours` (`predict: ` on every variant) or `official` (prefixes on step-by-step only).
+      scoring: `ours` or `official` (SVAMP equations equal only when their values are exactly equal).
       vocabulary: a seqio vocabulary or a spiece.model path; default: the `SPIECE_MODEL` environment variable.
     Returns the registered task names. Re-registering replaces earlier registrations.
     """
@@ -36,11 +41,15 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
         if not datasets:
             raise records.DataError(f"data dir {data_dir} holds none of the paper's datasets "
                                     f"({', '.join(formats.PAPER_DATASETS)})")
+    if scoring not in ("ours", "official"):
+        raise ValueError(f"scoring must be 'ours' or 'official', got {scoring!r}")
     names = []
     for name in datasets:
         fmt = formats.get_format(name)
+        metric = metrics.OFFICIAL_METRICS[fmt.metric] if scoring == "official" else fmt.metric
         splits = {s: records.read_split(data_dir, name, s) for s in records.list_splits(data_dir, name)}
         names += register.register_examples_task(
-            name, splits, vocabulary=vocabulary, metric=fmt.metric, variants=variants,
-            valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed)
+            name, splits, vocabulary=vocabulary, metric=metric, variants=variants,
+            valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed, selection=selection,
+            prefix_style=prefix_style)
     return names

@@ -65,6 +65,14 @@ def test_cli_train_eval_infer_on_arith(tmp_path, capsys):
     assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
     operative = (run / "config.gin").read_text()
     assert "TrainConfig.train_steps = 2" in operative or "TRAIN_STEPS = 2" in operative
+    # The run lists the examples of each split it was given, in order (selection.json).
+    from sbs_jax.data import register, selection
+
+    manifest = json.loads((run / "selection.json").read_text())
+    info = register.get_task_info("arith_ft")
+    assert manifest["settings"]["task"] == "arith_ft" and set(manifest["splits"]) == set(info.split_data)
+    for split, data in info.split_data.items():
+        assert manifest["splits"][split]["inputs"] == [selection.input_hash(ex.input) for ex in data.examples]
 
     capsys.readouterr()
     assert train_main.main(["eval", "--gin_file=runs/eval.gin", "--gin_file=datasets/arith.gin",

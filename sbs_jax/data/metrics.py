@@ -1,7 +1,12 @@
 """Task metrics: exact-match label accuracy, and equation accuracy by numeric value (SVAMP).
 
+`equation` compares values within a relative 1e-6 (float rounding of `/`); `equation_exact` compares them with
+`==`, as the official code does after `eval()`-ing both (its scoring; `OFFICIAL_METRICS`).
+
 Model output never reaches `eval`/`exec`/`compile`/`ast`: equations go through a small tokenizer and a
-recursive-descent parser that knows numbers, `+ - * /`, unary signs and parentheses, and nothing else.
+recursive-descent parser that knows numbers, `+ - * /`, unary signs and parentheses, and nothing else. On
+that grammar the values are those of Python's `eval` (same IEEE operations in the same order); numbers are
+digits with an optional decimal point: Python's other literal forms (`1e3`, `0x10`, `1_000`) count as wrong.
 """
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ def _tokenize(text: str) -> list[str]:
         if number:
             if len(number) > MAX_NUMBER_CHARS:
                 raise EquationError(f"number longer than {MAX_NUMBER_CHARS} characters")
+            if "." not in number and number[0] == "0" and number.strip("0"):
+                # Python rejects `007` (its eval scores it wrong in the official code); so do we.
+                raise EquationError(f"integer with leading zeros {number!r}")
             tokens.append(number)
         elif symbol.strip():
             if symbol not in "+-*/()":
@@ -118,9 +126,12 @@ def try_evaluate_equation(text: str) -> float | None:
         return None
 
 
-def equations_equal(a: str, b: str) -> bool:
+def equations_equal(a: str, b: str, *, exact: bool = False) -> bool:
+    """Both are arithmetic and their values agree (`exact`: bit-equal floats, as Python's `==` after eval)."""
     va, vb = try_evaluate_equation(a), try_evaluate_equation(b)
-    return va is not None and vb is not None and math.isclose(va, vb, rel_tol=EQUATION_REL_TOL, abs_tol=1e-9)
+    if va is None or vb is None:
+        return False
+    return va == vb if exact else math.isclose(va, vb, rel_tol=EQUATION_REL_TOL, abs_tol=1e-9)
 
 
 def postprocess(text: str, example=None, is_target: bool = False) -> str:
@@ -148,14 +159,24 @@ def equation_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dic
     return {"accuracy": 100.0 * hits / max(len(targets), 1)}
 
 
+def equation_exact_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict:
+    """Accuracy by exactly equal equation values (the official code's `eval(a) == eval(b)`), in percent."""
+    _check(targets, predictions)
+    hits = sum(equations_equal(t, p, exact=True) for t, p in zip(targets, predictions))
+    return {"accuracy": 100.0 * hits / max(len(targets), 1)}
+
+
 METRICS: Mapping[str, Callable[[Sequence[str], Sequence[str]], dict]] = {
-    "exact_match": accuracy, "equation": equation_accuracy}
+    "exact_match": accuracy, "equation": equation_accuracy, "equation_exact": equation_exact_accuracy}
+# The official code's scoring of each metric (`scoring="official"` in tasks.register_paper_tasks).
+OFFICIAL_METRICS: Mapping[str, str] = {"exact_match": "exact_match", "equation": "equation_exact",
+                                       "equation_exact": "equation_exact"}
 
 
 def label_matches(metric: str, target: str, prediction: str) -> bool:
     """Whether one prediction counts as correct under a task's metric name."""
-    if metric == "equation":
-        return equations_equal(target, prediction)
+    if metric in ("equation", "equation_exact"):
+        return equations_equal(target, prediction, exact=metric == "equation_exact")
     return postprocess(target) == postprocess(prediction)
 
 

@@ -20,7 +20,6 @@ from absl import logging
 from sbs_jax.data import feature_converter as fc
 from sbs_jax.data import packing, register
 from sbs_jax.data.records import DataError
-from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
 
 
 def _tasks(name: str) -> list[seqio.Task]:
@@ -212,10 +211,10 @@ def _token_lengths(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
         examples = info.split_data[split].examples
         label = "teacher_label" if info.label_source == "teacher" else "label"
         n = functools.partial(_encode_lengths, vocab)
-        out = {"inputs": n([PREDICT_PREFIX + ex.input for ex in examples]),
+        out = {"inputs": n([info.label_prefix + ex.input for ex in examples]),
                "targets": n([(getattr(ex, label) or ex.label) for ex in examples])}
         if info.paired:
-            out["rationale_inputs"] = n([EXPLAIN_PREFIX + ex.input for ex in examples])
+            out["rationale_inputs"] = n([info.rationale_prefix + ex.input for ex in examples])
             out["rationales"] = n([ex.rationale for ex in examples])
         return out
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,

@@ -3,6 +3,7 @@
 Source examples carry `input`, `label` (gold), `rationale` and `teacher_label` ("" when absent). A
 step-by-step task keeps both streams in one example, so that every batch pairs them row by row:
 `inputs = "predict: " + x -> targets = label` and `rationale_inputs = "explain: " + x -> rationales`.
+Which prefix each variant uses under each style is `task_prefixes` (the strings live in `prefixes.py`).
 """
 from __future__ import annotations
 
@@ -11,12 +12,19 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-PREDICT_PREFIX = "predict: "
-EXPLAIN_PREFIX = "explain: "
+from sbs_jax.data.prefixes import EXPLAIN_PREFIX, PREDICT_PREFIX, PREFIX_STYLES, stream_prefixes  # noqa: F401
+
 LABEL_SOURCES = ("gold", "teacher")
 # What each task variant trains on: (paired streams?, label source of the label stream).
 VARIANTS: Mapping[str, tuple[bool, str]] = {
     "sbs": (True, "gold"), "sbs_llm": (True, "teacher"), "ft": (False, "gold"), "distill": (False, "teacher")}
+
+
+def task_prefixes(variant: str, style: str = "ours") -> tuple[str, str]:
+    """(label-stream prefix, rationale-stream prefix) of a task variant under a prefix style."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return stream_prefixes(VARIANTS[variant][0], style)
 
 
 def _label(ex: Mapping[str, tf.Tensor], label_source: str) -> tf.Tensor:
@@ -26,7 +34,8 @@ def _label(ex: Mapping[str, tf.Tensor], label_source: str) -> tf.Tensor:
     return tf.where(tf.strings.length(ex["teacher_label"]) > 0, ex["teacher_label"], ex["label"])
 
 
-def stream_features(dataset: tf.data.Dataset, *, paired: bool, label_source: str) -> tf.data.Dataset:
+def stream_features(dataset: tf.data.Dataset, *, paired: bool, label_source: str,
+                    label_prefix: str = PREDICT_PREFIX, rationale_prefix: str = EXPLAIN_PREFIX) -> tf.data.Dataset:
     """Source example -> string task features (the raw `input`/`label`/`rationale` are kept alongside)."""
     if label_source not in LABEL_SOURCES:
         raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
@@ -34,12 +43,12 @@ def stream_features(dataset: tf.data.Dataset, *, paired: bool, label_source: str
     @seqio.map_over_dataset
     def fn(ex):
         out = {
-            "inputs": tf.strings.join([PREDICT_PREFIX, ex["input"]]),
+            "inputs": tf.strings.join([label_prefix, ex["input"]]),
             "targets": _label(ex, label_source),
             "input": ex["input"], "label": ex["label"], "rationale": ex["rationale"],
         }
         if paired:
-            out["rationale_inputs"] = tf.strings.join([EXPLAIN_PREFIX, ex["input"]])
+            out["rationale_inputs"] = tf.strings.join([rationale_prefix, ex["input"]])
             out["rationales"] = ex["rationale"]
         return out
 

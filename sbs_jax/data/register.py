@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import seqio
@@ -35,6 +35,16 @@ class TaskInfo:
     metric: str                 # key of metrics.METRICS
     split_data: Mapping[str, SplitData] | None = None  # in-memory sources: examples and teacher statistics
     train_fraction: float | None = None  # fraction of the train split kept (data-size studies); None: unknown
+    label_prefix: str = preprocessors.PREDICT_PREFIX
+    rationale_prefix: str = preprocessors.EXPLAIN_PREFIX
+    prefix_style: str = "ours"
+    selection: Mapping[str, Any] | None = None  # how split_data was selected (mode, fraction, seed, carve-out)
+
+    def settings(self) -> dict[str, Any]:
+        """What a run on this task was given: variant, prefixes and the example selection settings."""
+        return {"variant": self.variant, "label_source": self.label_source, "prefix_style": self.prefix_style,
+                "label_prefix": self.label_prefix,
+                "rationale_prefix": self.rationale_prefix if self.paired else None, **(self.selection or {})}
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
@@ -96,18 +106,23 @@ def register_source_task(name: str, source: seqio.DataSource, *, vocabulary, met
                          label_field: str = "label", rationale_field: str | None = "rationale",
                          teacher_label_field: str | None = None, label_names: Sequence[str] | None = None,
                          shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
-                         split_data: Mapping[str, SplitData] | None = None) -> list[str]:
+                         split_data: Mapping[str, SplitData] | None = None, prefix_style: str = "ours",
+                         selection_settings: Mapping[str, Any] | None = None) -> list[str]:
     """Register `<name>_<variant>` tasks over any SeqIO DataSource; returns the task names.
 
     Field names say where the source keeps the model input, the gold label, the teacher rationale ("" or
     absent = no rationale: that row's rationale stream has zero loss weight) and, optionally, the teacher's
     label (used by `sbs_llm`/`distill`; gold where it is empty). Integer labels map through `label_names`.
+    `prefix_style` (`preprocessors.PREFIX_STYLES`): `ours` prefixes every variant's inputs, `official` only the
+    step-by-step variants' (as the official code). `selection_settings` records how `split_data` was selected.
     """
     if metric not in metrics.METRICS:
         raise ValueError(f"metric must be one of {sorted(metrics.METRICS)}, got {metric!r}")
     unknown = [v for v in variants if v not in preprocessors.VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; expected some of {VARIANT_NAMES}")
+    if prefix_style not in preprocessors.PREFIX_STYLES:
+        raise ValueError(f"prefix_style must be one of {preprocessors.PREFIX_STYLES}, got {prefix_style!r}")
     vocabulary = vocab_lib.load_vocabulary(vocabulary)
     fields = dict(input_field=input_field, label_field=label_field, rationale_field=rationale_field,
                   teacher_label_field=teacher_label_field, label_names=label_names)
@@ -116,10 +131,12 @@ def register_source_task(name: str, source: seqio.DataSource, *, vocabulary, met
     names = []
     for variant in variants:
         paired, label_source = preprocessors.VARIANTS[variant]
+        label_prefix, rationale_prefix = preprocessors.task_prefixes(variant, prefix_style)
         if paired and rationale_field is None:
             raise ValueError(f"variant {variant!r} needs rationales; set rationale_field")
         steps = [] if canonical else [_bind(preprocessors.map_fields, **fields)]
-        steps += [_bind(preprocessors.stream_features, paired=paired, label_source=label_source),
+        steps += [_bind(preprocessors.stream_features, paired=paired, label_source=label_source,
+                        label_prefix=label_prefix, rationale_prefix=rationale_prefix),
                   seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                   seqio.preprocessors.append_eos_after_trim]
         task_name = f"{name}_{variant}"
@@ -128,7 +145,10 @@ def register_source_task(name: str, source: seqio.DataSource, *, vocabulary, met
                                output_features=output_features(vocabulary, paired),
                                postprocess_fn=metrics.postprocess, metric_fns=[metrics.METRICS[metric]],
                                shuffle_buffer_size=shuffle_buffer_size)
-        _TASK_INFO[task_name] = TaskInfo(task_name, name, variant, paired, label_source, metric, split_data)
+        _TASK_INFO[task_name] = TaskInfo(
+            task_name, name, variant, paired, label_source, metric, split_data, label_prefix=label_prefix,
+            rationale_prefix=rationale_prefix, prefix_style=prefix_style,
+            selection=None if selection_settings is None else dict(selection_settings))
         names.append(task_name)
     return names
 
@@ -144,15 +164,19 @@ def _bind(fn, **kwargs):
 def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[Example]], *, vocabulary,
                            metric: str = "exact_match", variants: Sequence[str] = VARIANT_NAMES,
                            valid_from_train: float | None = None, train_fraction: float = 1.0,
-                           seed: int = 0) -> list[str]:
-    """Register tasks over in-memory examples (after the seeded validation carve-out / train subset)."""
+                           seed: int = 0, selection: str = "ours", prefix_style: str = "ours") -> list[str]:
+    """Register tasks over in-memory examples (after the seeded validation carve-out / train subset).
+
+    `selection`: `ours` (carve-out, then subset; `splits.plan_splits`) or `official` (subset with `seed` as the
+    run, then the carve-out; `selection.official_plan`). `prefix_style`: see `register_source_task`.
+    """
     data = {s: v if isinstance(v, SplitData) else SplitData(name, s, list(v), source=f"{name}:{s}")
             for s, v in splits.items()}
     for s, d in data.items():
         records.check_examples(d.examples, d.source or f"{name}:{s}")
     planned = splits_lib.plan_splits({s: d.examples for s, d in data.items()},
                                      valid_from_train=valid_from_train, train_fraction=train_fraction,
-                                     seed=seed, where=name)
+                                     seed=seed, where=name, selection=selection)
     split_data = {s: _restat(data.get(s) or data["train"], s, ex, metric) for s, ex in planned.items()}
     for s, d in sorted(split_data.items()):
         if d.has_teacher:
@@ -165,7 +189,9 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
     names = register_source_task(
         name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,
         teacher_label_field="teacher_label", shuffle_buffer_size=max(1, min(largest, MAX_SHUFFLE_BUFFER)),
-        split_data=split_data)
+        split_data=split_data, prefix_style=prefix_style,
+        selection_settings={"selection": selection, "train_fraction": train_fraction, "seed": seed,
+                            "valid_from_train": valid_from_train})
     for task in names:
         _TASK_INFO[task] = dataclasses.replace(_TASK_INFO[task], train_fraction=float(train_fraction))
     return names
@@ -186,7 +212,8 @@ def register_jsonl_task(name: str, files: Mapping[str, str], *, vocabulary, inpu
                         label_field: str = "label", rationale_field: str = "rationale",
                         teacher_label_field: str | None = None, metric: str = "exact_match",
                         variants: Sequence[str] = VARIANT_NAMES, valid_from_train: float | None = None,
-                        train_fraction: float = 1.0, seed: int = 0) -> list[str]:
+                        train_fraction: float = 1.0, seed: int = 0, selection: str = "ours",
+                        prefix_style: str = "ours") -> list[str]:
     """Register a rationale task from JSON lines, one file per split: `{"train": "train.jsonl", ...}`.
 
     Each line is an object with the input, label and rationale fields (names configurable). A null, empty
@@ -214,7 +241,8 @@ def register_jsonl_task(name: str, files: Mapping[str, str], *, vocabulary, inpu
                                   teacher_correct=correct, source=str(path),
                                   has_teacher_labels=teacher_label_field is not None)
     return register_examples_task(name, splits, vocabulary=vocabulary, metric=metric, variants=variants,
-                                  valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed)
+                                  valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed,
+                                  selection=selection, prefix_style=prefix_style)
 
 
 def _text_field(row: dict, field: str, where: str, required: bool) -> str:

@@ -17,6 +17,8 @@ import sys
 from etils import epath
 
 from sbs_jax import errors, run_dir
+from sbs_jax.data import selection
+from sbs_jax.data.prefixes import PREDICT_PREFIX
 from sbs_jax.export.serving import STREAMS, ServingSpec
 
 FORMATS = ("hf", "saved_model", "stablehlo")
@@ -112,7 +114,7 @@ def _check_vocab(vocab, config) -> epath.Path:
     return vocab
 
 
-def _spec(args, lengths: dict) -> ServingSpec:
+def _spec(args, lengths: dict, label_prefix: str = PREDICT_PREFIX) -> ServingSpec:
     outputs = tuple(s.strip() for s in args.outputs.split(",") if s.strip())
     if set(outputs) - set(STREAMS):
         raise ExportError(f"--outputs: expected label or label,rationale, got {args.outputs!r}")
@@ -121,7 +123,8 @@ def _spec(args, lengths: dict) -> ServingSpec:
             max_input_length=args.max_input_length or lengths.get("inputs", 512),
             max_label_length=args.max_label_length or lengths.get("targets", 64),
             max_rationale_length=args.max_rationale_length or lengths.get("rationales", 256),
-            outputs=outputs, num_beams=args.num_beams, length_penalty=args.length_penalty)
+            outputs=outputs, num_beams=args.num_beams, length_penalty=args.length_penalty,
+            label_prefix=label_prefix)
     except ValueError as e:
         raise ExportError(str(e)) from e
 
@@ -133,7 +136,9 @@ def export(args) -> epath.Path:
     config, params, vocab, model_dir = load_checkpoint(args.checkpoint, args.step)
     if args.compute_dtype:
         config = config.replace(dtype=args.compute_dtype)
-    spec = _spec(args, run_feature_lengths(model_dir) if model_dir else {})
+    # Served inputs get the label prefix the run trained with (recorded in its selection manifest).
+    prefix = selection.run_label_prefix(model_dir, default=PREDICT_PREFIX) if model_dir else PREDICT_PREFIX
+    spec = _spec(args, run_feature_lengths(model_dir) if model_dir else {}, prefix)
     vocab = args.vocab or vocab
     if vocab is not None:
         vocab = _check_vocab(vocab, config)

@@ -16,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from sbs_jax.data import eos_marker
+from sbs_jax.data.prefixes import EXPLAIN_PREFIX, PREDICT_PREFIX
 
 STREAMS = ("label", "rationale")
 SPEC_FILE = "sbs_serving.json"
@@ -29,8 +30,8 @@ class ServingSpec:
     max_label_length: int = 64
     max_rationale_length: int = 256
     outputs: tuple[str, ...] = ("label",)
-    label_prefix: str = "predict: "
-    rationale_prefix: str = "explain: "
+    label_prefix: str = PREDICT_PREFIX  # `sbs export` takes the run's own (selection.run_label_prefix)
+    rationale_prefix: str = EXPLAIN_PREFIX
     num_beams: int = 1  # 1 = greedy
     length_penalty: float = 1.0  # HF generate()'s default, which decoding.beam_search reproduces
 

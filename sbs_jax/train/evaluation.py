@@ -24,17 +24,25 @@ class DecodeConfig:
     `min_bucket_length · 2^k` (capped at the inputs length) that fits its longest input, and return the rows in
     their original order (bucketing.py); the predictions are those of full-length padding. False: every batch
     in the given order at the full inputs length.
+    max_label_length: decode at most this many label tokens, EOS included (None: the targets feature length).
+    The official code's `generation_max_length=64` counts HF's decoder start token, so it is 63 here.
     """
     num_beams: int = 1
     length_penalty: float = 1.0
     length_bucketing: bool = True
     min_bucket_length: int = 16
+    max_label_length: int | None = None
+
+    def label_length(self, task_feature_lengths: Mapping[str, int]) -> int:
+        return int(self.max_label_length or task_feature_lengths["targets"])
 
     def __post_init__(self):
         if self.num_beams < 1:
             raise ValueError(f"DecodeConfig.num_beams: expected >= 1, got {self.num_beams}")
         if self.min_bucket_length < 1:
             raise ValueError(f"DecodeConfig.min_bucket_length: expected >= 1, got {self.min_bucket_length}")
+        if self.max_label_length is not None and self.max_label_length < 1:
+            raise ValueError(f"DecodeConfig.max_label_length: expected >= 1 or None, got {self.max_label_length}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +266,7 @@ def run_eval(config: EvalConfig) -> dict:
     batches = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
                                          task_feature_lengths=config.task_feature_lengths, batch_size=batch_size)
     rows = predict_split(decoder, params, vocab, batches,
-                         target_length=int(config.task_feature_lengths["targets"]),
+                         target_length=config.decode.label_length(config.task_feature_lengths),
                          rationale_length=config.rationale_length, max_examples=config.max_examples)
     metrics = score_predictions(config.mixture_or_task_name, rows)
     path = epath.Path(config.model_dir) / "predictions" / f"eval_{config.split}_step{step}.jsonl"

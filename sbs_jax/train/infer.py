@@ -9,6 +9,8 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import errors, paths
+from sbs_jax.data import selection
+from sbs_jax.data.prefixes import PREDICT_PREFIX
 from sbs_jax.train import evaluation
 
 
@@ -51,14 +53,12 @@ def read_inputs(path: str, input_field: str) -> list[dict]:
     return rows
 
 
-def _batches(vocab, rows: list[dict], batch_size: int, length: int) -> Iterator[dict]:
-    from sbs_jax.data.preprocessors import PREDICT_PREFIX
-
+def _batches(vocab, rows: list[dict], batch_size: int, length: int, prefix: str) -> Iterator[dict]:
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         tokens = np.zeros((batch_size, length), np.int32)  # [batch, inputs length]
         for i, r in enumerate(chunk):
-            ids = list(vocab.encode(PREDICT_PREFIX + r["input"]))[:length - 1] + [1]
+            ids = list(vocab.encode(prefix + r["input"]))[:length - 1] + [1]
             tokens[i, :len(ids)] = ids
         texts = np.array([r["input"] for r in chunk] + [""] * (batch_size - len(chunk)), dtype=object)
         yield {"encoder_input_tokens": tokens, "inputs_pretokenized": texts,
@@ -76,7 +76,10 @@ def run_infer(config: InferConfig) -> dict:
     decoder = evaluation.Decoder(model, mesh, rules, config.decode)
     data = mesh.shape[partitioning.DATA]
     batch_size = -(-config.batch_size // data) * data
-    preds = evaluation.predict_split(decoder, params, vocab, _batches(vocab, rows, batch_size, config.input_length),
+    # The label prefix the run trained with (none for the official code's standard finetuning/distillation).
+    prefix = selection.run_label_prefix(config.model_dir, default=PREDICT_PREFIX)
+    preds = evaluation.predict_split(decoder, params, vocab,
+                                     _batches(vocab, rows, batch_size, config.input_length, prefix),
                                      target_length=config.target_length, rationale_length=config.rationale_length)
     if jax.process_index() == 0:
         out = epath.Path(config.output_path)

@@ -219,13 +219,16 @@ class Trainer:
             print(note, flush=True)
         if jax.process_index() != 0:
             return
-        from sbs_jax.data import vocab as vocab_lib
+        from sbs_jax.data import selection, vocab as vocab_lib
 
         rd = run_dir.RunDir(self.model_dir)
         rd.root.mkdir(parents=True, exist_ok=True)
         run_dir.atomic_write_text(rd.model_config_json, json.dumps(self.model_config.to_dict(), indent=2) + "\n")
         run_dir.write_run_info(rd.root, self.run_info())
         vocab_lib.copy_vocabulary(self.vocab, rd.vocab_dir)
+        # Which examples each split held, so a run's selection can be checked against the official code's.
+        tasks = eval_task_names(self.task)
+        selection.write_run_selection_manifest(rd.root, tasks, mixture=None if tasks == [self.task] else self.task)
 
     def run_info(self) -> dict:
         from sbs_jax.data import register
@@ -327,7 +330,8 @@ class Trainer:
 
     def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
         rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(task, split),
-                                        target_length=int(self.config.task_feature_lengths["targets"]),
+                                        target_length=self.config.decode.label_length(
+                                            self.config.task_feature_lengths),
                                         rationale_length=self.config.rationale_length)
         metrics = evaluation.score_predictions(task, rows)
         directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"

@@ -8,7 +8,10 @@ import sys
 
 from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError
 from sbs_jax.teacher.generate import GenerateConfig, generate, read_examples
+from sbs_jax.teacher.redact import RedactingFilter, Redactor
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
+
+log = logging.getLogger("sbs_jax.teacher")
 
 # Task-name suffixes (docs/ARCHITECTURE.md): every task of dataset D reads the same data dir folder D.
 _TASK_SUFFIXES = ("_sbs_llm", "_sbs", "_distill", "_ft")
@@ -75,13 +78,12 @@ def _resolve(args) -> tuple[str, object]:
     return dataset, load_template(name)
 
 
-def _generate(args) -> int:
+def _generate(args, api_key: str | None) -> int:
     if args.num_samples > 1 and args.temperature <= 0:
         raise ValueError("--num_samples > 1 needs --temperature > 0: greedy samples are all the same")
     dataset, template = _resolve(args)
-    api_key = os.environ.get(args.api_key_env) or None
     if api_key is None:
-        logging.info("$%s is not set: requests carry no Authorization header", args.api_key_env)
+        log.info("$%s is not set: requests carry no Authorization header", args.api_key_env)
     client = TeacherClient(ClientConfig(
         endpoint=args.endpoint, model=args.model, api=args.api, api_key=api_key, timeout_s=args.timeout,
         max_retries=args.max_retries, backoff_s=args.backoff, max_backoff_s=args.max_backoff,
@@ -91,7 +93,7 @@ def _generate(args) -> int:
                             num_samples=args.num_samples, filter_agree=args.filter_agree,
                             concurrency=args.concurrency, chunk_size=args.chunk_size, limit=args.limit)
     summary = generate(config, template, client)
-    logging.info("%d requests, %d retries", client.stats["requests"], client.stats["retries"])
+    log.info("%d requests, %d retries", client.stats["requests"], client.stats["retries"])
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -114,12 +116,20 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = (os.environ.get(args.api_key_env) or None) if args.command == "generate" else None
+    # The client redacts what it hands out; this catches every log line of the teacher logger and the final
+    # error line as well (same `Redactor`, same key).
+    redact = Redactor([api_key])
+    redacting = RedactingFilter(redact)
+    log.addFilter(redacting)
     try:
-        return _generate(args) if args.command == "generate" else _prompt(args)
+        return _generate(args, api_key) if args.command == "generate" else _prompt(args)
     except (TeacherError, TemplateError, ValueError) as e:
-        print(f"sbs teacher: error: {e}", file=sys.stderr)
+        print(redact(f"sbs teacher: error: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sbs teacher: interrupted; finished examples are journaled, run the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        log.removeFilter(redacting)

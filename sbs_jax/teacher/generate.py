@@ -162,7 +162,7 @@ class _Run:
                         texts = fut.result()
                     except RequestFailed as e:
                         failed.append(index)
-                        log.error("example %d failed: %s", index, e)
+                        log.error("example %d failed: %s", index, self.client.redact(e))
                         continue
                     batch.append(self.record(index, prompt, texts))
                 if batch:
@@ -183,7 +183,8 @@ class _Run:
         return sorted(failed)
 
     def finalize(self, done: dict[int, dict]) -> dict:
-        records = [dict(done[i]) for i in range(len(self.examples))]
+        # Every file below is built from these records and the summary, both through the client's redactor.
+        records = [self.client.redact.redact_obj(done[i]) for i in range(len(self.examples))]
         for rec in records:
             rec["kept"] = rec["agrees"] is True if self.config.filter_agree else True
         kept = [r for r in records if r["kept"]]
@@ -200,7 +201,7 @@ class _Run:
                       "".join(self.lines[r["index"]] + "\n" for r in kept))
         _atomic_write(self.out / f"teacher_{self.config.split}.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        summary = self.summary(records)
+        summary = self.client.redact.redact_obj(self.summary(records))
         _atomic_write(self.out / f"teacher_{self.config.split}_summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -228,7 +229,8 @@ def generate(config: GenerateConfig, template: Template, client: TeacherClient) 
     finished ones, and calling again with the same settings requests only the rest."""
     run = _Run(config, template, client)
     run.out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(run.out / f"teacher_{config.split}.journal.jsonl", run.settings(), len(run.examples))
+    journal = Journal(run.out / f"teacher_{config.split}.journal.jsonl", run.settings(), len(run.examples),
+                      redact=client.redact)
     done = journal.open()
     try:
         if done:

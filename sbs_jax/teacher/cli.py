@@ -3,8 +3,9 @@ import argparse
 import json
 import logging
 import os
-import pathlib
 import sys
+
+from etils import epath
 
 from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError
 from sbs_jax.teacher.generate import GenerateConfig, generate, read_examples
@@ -29,7 +30,8 @@ def _add_source_args(p: argparse.ArgumentParser):
     src.add_argument("--task", help="a task name (cqa_sbs, svamp_ft, ...) or paper dataset name; picks the dataset "
                                     "folder and its built-in template")
     src.add_argument("--dataset", help="the dataset folder name under --data_dir (user tasks: with --template)")
-    p.add_argument("--data_dir", required=True, help="data dir in the official layout: <name>/<name>_<split>.json")
+    p.add_argument("--data_dir", required=True, help="data dir in the official layout: <name>/<name>_<split>.json "
+                                                     "(local or gs://)")
     p.add_argument("--split", default="train")
     p.add_argument("--template", help=f"built-in ({', '.join(BUILTIN)}) or a template JSON file; "
                                       "default: the built-in of the dataset")
@@ -45,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(g)
     g.add_argument("--endpoint", required=True, help="server base URL, e.g. http://localhost:8000/v1")
     g.add_argument("--model", required=True, help="model name the server serves")
-    g.add_argument("--out", required=True, help="output data dir (<out>/<name>/...)")
+    g.add_argument("--out", required=True, help="output data dir (<out>/<name>/...), local or gs://")
+    g.add_argument("--journal_dir", help="local folder for the resumable journal (default: next to the "
+                                         "outputs; for a gs:// --out, under $SBS_CACHE_DIR or ~/.cache/sbs_jax)")
     g.add_argument("--api_key_env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (sent as a Bearer token; never logged)")
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
@@ -91,7 +95,8 @@ def _generate(args, api_key: str | None) -> int:
         seed=args.seed))
     config = GenerateConfig(data_dir=args.data_dir, dataset=dataset, split=args.split, out_dir=args.out,
                             num_samples=args.num_samples, filter_agree=args.filter_agree,
-                            concurrency=args.concurrency, chunk_size=args.chunk_size, limit=args.limit)
+                            concurrency=args.concurrency, chunk_size=args.chunk_size, limit=args.limit,
+                            journal_dir=args.journal_dir)
     summary = generate(config, template, client)
     log.info("%d requests, %d retries", client.stats["requests"], client.stats["retries"])
     print(json.dumps(summary, indent=2))
@@ -100,8 +105,8 @@ def _generate(args, api_key: str | None) -> int:
 
 def _prompt(args) -> int:
     dataset, template = _resolve(args)
-    path = os.path.join(args.data_dir, dataset, f"{dataset}_{args.split}.json")
-    _, examples, linenos = read_examples(pathlib.Path(path), args.index + 1)
+    path = epath.Path(args.data_dir) / dataset / f"{dataset}_{args.split}.json"
+    _, examples, linenos = read_examples(path, args.index + 1)
     if args.index >= len(examples):
         raise TeacherError(f"{path} has {len(examples)} examples; --index {args.index} is out of range")
     where = f"example {args.index} ({path}:{linenos[args.index]})"

@@ -282,7 +282,7 @@ def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
     assert export_cli.main(["--checkpoint", run, "--format", "hf", "--output", str(tmp_path / "hf")]) == 0
     assert export_cli.main(["--checkpoint", run, "--format", "hf", "--output", f"gs://{BUCKET}/hf_export"]) == 0
     for name in ("model.safetensors", "config.json", "generation_config.json", "spiece.model",
-                 "tokenizer_config.json", "sbs_serving.json"):
+                 "tokenizer_config.json", "tokenizer.json", "sbs_serving.json"):
         assert gcs.cat(f"{BUCKET}/hf_export/{name}") == (tmp_path / "hf" / name).read_bytes(), name
     _, exported = load_hf(f"gs://{BUCKET}/hf_export")
     _assert_same(exported, params)
@@ -296,6 +296,22 @@ def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
     texts = [ex.input for ex in _arith_examples(3)]
     served = StableHLOStudent(f"gs://{BUCKET}/shlo").predict(texts)
     assert served == StableHLOStudent(tmp_path / "shlo").predict(texts) and len(served["label"]) == 3
+    _assert_nothing_local()
+
+
+def test_hf_tokenizer_files_on_gcs(gcs, tmp_path):
+    """The HF export's tokenizer files, built from a gs:// SentencePiece model and written to gs://, are the
+    bytes a local export writes."""
+    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.export.hf_tokenizer import write_tokenizer_files
+
+    spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path / "v", vocab_size=120,
+                                     model_type="bpe")
+    gcs.pipe(f"{BUCKET}/tok/spiece.model", spm.read_bytes())
+    write_tokenizer_files(tmp_path, spm, model_max_length=64)
+    write_tokenizer_files(f"gs://{BUCKET}/tok", f"gs://{BUCKET}/tok/spiece.model", model_max_length=64)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert gcs.cat(f"{BUCKET}/tok/{name}") == (tmp_path / name).read_bytes(), name
     _assert_nothing_local()
 
 

@@ -70,7 +70,7 @@ def build_tokenizer(spm_model):
         steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
     if spec.remove_extra_whitespaces:
         # SentencePiece's rule touches spaces only (after the charsmap has mapped other whitespace to spaces).
-        steps += [normalizers.Replace(Regex(r"^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     if spec.add_dummy_prefix:
         steps.append(normalizers.Prepend(" "))  # not applied to an empty text, as in SentencePiece
     if spec.escape_whitespaces:

@@ -20,7 +20,8 @@ setup(
         "tensorflow>=2.21.0", "tensorflow-text>=2.21.1", "tensorflow-datasets>=4.9.10",
         # tensorflow-datasets imports importlib_resources to build datasets but does not declare it.
         "importlib_resources>=6",
-        "gin-config>=0.5.0", "sentencepiece>=0.2.3", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
+        # tokenizers: `sbs export --format hf` builds tokenizer.json from the SentencePiece model.
+        "gin-config>=0.5.0", "sentencepiece>=0.2.3", "tokenizers>=0.20", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
         # Local and gs:// run directories (orbax depends on it too).
         "etils[epath]>=1.15.0",
     ],

@@ -5,6 +5,7 @@ import os
 from typing import Sequence
 
 import gin
+from etils import epath
 
 from sbs_jax.data import formats, metrics, records, register
 
@@ -17,7 +18,7 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
     """Register `{D}_sbs`, `{D}_sbs_llm`, `{D}_ft`, `{D}_distill` for each dataset D found in `data_dir`.
 
     Args:
-      data_dir: folder holding `<D>/<D>_<split>.json` and `<D>/llm/<split>_CoT_<i>.json`.
+      data_dir: folder (local or gs://) holding `<D>/<D>_<split>.json` and `<D>/llm/<split>_CoT_<i>.json`.
       datasets: names to register (default: every paper dataset that has a folder in `data_dir`).
       valid_from_train: carve this seeded fraction of train into a `validation` split (the paper uses 0.1).
       train_fraction: seeded, nested fraction of the (remaining) train split to keep (data-size studies).
@@ -35,9 +36,10 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
             raise ValueError("register_paper_tasks needs a vocabulary: pass vocabulary=<spiece.model path> "
                              "(gin: register_paper_tasks.vocabulary = %SPIECE_MODEL) or set SPIECE_MODEL")
     if datasets is None:
-        if not os.path.isdir(data_dir):
+        root = epath.Path(data_dir)  # local or gs://
+        if not root.is_dir():
             raise records.DataError(f"data dir {data_dir} does not exist")
-        datasets = [d for d in formats.PAPER_DATASETS if os.path.isdir(os.path.join(data_dir, d))]
+        datasets = [d for d in formats.PAPER_DATASETS if (root / d).is_dir()]
         if not datasets:
             raise records.DataError(f"data dir {data_dir} holds none of the paper's datasets "
                                     f"({', '.join(formats.PAPER_DATASETS)})")

@@ -19,11 +19,11 @@ def sample_inputs(n: int = 10) -> list[str]:
     return texts + ["", " ".join(texts)]  # the last one is longer than max_input_length tokens
 
 
-def train_vocab(directory: pathlib.Path) -> pathlib.Path:
+def train_vocab(directory: pathlib.Path, model_type: str = "unigram") -> pathlib.Path:
     from sbs_jax.data.vocab import model_texts, train_vocabulary
 
     examples = arith.generate_splits(seed=0)["train"][:500]  # enough text for 200 pieces, and quick
-    return train_vocabulary(model_texts(examples), directory, vocab_size=200)
+    return train_vocabulary(model_texts(examples), directory, vocab_size=200, model_type=model_type)
 
 
 def write_run_dir(run_dir: pathlib.Path, config, params, vocab: pathlib.Path, *, step: int = 7) -> pathlib.Path:

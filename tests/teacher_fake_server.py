@@ -22,10 +22,13 @@ class FakeTeacher:
 
     def __init__(self, answers: dict, faults: dict | None = None, *, delay_s: float = 0.0,
                  stall_s: float = 1.0, retry_after: str = "1", error_body: str = "server error",
-                 ignore_n: bool = False):
+                 ignore_n: bool = False, raw_bodies: dict | None = None):
         self.answers, self.faults = answers, {k: list(v) for k, v in (faults or {}).items()}
         self.delay_s, self.stall_s, self.retry_after, self.error_body = delay_s, stall_s, retry_after, error_body
         self.ignore_n = ignore_n                      # like llama.cpp server: one choice whatever `n` says
+        self.raw_bodies = raw_bodies if raw_bodies is not None else {}   # fault -> exact bytes sent instead
+        self.default_fault = None                     # applied to every request without scripted faults
+        self.default_answer = None                    # the completion for queries without a fixture
         self.attempts = collections.Counter()         # query -> requests received
         self.log = []                                 # (time, path, query, authorization, fault or "ok")
         self.lock = threading.Lock()
@@ -41,7 +44,7 @@ class FakeTeacher:
                 with fake.lock:
                     fake.attempts[query] += 1
                     pending = fake.faults.get(query)
-                    fault = pending.pop(0) if pending else "ok"
+                    fault = pending.pop(0) if pending else (fake.default_fault or "ok")
                     fake.log.append((time.monotonic(), self.path, query, self.headers.get("Authorization"), fault))
                 fake.respond(self, body, query, fault)
 
@@ -56,6 +59,10 @@ class FakeTeacher:
         if fault == "timeout":
             time.sleep(self.stall_s)                  # longer than the client's timeout: it has gone
             return self._send(h, 200, b'{"choices": []}')
+        if fault in self.raw_bodies:                  # e.g. a server echoing the key at a chosen byte offset
+            status = {"badjson": 200, "nochoices": 200}.get(fault, int(fault) if fault.isdigit() else 200)
+            extra = {"Retry-After": self.retry_after} if fault == "429" else None
+            return self._send(h, status, self.raw_bodies[fault], extra)
         if fault in ("500", "503", "401"):
             return self._send(h, int(fault), json.dumps({"error": {"message": self.error_body}}).encode())
         if fault == "429":
@@ -64,9 +71,9 @@ class FakeTeacher:
             return self._send(h, 200, b'{"choices": [{"text": "truncat')
         if fault == "nochoices":
             return self._send(h, 200, b'{"object": "text_completion"}')
-        if query not in self.answers:
+        if query not in self.answers and self.default_answer is None:
             return self._send(h, 400, json.dumps({"error": {"message": f"no fixture for {query[:60]!r}"}}).encode())
-        answer = self.answers[query]
+        answer = self.answers.get(query, self.default_answer)
         n = 1 if self.ignore_n else body.get("n", 1)
         if isinstance(answer, str):
             texts = [answer] * n

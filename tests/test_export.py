@@ -16,17 +16,14 @@ from sbs_jax.export import cli
 INPUT_LENGTH, LABEL_LENGTH, RATIONALE_LENGTH = 48, 12, 20
 
 
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    root = tmp_path_factory.mktemp("student")
-    vocab = fx.train_vocab(root / "vocab")
+def _make_student(root, model_type: str = "unigram"):
+    vocab = fx.train_vocab(root / "vocab", model_type)
     config, params = fx.random_student(vocab)
     run_dir = fx.write_run_dir(root / "run", config, params, vocab)
     return {"root": root, "vocab": vocab, "config": config, "params": params, "run_dir": run_dir}
 
 
-@pytest.fixture(scope="module")
-def infer_predictions(student):
+def _infer(student) -> dict:
     """What `sbs infer` writes for the sample inputs: {"label": [...], "rationale": [...]}."""
     from sbs_jax import cli as sbs_cli
 
@@ -47,36 +44,95 @@ def infer_predictions(student):
     return predictions
 
 
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    return _make_student(tmp_path_factory.mktemp("student"))
+
+
+@pytest.fixture(scope="module")
+def infer_predictions(student):
+    return _infer(student)
+
+
+# The BPE round trip costs ~40 s (another run dir and `sbs infer`): slow suite; the default suite checks BPE ids
+# in test_hf_tokenizer_encodes_like_training_on_every_arith_test_input.
+@pytest.fixture(scope="module", params=["unigram", pytest.param("bpe", marks=pytest.mark.slow)])
+def hf_student(request, tmp_path_factory):
+    """The unigram student above, and one with a BPE vocabulary (the embedded arith task's type)."""
+    if request.param == "unigram":
+        # The default suite checks the label stream only (the rationale decode doubles the test's time).
+        return request.getfixturevalue("student"), request.getfixturevalue("infer_predictions"), ("label",)
+    student = _make_student(tmp_path_factory.mktemp("bpe_student"), "bpe")
+    return student, _infer(student), ("label", "rationale")
+
+
 def _export(student, fmt, output, *extra):
     return cli.main([f"--checkpoint={student['run_dir']}", f"--format={fmt}", f"--output={output}", *extra])
 
 
-def test_hf_export_loads_in_transformers_and_matches_sbs_infer(student, infer_predictions, tmp_path):
+def test_hf_export_loads_in_transformers_and_matches_sbs_infer(hf_student, tmp_path):
     import sentencepiece as spm
     import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
+    student, infer_predictions, streams = hf_student
     out = tmp_path / "hf"
     assert _export(student, "hf", out) == 0
-    assert {"config.json", "model.safetensors", "generation_config.json", "spiece.model"} <= {
-        p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "spiece.model",
+            "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
     model = T5ForConditionalGeneration.from_pretrained(out).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)  # as docs/export_and_launch.md shows
     sp = spm.SentencePieceProcessor(model_file=str(out / "spiece.model"))
     texts = fx.sample_inputs()
-    # HF's tokenizer (built from the shipped spiece.model) gives the ids our pipeline feeds the model.
-    batch = tokenizer(["predict: " + t for t in texts], max_length=INPUT_LENGTH, truncation=True,
-                      padding="max_length", return_tensors="pt")
-    for row, text in zip(batch["input_ids"].tolist(), texts):
-        ids = sp.EncodeAsIds("predict: " + text)[: INPUT_LENGTH - 1] + [1]
-        assert row == ids + [0] * (INPUT_LENGTH - len(ids))
-    with torch.no_grad():
-        generated = model.generate(**batch)  # greedy, max_new_tokens from generation_config.json
+    # Each stream as a server would prompt it: "predict: " for labels, "explain: " for rationales.
+    prompts = {"label": ("predict: ", LABEL_LENGTH), "rationale": ("explain: ", RATIONALE_LENGTH)}
+    for stream in streams:
+        prefix, length = prompts[stream]
+        batch = tokenizer([prefix + t for t in texts], max_length=INPUT_LENGTH, truncation=True,
+                          padding="max_length", return_tensors="pt")
+        # HF's tokenizer gives the ids our pipeline feeds the model (truncated with EOS kept, then padded).
+        for row, text in zip(batch["input_ids"].tolist(), texts):
+            ids = sp.EncodeAsIds(prefix + text)[: INPUT_LENGTH - 1] + [1]
+            assert row == ids + [0] * (INPUT_LENGTH - len(ids))
+        with torch.no_grad():
+            generated = model.generate(**batch, max_new_tokens=length)  # greedy (generation_config.json)
+        # Drop the decoder start token; ids past the SentencePiece model decode as unk, as in `sbs infer`.
+        got = [sp.DecodeIds([i if i < sp.GetPieceSize() else sp.unk_id() for i in row[1:] if i > 1])
+               for row in generated.tolist()]
+        assert got == infer_predictions[stream], stream
     assert model.generation_config.max_new_tokens == LABEL_LENGTH
-    # Drop the decoder start token; ids past the SentencePiece model decode as unk, as in `sbs infer`.
-    labels = [sp.DecodeIds([i if i < sp.GetPieceSize() else sp.unk_id() for i in row[1:] if i > 1])
-              for row in generated.tolist()]
-    assert labels == infer_predictions["label"]
+    assert (out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_hf_tokenizer_encodes_like_training_on_every_arith_test_input(model_type, tmp_path):
+    """AutoTokenizer ids == our training tokenisation (SentencePiece via T5Vocabulary, EOS appended)."""
+    from transformers import AutoTokenizer
+
+    from sbs_jax.data import arith
+    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+    from sbs_jax.data.vocab import load_vocabulary
+    from sbs_jax.export.hf_tokenizer import write_tokenizer_files
+
+    vocab = fx.train_vocab(tmp_path / "vocab", model_type)
+    write_tokenizer_files(tmp_path, vocab, model_max_length=INPUT_LENGTH)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    training = load_vocabulary(str(vocab))
+    examples = arith.generate_splits(seed=0)["test"]
+    texts = [t for ex in examples for t in (PREDICT_PREFIX + ex.input, EXPLAIN_PREFIX + ex.input, ex.label,
+                                            ex.rationale)]
+    # Edges of SentencePiece's normaliser and of the EOS marker: empty, runs of spaces, tabs and newlines,
+    # NFKC-folded and unknown characters, a literal `</s>` (EOS, each side encoded alone), a literal `▁`.
+    texts += ["", "   ", "  12  +   3 ", "a\tb\nc", "ＡＢＣ ½ x²", "é 😀 ~~ 😀😀", "premise</s>hypothesis",
+              "</s>", "1 + 2</s>", "▁7", "explain: " + "9 + 9 " * 40]
+    want = [ids + [1] for ids in training.encode_batch(texts)]
+    got = tokenizer(texts)["input_ids"]
+    mismatches = [(t, w, g) for t, w, g in zip(texts, want, got) if w != g]
+    assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, first: {mismatches[0]}"
+    # Decoding (unknown-free, marker-free texts) gives SentencePiece's text back.
+    plain = [ids[:-1] for t, ids in zip(texts, want) if "</s>" not in t and training.unk_id not in ids]
+    assert len(plain) > 1000
+    assert tokenizer.batch_decode(plain, skip_special_tokens=True) == [training.decode(ids) for ids in plain]
 
 
 def test_hf_export_bfloat16_halves_the_weights(student, tmp_path):

@@ -282,7 +282,7 @@ def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
     assert export_cli.main(["--checkpoint", run, "--format", "hf", "--output", str(tmp_path / "hf")]) == 0
     assert export_cli.main(["--checkpoint", run, "--format", "hf", "--output", f"gs://{BUCKET}/hf_export"]) == 0
     for name in ("model.safetensors", "config.json", "generation_config.json", "spiece.model",
-                 "tokenizer_config.json", "sbs_serving.json"):
+                 "tokenizer_config.json", "tokenizer.json", "sbs_serving.json"):
         assert gcs.cat(f"{BUCKET}/hf_export/{name}") == (tmp_path / "hf" / name).read_bytes(), name
     _, exported = load_hf(f"gs://{BUCKET}/hf_export")
     _assert_same(exported, params)
@@ -296,4 +296,134 @@ def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
     texts = [ex.input for ex in _arith_examples(3)]
     served = StableHLOStudent(f"gs://{BUCKET}/shlo").predict(texts)
     assert served == StableHLOStudent(tmp_path / "shlo").predict(texts) and len(served["label"]) == 3
+    _assert_nothing_local()
+
+
+def test_hf_tokenizer_files_on_gcs(gcs, tmp_path):
+    """The HF export's tokenizer files, built from a gs:// SentencePiece model and written to gs://, are the
+    bytes a local export writes."""
+    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.export.hf_tokenizer import write_tokenizer_files
+
+    spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path / "v", vocab_size=120,
+                                     model_type="bpe")
+    gcs.pipe(f"{BUCKET}/tok/spiece.model", spm.read_bytes())
+    write_tokenizer_files(tmp_path, spm, model_max_length=64)
+    write_tokenizer_files(f"gs://{BUCKET}/tok", f"gs://{BUCKET}/tok/spiece.model", model_max_length=64)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert gcs.cat(f"{BUCKET}/tok/{name}") == (tmp_path / name).read_bytes(), name
+    _assert_nothing_local()
+
+
+def _svamp_copy(gcs, datasets_dir, root):
+    """A small copy of svamp in the official layout (first 40 train / 20 test examples and their teacher
+    outputs, two llm/ chunks for train), written under `root` and to gs://BUCKET/data; returns both dirs."""
+    source = datasets_dir / "svamp"
+    train_outputs = [o for i in (0, 1) for o in json.loads((source / "llm" / f"train_CoT_{i}.json").read_text())]
+    files = {
+        "svamp_train.json": "".join(l + "\n" for l in (source / "svamp_train.json").read_text().splitlines()[:40]),
+        "svamp_test.json": "".join(l + "\n" for l in (source / "svamp_test.json").read_text().splitlines()[:20]),
+        "llm/train_CoT_0.json": json.dumps(train_outputs[:25]), "llm/train_CoT_1.json": json.dumps(train_outputs[25:40]),
+        "llm/test_CoT_0.json": json.dumps(json.loads((source / "llm" / "test_CoT_0.json").read_text())[:20]),
+    }
+    for name, text in files.items():
+        (root / "svamp" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "svamp" / name).write_text(text, encoding="utf-8")
+        gcs.pipe(f"{BUCKET}/data/svamp/{name}", text.encode("utf-8"))
+    return str(root), f"gs://{BUCKET}/data"
+
+
+def _source_columns(task):
+    import seqio
+
+    source = seqio.get_mixture_or_task(task).source
+    return {split: source._columns[split] for split in source.splits}  # noqa: SLF001 - the registered examples
+
+
+def test_data_dir_user_task_and_teacher_outputs_on_gcs(gcs, datasets_dir, tmp_path):
+    """A paper dataset (examples + llm/ teacher outputs) and a user JSONL task read from gs:// register the same
+    examples, rationales and teacher statistics as their local copies."""
+    from sbs_jax import tasks
+    from sbs_jax.data import records, register, vocab as vocab_lib
+
+    spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path, vocab_size=120)
+    local_dir, remote = _svamp_copy(gcs, datasets_dir, tmp_path / "data")
+    local_split = records.read_split(local_dir, "svamp", "train")
+    remote_split = records.read_split(remote, "svamp", "train")
+    assert local_split.has_teacher and len(local_split.examples) == 40
+    assert remote_split.examples == local_split.examples and remote_split.has_teacher
+    assert (remote_split.parse_failures, remote_split.teacher_correct) == (local_split.parse_failures,
+                                                                           local_split.teacher_correct)
+    assert records.list_splits(remote, "svamp") == ["test", "train"]
+    tasks.register_paper_tasks(local_dir, datasets=["svamp"], vocabulary=str(spm))
+    local = _source_columns("svamp_sbs")
+    assert "svamp_sbs" in tasks.register_paper_tasks(remote, vocabulary=str(spm))   # datasets found on gs://
+    jax.tree.map(np.testing.assert_array_equal, local, _source_columns("svamp_sbs"))
+
+    rows = [{"input": f"q {i}", "label": str(i % 3), "rationale": f"because {i}"} for i in range(12)]
+    gcs.pipe(f"{BUCKET}/user/train.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    register.register_jsonl_task("mine", {"train": str(tmp_path / "train.jsonl")}, vocabulary=str(spm))
+    local = _source_columns("mine_sbs")
+    register.register_jsonl_task("mine", {"train": f"gs://{BUCKET}/user/train.jsonl"}, vocabulary=str(spm))
+    jax.tree.map(np.testing.assert_array_equal, local, _source_columns("mine_sbs"))
+    with pytest.raises(records.DataError, match=f"gs://{BUCKET}/user/missing.jsonl: file not found"):
+        register.register_jsonl_task("gone", {"train": f"gs://{BUCKET}/user/missing.jsonl"}, vocabulary=str(spm))
+    with pytest.raises(records.DataError, match=f"data dir gs://{BUCKET}/nothing does not exist"):
+        tasks.register_paper_tasks(f"gs://{BUCKET}/nothing", vocabulary=str(spm))
+    _assert_nothing_local()
+
+
+@pytest.mark.slow  # 20-50 s on 2 shared cores: two seqio pipelines
+def test_paper_task_batches_from_gcs_equal_local(gcs, datasets_dir, tmp_path):
+    """Training batches of a step-by-step paper task registered from gs:// equal those from the local copy."""
+    from sbs_jax import tasks
+    from sbs_jax.data import pipeline, vocab as vocab_lib
+
+    def batches():
+        ds = pipeline.get_train_dataset("svamp_sbs", batch_size=4, shuffle=True, seed=3, num_epochs=1,
+                                        task_feature_lengths={"inputs": 64, "targets": 8, "rationales": 32})
+        return [b for b, _ in zip(ds.as_numpy_iterator(), range(3))]
+
+    spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path, vocab_size=120)
+    local_dir, remote = _svamp_copy(gcs, datasets_dir, tmp_path / "data")
+    tasks.register_paper_tasks(local_dir, datasets=["svamp"], vocabulary=str(spm))
+    local = batches()
+    tasks.register_paper_tasks(remote, datasets=["svamp"], vocabulary=str(spm))
+    remote_batches = batches()
+    assert len(local) == len(remote_batches) == 3
+    assert local[0]["rationale"]["decoder_loss_weights"].sum() > 0        # teacher rationales were read
+    jax.tree.map(np.testing.assert_array_equal, local, remote_batches)
+
+
+def test_teacher_generate_reads_and_writes_gcs(gcs, datasets_dir, tmp_path, monkeypatch, capsys):
+    """`sbs teacher generate` from a gs:// data dir to a gs:// --out: the same files as a local run, and a
+    resumable journal kept locally."""
+    from sbs_jax.data import records
+    from sbs_jax.teacher import cli
+    from sbs_jax.teacher.templates import load_template
+    from teacher_fake_server import FakeTeacher
+
+    lines = (datasets_dir / "anli1" / "anli1_valid.json").read_text(encoding="utf-8").splitlines()[:6]
+    outputs = json.loads((datasets_dir / "anli1" / "llm" / "valid_CoT_0.json").read_text())[:6]
+    gcs.pipe(f"{BUCKET}/tdata/anli1/anli1_valid.json", "".join(l + "\n" for l in lines).encode())
+    template = load_template("anli1")
+    answers = {template.render_query(json.loads(l)): o for l, o in zip(lines, outputs)}
+    monkeypatch.setenv("SBS_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["generate", "--task", "anli1", "--split", "valid", "--model", "t", "--chunk_size", "4",
+            "--concurrency", "2", "--log_level", "WARNING"]
+    with FakeTeacher(answers) as server:
+        assert cli.main([*args, "--endpoint", server.url, "--data_dir", f"gs://{BUCKET}/tdata",
+                         "--out", f"gs://{BUCKET}/tout"]) == 0
+        assert cli.main([*args, "--endpoint", server.url, "--data_dir", f"gs://{BUCKET}/tdata",
+                         "--out", str(tmp_path / "local")]) == 0
+    names = ["anli1_valid.json", "llm/valid_CoT_0.json", "llm/valid_CoT_1.json", "teacher_valid.jsonl",
+             "teacher_valid_summary.json"]
+    for name in names:
+        assert gcs.cat(f"{BUCKET}/tout/anli1/{name}") == (tmp_path / "local" / "anli1" / name).read_bytes(), name
+    assert not gcs.exists(f"{BUCKET}/tout/anli1/teacher_valid.journal.jsonl")   # the journal stays local
+    assert len(list((tmp_path / "cache" / "teacher").rglob("teacher_valid.journal.jsonl"))) == 1
+    # What was written to gs:// is a data dir the trainer reads.
+    split = records.read_split(f"gs://{BUCKET}/tout", "anli1", "valid")
+    assert split.has_teacher and len(split.examples) == 6
     _assert_nothing_local()

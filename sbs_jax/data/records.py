@@ -3,16 +3,18 @@
 Layout (see the datasets README): `<name>/<name>_<split>.json` (JSON lines) and, optionally,
 `<name>/llm/<split>_CoT_<i>.json` (JSON lists of raw teacher completions, concatenated in numeric order,
 one per example). Every problem raises `DataError` naming the file, line or field and what was expected.
+Data dirs may be local or `gs://...`: every path here is an `etils.epath.Path`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import re
 from typing import Iterable, Sequence
 
 from sbs_jax import paths
+from etils import epath
+
 from sbs_jax.data import formats as formats_lib
 from sbs_jax.data import metrics
 from sbs_jax.data.formats import DataError  # noqa: F401  (re-exported: the data package's error type)
@@ -47,8 +49,9 @@ class SplitData:
         return 100.0 * self.teacher_correct / len(self.examples)
 
 
-def read_json_lines(path: pathlib.Path) -> list[tuple[int, object]]:
+def read_json_lines(path) -> list[tuple[int, object]]:
     """(line number, parsed value) for each line; a malformed or blank line is an error naming it."""
+    path = epath.Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -69,9 +72,9 @@ def read_json_lines(path: pathlib.Path) -> list[tuple[int, object]]:
     return rows
 
 
-def dataset_dir(data_dir, name: str) -> pathlib.Path:
+def dataset_dir(data_dir, name: str) -> epath.Path:
     formats_lib.get_format(name)
-    root = pathlib.Path(data_dir)
+    root = epath.Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data dir {root} does not exist (expected <data_dir>/{name}/{name}_<split>.json)")
     path = root / name
@@ -90,7 +93,7 @@ def list_splits(data_dir, name: str) -> list[str]:
     return splits
 
 
-def _teacher_files(folder: pathlib.Path, split: str) -> list[pathlib.Path]:
+def _teacher_files(folder: epath.Path, split: str) -> list[epath.Path]:
     pattern = re.compile(rf"{re.escape(split)}_CoT_(\d+)\.json$")
     found = {}
     for p in (folder / "llm").glob(f"{split}_CoT_*.json"):
@@ -104,7 +107,7 @@ def _teacher_files(folder: pathlib.Path, split: str) -> list[pathlib.Path]:
     return [found[i] for i in range(len(found))]
 
 
-def read_teacher_outputs(files: Sequence[pathlib.Path]) -> list[str]:
+def read_teacher_outputs(files: Sequence[epath.Path]) -> list[str]:
     """Concatenation of the JSON lists of raw completions, in file order."""
     outputs = []
     for path in files:

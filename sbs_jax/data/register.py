@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 import seqio
+from etils import epath
 from absl import logging
 
 from sbs_jax.data import metrics, preprocessors, records, sources, splits as splits_lib, vocab as vocab_lib
@@ -223,7 +224,7 @@ def register_jsonl_task(name: str, files: Mapping[str, str], *, vocabulary, inpu
         raise DataError(f"task {name!r}: no files given (expected {{split: path.jsonl}})")
     splits = {}
     for split, path in files.items():
-        path = pathlib.Path(path)
+        path = epath.Path(path)  # local or gs://
         examples, missing, correct = [], 0, 0
         for lineno, row in records.read_json_lines(path):
             where = f"{path}:{lineno}"

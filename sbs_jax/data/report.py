@@ -14,6 +14,7 @@ import sys
 from typing import Mapping
 
 import numpy as np
+from etils import epath
 
 from sbs_jax import errors
 from sbs_jax.data import formats, records
@@ -117,9 +118,10 @@ def main(argv=None) -> int:
 def _found_datasets(data_dir: str | None) -> list[str]:
     if not data_dir:
         raise DataError("pass --data_dir (or --dataset arith for the embedded task)")
-    if not os.path.isdir(data_dir):
+    root = epath.Path(data_dir)  # local or gs://
+    if not root.is_dir():
         raise DataError(f"data dir {data_dir} does not exist")
-    found = [d for d in formats.PAPER_DATASETS if os.path.isdir(os.path.join(data_dir, d))]
+    found = [d for d in formats.PAPER_DATASETS if (root / d).is_dir()]
     if not found:
         raise DataError(f"data dir {data_dir} holds none of the paper's datasets "
                         f"({', '.join(formats.PAPER_DATASETS)})")

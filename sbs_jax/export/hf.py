@@ -1,8 +1,9 @@
 """HF `transformers` directory for any HF-based serving stack (TGI, vLLM-style servers, pipelines).
 
 The weights and config come from `sbs_jax.checkpoints.save_hf`; this adds what a server needs to reproduce our
-predictions: the SentencePiece model (as `spiece.model`, read by `T5Tokenizer`) and generation defaults that
-match the exported decode (greedy or beam, and the stream's maximum length as `max_new_tokens`).
+predictions: a `tokenizer.json` that tokenises exactly like training for unigram and BPE vocabularies
+(`hf_tokenizer`; the SentencePiece model ships too, as `spiece.model`) and generation defaults that match the
+exported decode (greedy or beam, and the stream's maximum length as `max_new_tokens`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 from etils import epath
 
 from sbs_jax.checkpoints import save_hf
+from sbs_jax.export.hf_tokenizer import write_tokenizer_files
 from sbs_jax.export.serving import ServingSpec, write_spec
 
 GENERATION_FILE = "generation_config.json"
@@ -29,9 +31,7 @@ def export_hf(output_dir, config, params, *, spec: ServingSpec, dtype: str = "fl
         generation["length_penalty"] = spec.length_penalty
     generation_path.write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
     if spm_model is not None:
-        tokenizer_path = output_dir / "tokenizer_config.json"
-        tokenizer = json.loads(tokenizer_path.read_text()) if tokenizer_path.is_file() else {}
-        tokenizer.update({"tokenizer_class": "T5Tokenizer", "model_max_length": spec.max_input_length})
-        tokenizer_path.write_text(json.dumps(tokenizer, indent=2, sort_keys=True) + "\n")
+        # Replaces save_hf's `T5Tokenizer` config: that class reads every spiece.model as a Unigram model.
+        write_tokenizer_files(output_dir, spm_model, model_max_length=spec.max_input_length)
     write_spec(output_dir, spec, config, dtype)
     return output_dir

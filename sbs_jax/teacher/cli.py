@@ -3,13 +3,17 @@ import argparse
 import json
 import logging
 import os
-import pathlib
 import sys
+
+from etils import epath
 
 from sbs_jax import errors
 from sbs_jax.teacher.client import ClientConfig, TeacherClient, TeacherError, TeacherInputError
 from sbs_jax.teacher.generate import GenerateConfig, generate, read_examples
+from sbs_jax.teacher.redact import RedactingFilter, Redactor
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
+
+log = logging.getLogger("sbs_jax.teacher")
 
 # Task-name suffixes (docs/ARCHITECTURE.md): every task of dataset D reads the same data dir folder D.
 _TASK_SUFFIXES = ("_sbs_llm", "_sbs", "_distill", "_ft")
@@ -27,7 +31,8 @@ def _add_source_args(p: argparse.ArgumentParser):
     src.add_argument("--task", help="a task name (cqa_sbs, svamp_ft, ...) or paper dataset name; picks the dataset "
                                     "folder and its built-in template")
     src.add_argument("--dataset", help="the dataset folder name under --data_dir (user tasks: with --template)")
-    p.add_argument("--data_dir", required=True, help="data dir in the official layout: <name>/<name>_<split>.json")
+    p.add_argument("--data_dir", required=True, help="data dir in the official layout: <name>/<name>_<split>.json "
+                                                     "(local or gs://)")
     p.add_argument("--split", default="train")
     p.add_argument("--template", help=f"built-in ({', '.join(BUILTIN)}) or a template JSON file; "
                                       "default: the built-in of the dataset")
@@ -43,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(g)
     g.add_argument("--endpoint", required=True, help="server base URL, e.g. http://localhost:8000/v1")
     g.add_argument("--model", required=True, help="model name the server serves")
-    g.add_argument("--out", required=True, help="output data dir (<out>/<name>/...)")
+    g.add_argument("--out", required=True, help="output data dir (<out>/<name>/...), local or gs://")
+    g.add_argument("--journal_dir", help="local folder for the resumable journal (default: next to the "
+                                         "outputs; for a gs:// --out, under $SBS_CACHE_DIR or ~/.cache/sbs_jax)")
     g.add_argument("--api_key_env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (sent as a Bearer token; never logged)")
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
@@ -76,13 +83,12 @@ def _resolve(args) -> tuple[str, object]:
     return dataset, load_template(name)
 
 
-def _generate(args) -> int:
+def _generate(args, api_key: str | None) -> int:
     if args.num_samples > 1 and args.temperature <= 0:
         raise ValueError("--num_samples > 1 needs --temperature > 0: greedy samples are all the same")
     dataset, template = _resolve(args)
-    api_key = os.environ.get(args.api_key_env) or None
     if api_key is None:
-        logging.info("$%s is not set: requests carry no Authorization header", args.api_key_env)
+        log.info("$%s is not set: requests carry no Authorization header", args.api_key_env)
     client = TeacherClient(ClientConfig(
         endpoint=args.endpoint, model=args.model, api=args.api, api_key=api_key, timeout_s=args.timeout,
         max_retries=args.max_retries, backoff_s=args.backoff, max_backoff_s=args.max_backoff,
@@ -90,17 +96,18 @@ def _generate(args) -> int:
         seed=args.seed))
     config = GenerateConfig(data_dir=args.data_dir, dataset=dataset, split=args.split, out_dir=args.out,
                             num_samples=args.num_samples, filter_agree=args.filter_agree,
-                            concurrency=args.concurrency, chunk_size=args.chunk_size, limit=args.limit)
+                            concurrency=args.concurrency, chunk_size=args.chunk_size, limit=args.limit,
+                            journal_dir=args.journal_dir)
     summary = generate(config, template, client)
-    logging.info("%d requests, %d retries", client.stats["requests"], client.stats["retries"])
+    log.info("%d requests, %d retries", client.stats["requests"], client.stats["retries"])
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _prompt(args) -> int:
     dataset, template = _resolve(args)
-    path = os.path.join(args.data_dir, dataset, f"{dataset}_{args.split}.json")
-    _, examples, linenos = read_examples(pathlib.Path(path), args.index + 1)
+    path = epath.Path(args.data_dir) / dataset / f"{dataset}_{args.split}.json"
+    _, examples, linenos = read_examples(path, args.index + 1)
     if args.index >= len(examples):
         raise TeacherInputError(f"{path} has {len(examples)} examples; --index {args.index} is out of range")
     where = f"example {args.index} ({path}:{linenos[args.index]})"
@@ -116,14 +123,22 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = (os.environ.get(args.api_key_env) or None) if args.command == "generate" else None
+    # The client redacts what it hands out; this catches every log line of the teacher logger and the final
+    # error line as well (same `Redactor`, same key).
+    redact = Redactor([api_key])
+    redacting = RedactingFilter(redact)
+    log.addFilter(redacting)
     try:
-        return _generate(args) if args.command == "generate" else _prompt(args)
+        return _generate(args, api_key) if args.command == "generate" else _prompt(args)
     except TeacherError as e:
         if isinstance(e, errors.InputError):
             raise  # the boundary reports the user's mistake (exit 2)
-        print(f"sbs teacher: error: {e}", file=sys.stderr)
+        print(redact(f"sbs teacher: error: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sbs teacher: interrupted; finished examples are journaled, run the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        log.removeFilter(redacting)

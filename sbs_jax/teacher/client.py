@@ -2,7 +2,8 @@
 
 Retries timeouts, dropped connections, 408, 409, 429, 5xx and malformed bodies with exponential backoff (honouring
 Retry-After); any other HTTP error is fatal because it would fail the same way for every example. The API key
-is only ever put into the Authorization header: it is kept out of repr, logs and error messages.
+is only ever put into the Authorization header: it is kept out of repr, and every text the client hands out
+(error messages, log lines, completions) passes through `self.redact` (`redact.Redactor`) before any truncation.
 """
 import dataclasses
 import email.utils
@@ -17,11 +18,13 @@ import urllib.error
 import urllib.request
 
 from sbs_jax.errors import InputError
+from sbs_jax.teacher.redact import Redactor
 
 log = logging.getLogger("sbs_jax.teacher")
 
 APIS = ("completions", "chat")
 _RETRY_STATUS = frozenset({408, 409, 429})     # and 5xx; the statuses the openai client retries
+_MAX_ERROR_READ = 1 << 16                       # bytes of an error body read (and redacted) before cutting
 
 
 class TeacherError(RuntimeError):
@@ -103,6 +106,7 @@ class TeacherClient:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0}
+        self.redact = Redactor([config.api_key])     # every text leaving the client goes through this
 
     def _count(self, key: str):
         with self._lock:
@@ -125,7 +129,8 @@ class TeacherClient:
     def _texts(self, payload) -> list[str]:
         choices = payload.get("choices") if isinstance(payload, dict) else None
         if not isinstance(choices, list) or not choices or not all(isinstance(ch, dict) for ch in choices):
-            raise _Retryable(f"response has no 'choices' list of objects: {json.dumps(payload)[:200]}")
+            raise _Retryable("response has no 'choices' list of objects: "
+                             + self.redact.clip(json.dumps(payload, ensure_ascii=False), 200))
         texts = []
         for ch in sorted(choices, key=lambda ch: ch.get("index", 0)):
             if self.config.api == "chat":
@@ -136,8 +141,9 @@ class TeacherClient:
             else:
                 text = ch.get("text")
             if not isinstance(text, str):
-                raise _Retryable(f"response choice without text: {json.dumps(ch)[:200]}")
-            texts.append(text)
+                raise _Retryable("response choice without text: "
+                                 + self.redact.clip(json.dumps(ch, ensure_ascii=False), 200))
+            texts.append(self.redact(text))         # a server may echo the key in a completion too
         return texts
 
     def _post_once(self, body: dict) -> list[str]:
@@ -151,20 +157,20 @@ class TeacherClient:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
-            if self.config.api_key:           # some servers echo the key they rejected
-                detail = detail.replace(self.config.api_key, "<redacted>")
+            # Some servers echo the key they rejected: redact the whole body read, then cut it.
+            detail = self.redact.clip(e.read(_MAX_ERROR_READ).decode("utf-8", "replace"), 300)
             reason = f"HTTP {e.code} from {self.config.url}: {detail}"
             if e.code in _RETRY_STATUS or e.code >= 500:
                 raise _Retryable(reason, _retry_after(e.headers.get("Retry-After"))) from None
             raise FatalRequestError(reason) from None
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
                 http.client.HTTPException) as e:
-            raise _Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+            raise _Retryable(self.redact(f"{type(e).__name__}: {getattr(e, 'reason', e)}")) from None
         try:
             payload = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise _Retryable(f"malformed JSON body ({e}): {raw[:120]!r}") from None
+            body = self.redact.clip(raw.decode("utf-8", "replace"), 120)
+            raise _Retryable(self.redact(f"malformed JSON body ({e}): {body!r}")) from None
         return self._texts(payload)
 
     def cancel(self):
@@ -178,12 +184,14 @@ class TeacherClient:
                 return self._post_once(body)
             except _Retryable as e:
                 if attempt == c.max_retries:
-                    raise RequestFailed(f"{c.url}: gave up after {attempt + 1} attempts; last error: {e}") from None
+                    raise RequestFailed(self.redact(f"{c.url}: gave up after {attempt + 1} attempts; last error: "
+                                                    f"{e}")) from None
                 wait = min(c.backoff_s * 2 ** attempt, c.max_backoff_s) * (0.5 + 0.5 * self._rng.random())
                 if e.retry_after is not None:
                     wait = min(max(wait, e.retry_after), c.max_backoff_s)
                 attempt += 1
-                log.warning("request failed (%s); retry %d/%d in %.2fs", e, attempt, c.max_retries, wait)
+                log.warning("request failed (%s); retry %d/%d in %.2fs", self.redact(e), attempt, c.max_retries,
+                            wait)
                 self._count("retries")
                 self._sleep(wait)
         raise Cancelled("the run is stopping")

@@ -6,6 +6,11 @@
 <out>/<name>/teacher_<split>_summary.json counts, teacher accuracy, rationale length percentiles
 <out>/<name>/teacher_<split>.journal.jsonl  the resumable journal (finished examples in completion order)
 
+`data_dir` and `out_dir` may be local or `gs://...` (etils.epath). An object store has no append or fsync, so
+with a gs:// `out_dir` the journal lives in a local folder (`journal_dir`, by default under
+`$SBS_CACHE_DIR`/`~/.cache/sbs_jax/teacher/`, keyed by the output path); each final file is one object upload,
+which appears whole or not at all.
+
 The final files are written only once every example is journaled, each atomically (temporary file + rename),
 and depend only on the journaled records, so a run interrupted and resumed any number of times ends with the
 same bytes as an uninterrupted one.
@@ -13,6 +18,7 @@ same bytes as an uninterrupted one.
 import concurrent.futures as futures
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -20,6 +26,9 @@ import os
 import pathlib
 import time
 
+from etils import epath
+
+from sbs_jax import paths
 from sbs_jax.teacher.client import (FatalRequestError, RequestFailed, TeacherClient, TeacherError,
                                     TeacherInputError)
 from sbs_jax.teacher.journal import Journal
@@ -40,6 +49,7 @@ class GenerateConfig:
     concurrency: int = 8         # requests in flight
     chunk_size: int = 1000       # completions per <split>_CoT_<i>.json
     limit: int | None = None     # only the first `limit` examples
+    journal_dir: str | None = None   # where the journal lives; default: next to the outputs (local out_dir)
 
     def __post_init__(self):
         for key in ("num_samples", "concurrency", "chunk_size"):
@@ -49,13 +59,15 @@ class GenerateConfig:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
 
-def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[str], list[dict], list[int]]:
-    """The JSON-lines examples file: raw lines (copied verbatim to the output), the parsed objects and their
-    line numbers (blank lines are skipped)."""
+def read_examples(path, limit: int | None = None) -> tuple[list[str], list[dict], list[int]]:
+    """The JSON-lines examples file (local or gs://): raw lines (copied verbatim to the output), the parsed
+    objects and their line numbers (blank lines are skipped)."""
+    path = epath.Path(path)
     if not path.is_file():
         raise TeacherInputError(f"examples file {path} not found (expected <data_dir>/<dataset>/<dataset>_<split>.json)")
+    text = paths.read_utf8(path, "examples file")
     lines, examples, linenos = [], [], []
-    with open(path, encoding="utf-8") as f:
+    with io.StringIO(text, newline=None) as f:       # newlines as a text-mode file reads them
         for lineno, line in enumerate(f, 1):
             if limit is not None and len(lines) >= limit:
                 break
@@ -74,7 +86,10 @@ def read_examples(path: pathlib.Path, limit: int | None = None) -> tuple[list[st
     return lines, examples, linenos
 
 
-def _atomic_write(path: pathlib.Path, text: str):
+def _atomic_write(path: epath.Path, text: str):
+    if not paths.is_local(path):
+        path.write_text(text)           # one object upload: readers see the old object or the whole new one
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -93,13 +108,31 @@ def _percentiles(values: list[int]) -> dict:
     return out
 
 
+def _same_dir(a: epath.Path, b: epath.Path) -> bool:
+    if paths.is_local(a) and paths.is_local(b):
+        return pathlib.Path(a).resolve() == pathlib.Path(b).resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+def journal_path(config: GenerateConfig) -> pathlib.Path:
+    """The journal must be a local file (appended and fsynced); a gs:// out_dir gets one in a local folder."""
+    name = f"teacher_{config.split}.journal.jsonl"
+    if config.journal_dir:
+        return pathlib.Path(config.journal_dir).expanduser() / config.dataset / name
+    if paths.is_local(config.out_dir):
+        return pathlib.Path(config.out_dir) / config.dataset / name
+    key = hashlib.sha256(str(config.out_dir).rstrip("/").encode()).hexdigest()[:16]
+    cache = pathlib.Path(os.environ.get("SBS_CACHE_DIR", "~/.cache/sbs_jax")).expanduser()
+    return cache / "teacher" / key / config.dataset / name
+
+
 class _Run:
     def __init__(self, config: GenerateConfig, template: Template, client: TeacherClient):
         self.config, self.template, self.client = config, template, client
-        self.examples_path = pathlib.Path(config.data_dir) / config.dataset / f"{config.dataset}_{config.split}.json"
+        self.examples_path = epath.Path(config.data_dir) / config.dataset / f"{config.dataset}_{config.split}.json"
         self.lines, self.examples, self.linenos = read_examples(self.examples_path, config.limit)
-        self.out = pathlib.Path(config.out_dir) / config.dataset
-        if self.out.resolve() == self.examples_path.parent.resolve():
+        self.out = paths.absolute(config.out_dir) / config.dataset
+        if _same_dir(self.out, self.examples_path.parent):
             raise TeacherInputError(f"--out {config.out_dir} is the input data dir: its examples and teacher files "
                                f"would be overwritten; write to another directory")
         self.chat = client.config.api == "chat"
@@ -163,7 +196,7 @@ class _Run:
                         texts = fut.result()
                     except RequestFailed as e:
                         failed.append(index)
-                        log.error("example %d failed: %s", index, e)
+                        log.error("example %d failed: %s", index, self.client.redact(e))
                         continue
                     batch.append(self.record(index, prompt, texts))
                 if batch:
@@ -184,7 +217,8 @@ class _Run:
         return sorted(failed)
 
     def finalize(self, done: dict[int, dict]) -> dict:
-        records = [dict(done[i]) for i in range(len(self.examples))]
+        # Every file below is built from these records and the summary, both through the client's redactor.
+        records = [self.client.redact.redact_obj(done[i]) for i in range(len(self.examples))]
         for rec in records:
             rec["kept"] = rec["agrees"] is True if self.config.filter_agree else True
         kept = [r for r in records if r["kept"]]
@@ -201,7 +235,7 @@ class _Run:
                       "".join(self.lines[r["index"]] + "\n" for r in kept))
         _atomic_write(self.out / f"teacher_{self.config.split}.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        summary = self.summary(records)
+        summary = self.client.redact.redact_obj(self.summary(records))
         _atomic_write(self.out / f"teacher_{self.config.split}_summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -229,7 +263,11 @@ def generate(config: GenerateConfig, template: Template, client: TeacherClient) 
     finished ones, and calling again with the same settings requests only the rest."""
     run = _Run(config, template, client)
     run.out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(run.out / f"teacher_{config.split}.journal.jsonl", run.settings(), len(run.examples))
+    path = journal_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_local(run.out):
+        log.info("journal (local, for resuming): %s", path)
+    journal = Journal(path, run.settings(), len(run.examples), redact=client.redact)
     done = journal.open()
     try:
         if done:

@@ -9,13 +9,15 @@ import os
 import pathlib
 
 from sbs_jax.teacher.client import TeacherInputError
+from sbs_jax.teacher.redact import Redactor
 
 FORMAT = "sbs-teacher-journal/1"
 
 
 class Journal:
-    def __init__(self, path: pathlib.Path, settings: dict, num_examples: int):
+    def __init__(self, path: pathlib.Path, settings: dict, num_examples: int, *, redact: Redactor | None = None):
         self.path = pathlib.Path(path)
+        self.redact = redact or Redactor()          # the client's: no piece of the API key is ever written
         self.settings = settings
         self.num_examples = num_examples
         self._fd = None
@@ -67,6 +69,7 @@ class Journal:
                                f"the same settings to resume, or use another --out to start a new run")
 
     def _write(self, *entries: dict):
+        entries = [self.redact.redact_obj(e) for e in entries]
         data = memoryview("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode("utf-8"))
         while data:
             data = data[os.write(self._fd, data):]

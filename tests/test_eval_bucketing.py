@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sbs_jax import partitioning
+from sbs_jax.data import schema
 from sbs_jax.model import T5Config, Transformer
 from sbs_jax.train import bucketing, evaluation
 
@@ -14,6 +15,7 @@ VOCAB, FULL, BATCH = 40, 72, 8
 
 class _CharVocab:
     """Characters <-> ids 2.. (0 pad, 1 EOS): enough vocabulary for decoding and the `explain:` inputs."""
+    pad_id, eos_id = 0, 1
 
     def encode(self, text):
         return [2 + ord(c) % (VOCAB - 2) for c in text]
@@ -38,7 +40,7 @@ def tiny():
 
 
 def _split(num=37, seed=0):
-    """`get_eval_examples`-style batches of examples with input lengths 3..FULL (EOS-terminated)."""
+    """`get_eval_examples`-style examples with input lengths 3..FULL (EOS-terminated)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, FULL + 1, num)
     lengths[:3] = (FULL, 3, 17)  # the extremes and a length just past a bucket
@@ -47,15 +49,10 @@ def _split(num=37, seed=0):
         tokens[i, :n - 1] = rng.integers(2, VOCAB, n - 1)
         tokens[i, n - 1] = 1
     texts = np.array([f"question {i} " + "x" * int(n // 4) for i, n in enumerate(lengths)], dtype=object)
-    batches = []
-    for start in range(0, num, BATCH):
-        rows = slice(start, min(start + BATCH, num))
-        real = rows.stop - rows.start
-        pad = lambda a, fill: np.concatenate([a[rows], np.full((BATCH - real,) + a.shape[1:], fill, a.dtype)])
-        batches.append({"encoder_input_tokens": pad(tokens, 0), "inputs_pretokenized": pad(texts, ""),
-                        "targets_pretokenized": pad(np.array([str(i) for i in range(num)], dtype=object), ""),
-                        "mask": np.arange(BATCH) < real})
-    return batches, lengths
+    golds = np.array([str(i) for i in range(num)], dtype=object)
+    examples = schema.EvalExamples(encoder_input_tokens=tokens, inputs=texts, targets=golds,
+                                   rationales=np.full((num,), "", dtype=object))
+    return examples, lengths
 
 
 def test_plan_covers_every_row_once_in_few_shapes():
@@ -79,12 +76,12 @@ def test_plan_covers_every_row_once_in_few_shapes():
 
 def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
     model, params, mesh, rules = tiny
-    batches, lengths = _split()
+    examples, lengths = _split()
     results, decoders = {}, {}
     for bucketed in (False, True):
         decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig(length_bucketing=bucketed))
-        results[bucketed] = evaluation.predict_split(decoder, params, _CharVocab(), batches, target_length=6,
-                                                     rationale_length=5)
+        results[bucketed] = evaluation.predict_split(decoder, params, _CharVocab(), examples, batch_size=BATCH,
+                                                     target_length=6, rationale_length=5)
         decoders[bucketed] = decoder
     plain, bucketed = results[False], results[True]
     assert len(bucketed) == len(lengths) == 37
@@ -101,16 +98,17 @@ def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
 
 def test_max_examples_decodes_the_first_rows(tiny):
     model, params, mesh, rules = tiny
-    batches, _ = _split()
+    examples, _ = _split()
     decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig())
-    rows = evaluation.predict_split(decoder, params, _CharVocab(), batches, target_length=4, max_examples=11)
+    rows = evaluation.predict_split(decoder, params, _CharVocab(), examples, batch_size=BATCH, target_length=4,
+                                    max_examples=11)
     assert [r["gold"] for r in rows] == [str(i) for i in range(11)]
 
 
 def test_shorter_bucket_gives_the_same_logits(tiny):
     model, params, _, _ = tiny
-    batches, lengths = _split()
-    tokens = np.concatenate([b["encoder_input_tokens"][b["mask"]] for b in batches])
+    examples, lengths = _split()
+    tokens = examples.encoder_input_tokens
     short = np.flatnonzero(lengths <= 32)[:BATCH]
     rng = np.random.default_rng(1)
     targets = rng.integers(2, VOCAB, (len(short), 6)).astype(np.int32)

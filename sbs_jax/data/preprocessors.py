@@ -11,8 +11,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-PREDICT_PREFIX = "predict: "
-EXPLAIN_PREFIX = "explain: "
+from sbs_jax.data.schema import EXPLAIN_PREFIX, PREDICT_PREFIX  # re-export
 LABEL_SOURCES = ("gold", "teacher")
 # What each task variant trains on: (paired streams?, label source of the label stream).
 VARIANTS: Mapping[str, tuple[bool, str]] = {

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from sbs_jax.data import formats, records
-from sbs_jax.data.preprocessors import PREDICT_PREFIX
+from sbs_jax.data.schema import PREDICT_PREFIX
 from sbs_jax.data.records import DataError, SplitData
 
 PERCENTILES = (50, 90, 95, 99, 100)

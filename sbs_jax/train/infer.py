@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator
-
 import numpy as np
 from etils import epath
 
+from sbs_jax.data import codec, schema
 from sbs_jax.train import evaluation
 
 
@@ -50,19 +49,11 @@ def read_inputs(path: str, input_field: str) -> list[dict]:
     return rows
 
 
-def _batches(vocab, rows: list[dict], batch_size: int, length: int) -> Iterator[dict]:
-    from sbs_jax.data.preprocessors import PREDICT_PREFIX
-
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        tokens = np.zeros((batch_size, length), np.int32)  # [batch, inputs length]
-        for i, r in enumerate(chunk):
-            ids = list(vocab.encode(PREDICT_PREFIX + r["input"]))[:length - 1] + [1]
-            tokens[i, :len(ids)] = ids
-        texts = np.array([r["input"] for r in chunk] + [""] * (batch_size - len(chunk)), dtype=object)
-        yield {"encoder_input_tokens": tokens, "inputs_pretokenized": texts,
-               "targets_pretokenized": np.full((batch_size,), "", dtype=object),
-               "mask": np.arange(batch_size) < len(chunk)}
+def _examples(vocab, rows: list[dict], length: int) -> schema.EvalExamples:
+    texts = np.array([r["input"] for r in rows], dtype=object)
+    empty = np.full((len(rows),), "", dtype=object)
+    return schema.EvalExamples(encoder_input_tokens=codec.encode_with_vocab(vocab, list(texts), schema.LABEL, length),
+                               inputs=texts, targets=empty, rationales=empty)
 
 
 def run_infer(config: InferConfig) -> dict:
@@ -73,9 +64,8 @@ def run_infer(config: InferConfig) -> dict:
     rows = read_inputs(config.input_path, config.input_field)
     model, params, vocab, mesh, rules, step = evaluation.load_for_inference(config.model_dir, config.step)
     decoder = evaluation.Decoder(model, mesh, rules, config.decode)
-    data = mesh.shape[partitioning.DATA]
-    batch_size = -(-config.batch_size // data) * data
-    preds = evaluation.predict_split(decoder, params, vocab, _batches(vocab, rows, batch_size, config.input_length),
+    preds = evaluation.predict_split(decoder, params, vocab, _examples(vocab, rows, config.input_length),
+                                     batch_size=partitioning.round_up_to_data(config.batch_size, mesh),
                                      target_length=config.target_length, rationale_length=config.rationale_length)
     if jax.process_index() == 0:
         out = epath.Path(config.output_path)

@@ -25,12 +25,13 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from sbs_jax.data import schema
 from sbs_jax.train import bucketing
 
 ENCODER = "encoder"  # the length group of every stream's encoder features
 # Not read for the needed length: the targets shifted right, so its last real token sits one column past the
 # targets' and feeds only that (masked) position.
-_DECODER_INPUTS = "decoder_input_tokens"
+_DECODER_INPUTS = schema.DECODER_INPUT_TOKENS
 
 
 def _group(stream: str, key: str) -> str:
@@ -145,5 +146,5 @@ class BatchCutter:
 
 
 def _token_positions(batch) -> int:
-    keys = ("encoder_input_tokens", "decoder_target_tokens")
+    keys = (schema.ENCODER_INPUT_TOKENS, schema.DECODER_TARGET_TOKENS)
     return sum(f[k].size for f in batch.values() for k in keys if k in f)

@@ -235,19 +235,17 @@ class Trainer:
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _eval_batches(self, task: str, split: str):
+    def _eval_examples(self, task: str, split: str):
         from sbs_jax.data import pipeline
 
         key = ("decode", task, split)
         if key not in self._eval_cache:
-            bs = self._eval_batch_size()
-            self._eval_cache[key] = list(pipeline.get_eval_examples(
-                task, split=split, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs))
+            self._eval_cache[key] = pipeline.get_eval_examples(
+                task, split=split, task_feature_lengths=self.config.task_feature_lengths)
         return self._eval_cache[key]
 
     def _eval_batch_size(self) -> int:
-        data = self.mesh.shape[partitioning.DATA]
-        return -(-self.config.eval_batch_size // data) * data
+        return partitioning.round_up_to_data(self.config.eval_batch_size, self.mesh)
 
     def _forced_batches(self, task: str, split: str, num_examples: int):
         from sbs_jax.data import pipeline
@@ -282,8 +280,8 @@ class Trainer:
         return metrics
 
     def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
-        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(task, split),
-                                        target_length=int(self.config.task_feature_lengths["targets"]),
+        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_examples(task, split),
+                                        batch_size=self._eval_batch_size(), target_length=int(self.config.task_feature_lengths["targets"]),
                                         rationale_length=self.config.rationale_length)
         metrics = evaluation.score_predictions(task, rows)
         directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"

@@ -10,7 +10,7 @@ Inputs longer than the `inputs` length are truncated; how many is counted and lo
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import seqio

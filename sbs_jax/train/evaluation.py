@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
@@ -14,24 +15,30 @@ from etils import epath
 from sbs_jax import partitioning
 from sbs_jax.data import codec, schema
 from sbs_jax.model import decoding
-from sbs_jax.train import bucketing, objective as objective_lib
+from sbs_jax.train import decode_batching, objective as objective_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     """num_beams 1 = greedy (the paper's setting); otherwise HF-exact beam search with `length_penalty`.
 
-    length_bucketing: decode length-sorted batches, each padded to the smallest of the bucket lengths
+    length_sorted_batches: decode length-sorted batches, each padded to the smallest of the bucket lengths
     `min_bucket_length · 2^k` (capped at the inputs length) that fits its longest input, and return the rows in
-    their original order (bucketing.py); the predictions are those of full-length padding. False: every batch
-    in the given order at the full inputs length.
+    their original order (decode_batching.py); the predictions are those of full-length padding. False: every
+    batch in the given order at the full inputs length. (Training batches are a separate matter:
+    `TrainConfig.cut_batches`.) length_bucketing: deprecated old name of `length_sorted_batches`.
     """
     num_beams: int = 1
     length_penalty: float = 1.0
-    length_bucketing: bool = True
+    length_sorted_batches: bool = True
+    length_bucketing: bool | None = None  # deprecated: the old name of length_sorted_batches
     min_bucket_length: int = 16
 
     def __post_init__(self):
+        if self.length_bucketing is not None:
+            logging.getLogger(__name__).warning(
+                "DecodeConfig.length_bucketing is deprecated; it is now DecodeConfig.length_sorted_batches")
+            object.__setattr__(self, "length_sorted_batches", bool(self.length_bucketing))
         if self.num_beams < 1:
             raise ValueError(f"DecodeConfig.num_beams: expected >= 1, got {self.num_beams}")
         if self.min_bucket_length < 1:
@@ -73,9 +80,9 @@ class Decoder:
 
     def buckets(self, full_length: int) -> tuple[int, ...] | None:
         """The encoder lengths batches are padded to (None: no bucketing, always `full_length`)."""
-        if not self.decode.length_bucketing:
+        if not self.decode.length_sorted_batches:
             return None
-        return bucketing.bucket_lengths(full_length, self.decode.min_bucket_length)
+        return decode_batching.bucket_lengths(full_length, self.decode.min_bucket_length)
 
     def _fn(self, length: int):
         if length not in self._fns:
@@ -106,10 +113,10 @@ def decode_rows(decoder: Decoder, params, tokens: np.ndarray, batch_size: int, l
     """[rows, inputs length] encoder tokens -> [rows, length] decoded tokens, in the rows' order, decoded in
     batches of `batch_size` (length-bucketed when the decoder's config says so)."""
     full = tokens.shape[1]
-    plan = bucketing.plan_batches(bucketing.row_lengths(tokens), batch_size, decoder.buckets(full), full)
+    plan = decode_batching.plan_batches(decode_batching.row_lengths(tokens), batch_size, decoder.buckets(full), full)
     out = np.zeros((tokens.shape[0], length), np.int32)
     for batch in plan:
-        decoded = decoder(params, bucketing.gather_padded(tokens, batch.rows, batch_size, batch.length), length)
+        decoded = decoder(params, decode_batching.gather_padded(tokens, batch.rows, batch_size, batch.length), length)
         out[batch.rows] = decoded[:len(batch.rows)]
     return out
 
@@ -118,7 +125,7 @@ def predict_split(decoder: Decoder, params, vocab, examples: schema.EvalExamples
                   target_length: int, rationale_length: int = 0, max_examples: int | None = None) -> list[dict]:
     """Decoded predictions for the (first `max_examples`) rows of `examples`, in their order.
 
-    Rows are decoded in batches of `batch_size` (length-bucketed: `DecodeConfig.length_bucketing`); every
+    Rows are decoded in batches of `batch_size` (length-sorted: `DecodeConfig.length_sorted_batches`); every
     process must pass the same examples (each reads the whole split), so all decode the same plan in lockstep.
     """
     examples = examples.head(max_examples)

@@ -8,7 +8,7 @@ import pytest
 from sbs_jax import partitioning
 from sbs_jax.data import schema
 from sbs_jax.model import T5Config, Transformer
-from sbs_jax.train import bucketing, evaluation
+from sbs_jax.train import decode_batching, evaluation
 
 VOCAB, FULL, BATCH = 40, 72, 8
 
@@ -56,22 +56,22 @@ def _split(num=37, seed=0):
 
 
 def test_plan_covers_every_row_once_in_few_shapes():
-    assert bucketing.bucket_lengths(72) == (16, 32, 64, 72)
-    assert bucketing.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
-    assert bucketing.bucket_lengths(16) == (16,) and bucketing.bucket_lengths(10) == (10,)
+    assert decode_batching.bucket_lengths(72) == (16, 32, 64, 72)
+    assert decode_batching.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
+    assert decode_batching.bucket_lengths(16) == (16,) and decode_batching.bucket_lengths(10) == (10,)
     lengths = np.array([5, 70, 16, 17, 3, 64, 33, 2, 40])
-    plan = bucketing.plan_batches(lengths, 4, bucketing.bucket_lengths(72), 72)
+    plan = decode_batching.plan_batches(lengths, 4, decode_batching.bucket_lengths(72), 72)
     rows = np.concatenate([b.rows for b in plan])
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     assert [lengths[b.rows].tolist() for b in plan] == [[2, 3, 5, 16], [17, 33, 40, 64], [70]]
     assert [b.length for b in plan] == [16, 64, 72]
     # Without buckets: the original order at the full length.
-    plain = bucketing.plan_batches(lengths, 4, None, 72)
+    plain = decode_batching.plan_batches(lengths, 4, None, 72)
     assert [b.rows.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]] and {b.length for b in plain} == {72}
     tokens = np.array([[5, 6, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [4, 4, 4, 4, 1]])
-    assert bucketing.row_lengths(tokens).tolist() == [3, 1, 0, 5]
+    assert decode_batching.row_lengths(tokens).tolist() == [3, 1, 0, 5]
     with pytest.raises(ValueError, match="more than the full length"):
-        bucketing.plan_batches(np.array([80]), 4, (16, 72), 72)
+        decode_batching.plan_batches(np.array([80]), 4, (16, 72), 72)
 
 
 def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
@@ -79,7 +79,7 @@ def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
     examples, lengths = _split()
     results, decoders = {}, {}
     for bucketed in (False, True):
-        decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig(length_bucketing=bucketed))
+        decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig(length_sorted_batches=bucketed))
         results[bucketed] = evaluation.predict_split(decoder, params, _CharVocab(), examples, batch_size=BATCH,
                                                      target_length=6, rationale_length=5)
         decoders[bucketed] = decoder
@@ -92,7 +92,7 @@ def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
     # Shapes: full padding compiles one per decode length; bucketing at most one per bucket, and uses short ones.
     assert decoders[False].shapes == {(BATCH, FULL, 6), (BATCH, FULL, 5)}
     label_shapes = {s for s in decoders[True].shapes if s[2] == 6}
-    assert len(label_shapes) <= len(bucketing.bucket_lengths(FULL)) and min(s[1] for s in label_shapes) == 16
+    assert len(label_shapes) <= len(decode_batching.bucket_lengths(FULL)) and min(s[1] for s in label_shapes) == 16
     assert decoders[True]._fns[6]._cache_size() == len(label_shapes)
 
 

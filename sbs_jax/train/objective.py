@@ -122,11 +122,11 @@ def _fused_logits(model, params, label, rationale, rng, enable_dropout):
     for index, (name, stream, key) in enumerate(((schema.LABEL, label, label_key),
                                                  (schema.RATIONALE, rationale, rationale_key))):
         out[name] = model.apply(
-            {"params": params}, encoded[:, index], stream["encoder_input_tokens"],
-            stream["decoder_input_tokens"], stream["decoder_target_tokens"],
-            encoder_segment_ids=stream.get("encoder_segment_ids"),
-            decoder_segment_ids=stream.get("decoder_segment_ids"),
-            decoder_positions=stream.get("decoder_positions"),
+            {"params": params}, encoded[:, index], stream[schema.ENCODER_INPUT_TOKENS],
+            stream[schema.DECODER_INPUT_TOKENS], stream[schema.DECODER_TARGET_TOKENS],
+            encoder_segment_ids=stream.get(schema.ENCODER_SEGMENT_IDS),
+            decoder_segment_ids=stream.get(schema.DECODER_SEGMENT_IDS),
+            decoder_positions=stream.get(schema.DECODER_POSITIONS),
             enable_dropout=enable_dropout, rngs={"dropout": key}, method=Transformer.decode)
     return out
 
@@ -134,7 +134,7 @@ def _fused_logits(model, params, label, rationale, rng, enable_dropout):
 def _stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
     """Token-mean loss of one stream; with `num_tokens`, normalised by that (global) count instead."""
     loss, metrics = losses.token_mean_cross_entropy(
-        logits, stream["decoder_target_tokens"], stream["decoder_loss_weights"],
+        logits, stream[schema.DECODER_TARGET_TOKENS], stream[schema.DECODER_LOSS_WEIGHTS],
         label_smoothing=config.label_smoothing, z_loss=config.z_loss)
     if num_tokens is not None:
         # Token-sum over this microbatch divided by the whole batch's count: microbatch losses then add up to
@@ -148,7 +148,7 @@ def token_counts(config: ObjectiveConfig, batch: Mapping[str, Mapping[str, jax.A
     if is_packed(batch):
         return {s: jnp.sum(stream_weights_of_packed(batch[PACKED], s) > 0).astype(jnp.float32)
                 for s in config.streams}
-    return {s: jnp.sum(batch[s]["decoder_loss_weights"] > 0).astype(jnp.float32) for s in config.streams}
+    return {s: jnp.sum(batch[s][schema.DECODER_LOSS_WEIGHTS] > 0).astype(jnp.float32) for s in config.streams}
 
 
 def num_examples(batch: Mapping[str, Mapping[str, jax.Array]]) -> jax.Array:
@@ -165,8 +165,8 @@ def _packed_loss(model, params, rows, rng, config: ObjectiveConfig, enable_dropo
     """Per-stream token-mean losses over packed rows: one forward pass, weights split by stream id."""
     logits = model.apply({"params": params}, **model_inputs(rows), enable_dropout=enable_dropout,
                          rngs={"dropout": rng})  # [rows, length, vocab]
-    return {s: _stream_loss(logits, {"decoder_target_tokens": rows["decoder_target_tokens"],
-                                     "decoder_loss_weights": stream_weights_of_packed(rows, s)},
+    return {s: _stream_loss(logits, {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
+                                     schema.DECODER_LOSS_WEIGHTS: stream_weights_of_packed(rows, s)},
                             config, None if num_tokens is None else num_tokens[s])
             for s in config.streams}
 

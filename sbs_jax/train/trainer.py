@@ -287,7 +287,8 @@ class Trainer:
 
     def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
         rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_examples(task, split),
-                                        batch_size=self._eval_batch_size(), target_length=int(self.config.task_feature_lengths["targets"]),
+                                        batch_size=self._eval_batch_size(),
+                                        target_length=int(self.config.task_feature_lengths["targets"]),
                                         rationale_length=self.config.rationale_length)
         metrics = evaluation.score_predictions(task, rows)
         directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"

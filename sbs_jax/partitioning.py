@@ -72,6 +72,12 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA))
 
 
+def round_up_to_data(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the `data` axis, so a batch splits evenly over it."""
+    data = mesh.shape[DATA]
+    return -(-int(batch_size) // data) * data
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

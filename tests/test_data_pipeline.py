@@ -88,18 +88,14 @@ def test_label_only_variants_and_teacher_labels(svamp):
 
 
 def test_eval_examples_every_example_once_in_order(svamp):
-    batches = list(pipeline.get_eval_examples("svamp_sbs_llm", split="validation",
-                                              task_feature_lengths=LENGTHS, batch_size=32))
+    examples = pipeline.get_eval_examples("svamp_sbs_llm", split="validation", task_feature_lengths=LENGTHS)
     valid = svamp["validation"]
-    assert len(valid) == 80 and len(batches) == 3
-    mask = np.concatenate([b["mask"] for b in batches])
-    assert mask.sum() == 80 and not mask[80:].any()
-    inputs = [x for b in batches for x, m in zip(b["inputs_pretokenized"], b["mask"]) if m]
-    targets = [x for b in batches for x, m in zip(b["targets_pretokenized"], b["mask"]) if m]
-    assert inputs == [ex.input for ex in valid]
-    assert targets == [ex.label for ex in valid]  # gold labels, also for the teacher-label variant
-    assert batches[0]["encoder_input_tokens"].shape == (32, 128)
-    assert _decode("svamp_sbs_llm", batches[0]["encoder_input_tokens"][0]).startswith("predict: ")
+    assert len(valid) == 80 and len(examples) == 80
+    assert list(examples.inputs) == [ex.input for ex in valid]
+    assert list(examples.targets) == [ex.label for ex in valid]  # gold labels, also for the teacher-label variant
+    assert list(examples.rationales) == [ex.rationale for ex in valid]
+    assert examples.encoder_input_tokens.shape == (80, 128)
+    assert _decode("svamp_sbs_llm", examples.encoder_input_tokens[0]).startswith("predict: ")
     # Validation carved from train is disjoint from what stays in train.
     assert not {ex.input for ex in valid} & {ex.input for ex in svamp["train"]}
 
@@ -108,21 +104,18 @@ def test_shards_split_the_examples(svamp):
     seen = []
     for index in range(2):
         shard = seqio.ShardInfo(index=index, num_shards=2)
-        batches = pipeline.get_eval_examples("svamp_ft", split="test", task_feature_lengths=LENGTHS,
-                                             batch_size=200, shard_info=shard)
-        seen.append([x for b in batches for x, m in zip(b["inputs_pretokenized"], b["mask"]) if m])
+        examples = pipeline.get_eval_examples("svamp_ft", split="test", task_feature_lengths=LENGTHS,
+                                              shard_info=shard)
+        seen.append(list(examples.inputs))
         train = pipeline.get_train_dataset("svamp_ft", task_feature_lengths=LENGTHS, batch_size=8,
                                            shard_info=shard)
         assert next(train.as_numpy_iterator())["label"]["encoder_input_tokens"].shape == (4, 128)
     assert len(seen[0]) == len(seen[1]) == 100
     assert not set(seen[0]) & set(seen[1])
-    # 80 validation examples over 3 hosts: 27/27/26 rows; all hosts yield the same number of batches.
-    counts = []
-    for index in range(3):
-        batches = list(pipeline.get_eval_examples("svamp_ft", split="validation", task_feature_lengths=LENGTHS,
-                                                  batch_size=26, shard_info=seqio.ShardInfo(index, 3)))
-        counts.append((len(batches), int(sum(b["mask"].sum() for b in batches))))
-    assert counts == [(2, 27), (2, 27), (2, 26)]  # host 2 gets one all-padding batch
+    # 80 validation examples over 3 hosts: 27/27/26 rows.
+    counts = [len(pipeline.get_eval_examples("svamp_ft", split="validation", task_feature_lengths=LENGTHS,
+                                             shard_info=seqio.ShardInfo(index, 3))) for index in range(3)]
+    assert counts == [27, 27, 26]
 
 
 def test_truncation_is_counted(svamp):

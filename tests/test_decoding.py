@@ -107,11 +107,42 @@ def test_beam_search_output_format_and_scores_beat_greedy_on_average():
     assert normalised_log_prob(beams).mean() >= normalised_log_prob(greedy).mean()
 
 
+@pytest.mark.parametrize("length_penalty", [-0.5, 1.0])
+def test_beam_search_as_wide_as_the_vocabulary_finds_the_exact_best(length_penalty):
+    """With num_beams = vocabulary size and two decode steps, beam search sees every hypothesis: its answer must
+    be the exhaustive best of `sum log p / length ** length_penalty` over `[EOS]` and every `[x, y]` (x != EOS)."""
+    model, params = _model_and_params(seed=1)
+    inputs = _inputs(4)
+    beams = np.asarray(decoding.beam_search(model, params, jnp.asarray(inputs), max_decode_length=2,
+                                            num_beams=VOCAB, length_penalty=length_penalty))
+    batch = len(inputs)
+    # Every first token x, as decoder input [0, x]: log p(x) at step 0 and log p(y | x) at step 1.
+    first = np.arange(VOCAB, dtype=np.int32)
+    dec_in = np.stack([np.zeros(VOCAB, np.int32), first], axis=1)  # [vocab, 2]
+    enc = np.repeat(inputs, VOCAB, axis=0)  # [batch * vocab, length]
+    logits = jax.jit(model.apply)({"params": params}, enc, np.tile(dec_in, (batch, 1)),
+                                  np.ones((batch * VOCAB, 2), np.int32))
+    log_probs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32))).reshape(batch, VOCAB, 2, VOCAB)
+    for row in range(batch):
+        step0 = log_probs[row, 0, 0]  # [vocab]: the same for every x
+        two = (step0[:, None] + log_probs[row, :, 1]) / 2.0 ** length_penalty  # [x, y]
+        two[1] = -np.inf  # x = EOS ends the hypothesis at length 1
+        x, y = np.unravel_index(np.argmax(two), two.shape)
+        expected = [1, 0] if step0[1] > two[x, y] else [x, y]
+        assert beams[row].tolist() == expected, (row, beams[row], expected)
+    assert len({tuple(r) for r in beams.tolist()}) > 1  # the rows' answers differ
+    if length_penalty < 0:  # favours short answers: here one row's best is to stop at once, the others' not
+        assert [1, 0] in beams.tolist() and any(r != [1, 0] for r in beams.tolist())
+
+
 def test_bfloat16_decoding_runs_and_is_well_formed():
     model, params = _model_and_params(dtype="bfloat16")
-    out = np.asarray(decoding.greedy_decode(model, params, jnp.asarray(_inputs(3)), max_decode_length=LENGTH))
+    inputs = _inputs(3)
+    out = np.asarray(decoding.greedy_decode(model, params, jnp.asarray(inputs), max_decode_length=LENGTH))
     assert out.dtype == np.int32 and out.shape == (6, LENGTH) and ((out >= 0) & (out < VOCAB)).all()
     assert out[:, 0].any()
+    # The cached bfloat16 decode is the argmax decode of the same bfloat16 model recomputed without a cache.
+    np.testing.assert_array_equal(out, _reference_greedy(model, params, inputs))
 
 
 def test_invalid_early_stopping_is_rejected():

@@ -191,8 +191,24 @@ def test_stablehlo_bfloat16_stores_bfloat16(student, tmp_path):
     out = tmp_path / "stablehlo_bf16"
     assert _export(student, "stablehlo", out, "--dtype=bfloat16") == 0
     assert {t.dtype for t in load_file(str(out / "params.safetensors")).values()} == {np.dtype(ml_dtypes.bfloat16)}
-    labels = StableHLOStudent(out).predict(fx.sample_inputs()[:4])["label"]
-    assert len(labels) == 4 and all(isinstance(s, str) for s in labels)
+    texts = fx.sample_inputs()
+    labels = StableHLOStudent(out).predict(texts)["label"]
+    # The artifact decodes what greedy decoding of the bfloat16-rounded weights (widened to float32, computed
+    # in the checkpoint's dtype) decodes, input by input.
+    import jax
+    import sentencepiece as spm
+
+    from sbs_jax.export import serving
+    from sbs_jax.model import Transformer, decoding
+
+    rounded = jax.tree.map(lambda p: np.asarray(p, np.float32),
+                           serving.cast_params(student["params"], "bfloat16"))
+    sp = spm.SentencePieceProcessor(model_file=str(student["vocab"]))
+    tokens = serving.encode_inputs(sp, texts, "predict: ", INPUT_LENGTH)
+    model = Transformer(student["config"].replace(dropout_rate=0.0))
+    expected = serving.decode_outputs(sp, np.asarray(decoding.greedy_decode(model, rounded, tokens,
+                                                                              max_decode_length=LABEL_LENGTH)))
+    assert labels == expected and len(set(labels)) >= 5
 
 
 def _error(capsys, argv) -> str:

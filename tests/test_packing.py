@@ -258,7 +258,15 @@ def test_trainer_runs_packed_on_arith(arith, tmp_path):
     assert all(x["rationale/num_tokens"] > x["label/num_tokens"] for x in train)
     assert (tmp_path / "run" / "checkpoints" / "6").exists() and (tmp_path / "run" / "checkpoints" / "3").exists()
     val = summary["validation"]
-    assert 0.0 <= val["accuracy"] <= 100.0 and np.isfinite(val["label/loss"]) and np.isfinite(val["rationale/loss"])
+    assert np.isfinite(val["label/loss"]) and np.isfinite(val["rationale/loss"])
+    # The reported accuracy is the exact-match rate of the predictions file of every validation example.
+    (path,) = (tmp_path / "run" / "predictions").glob("validation_step*.jsonl")
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == val["num_examples"] == len(arith["validation"].examples)
+    assert [r["input"] for r in rows] == [ex.input for ex in arith["validation"].examples]
+    recount = 100.0 * sum(r["prediction"].strip() == r["gold"].strip() for r in rows) / len(rows)
+    assert val["accuracy"] == pytest.approx(recount, abs=1e-9)
+    assert [r["correct"] for r in rows] == [r["prediction"].strip() == r["gold"].strip() for r in rows]
 
 
 def test_gin_macros_turn_packing_on():

@@ -244,7 +244,7 @@ def test_run_manifest_lists_the_reference_selection_and_prefix(spiece_dir, datas
         # Serving reads the run's prefix: none for the official code's standard finetuning.
         assert selection.run_label_prefix(run_dir, default="predict: ") == prefix
         v = vocab.load_vocabulary(spiece_dir / "spiece.model")
-        tokens = next(infer._batches(v, [{"input": "Tom has 3 apples."}], 1, 32, prefix))["encoder_input_tokens"]
+        tokens = infer._examples(v, [{"input": "Tom has 3 apples."}], 32, prefix).encoder_input_tokens
         assert tokens[0][tokens[0] > 0].tolist() == list(v.encode(prefix + "Tom has 3 apples.")) + [1]
     assert selection.run_label_prefix(tmp_path / "no_run", default="predict: ") == "predict: "
     # What the trainer writes: a single task's manifest as above; a mixture's per task, with no run-wide prefix.

@@ -26,6 +26,18 @@ def init_args():
 
 def test_eight_fake_devices():
     assert jax.device_count() == 8
+    # The default mesh puts every device on `data`; a batch sharded over it gives each device its own rows,
+    # a replicated array gives each device everything, and batch sizes round up to a multiple of 8.
+    mesh = partitioning.make_mesh()
+    assert dict(mesh.shape) == {"data": 8, "model": 1}
+    batch = jax.device_put(np.arange(32).reshape(16, 2), partitioning.data_sharding(mesh))
+    shards = sorted(batch.addressable_shards, key=lambda s: int(s.data[0, 0]))
+    assert [np.asarray(s.data).tolist() for s in shards] == [[[4 * i, 4 * i + 1], [4 * i + 2, 4 * i + 3]]
+                                                             for i in range(8)]
+    assert len({s.device for s in shards}) == 8
+    full = jax.device_put(np.arange(5), partitioning.replicated(mesh))
+    assert all(np.asarray(s.data).tolist() == list(range(5)) for s in full.addressable_shards)
+    assert [partitioning.round_up_to_data(n, mesh) for n in (1, 8, 9, 200)] == [8, 8, 16, 200]
 
 
 def test_make_mesh_shapes_and_errors():

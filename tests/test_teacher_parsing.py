@@ -34,8 +34,10 @@ def test_builtin_specs_reproduce_readme(datasets_dir, name, split, count, failur
 
 @pytest.mark.parametrize("name,split", [(n, s) for n, s, *_ in README])
 def test_builtin_specs_parse_like_the_tasks(datasets_dir, name, split):
-    """The teacher and the tasks (sbs_jax.data.formats) must split every paper output identically."""
+    """The teacher and the tasks (sbs_jax.data.formats) split every paper output identically: the tasks parse
+    with the one spec-driven parser and the built-in template's own spec."""
     spec, task_parse = load_template(name).parse, formats.get_format(name).parse_teacher
+    assert task_parse.spec == spec
     _, outputs = shared_split(datasets_dir, name, split)
     for i, text in enumerate(outputs):
         ours, theirs = parse_output(text, spec), task_parse(text)

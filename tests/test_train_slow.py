@@ -95,9 +95,14 @@ def _single_and_two_processes(tmp_path, *flags):
 
 
 def _assert_close(a, b):
+    """Same tree (structure and shapes), not empty, values equal up to float summation order."""
     import jax
 
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) > 0 and sum(np.size(x) for x in la) > 1000  # a whole model, not an empty tree
+    for x, y in zip(la, lb):
+        assert np.shape(x) == np.shape(y)
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 

@@ -1,5 +1,8 @@
 """Data: from a data dir (or a generator, JSON lines, TFDS, any SeqIO source) to paired batches.
 
+    schema              the batch schema: stream names, `packed`, stream ids, feature keys, prefixes
+    codec               text -> encoder rows, decoded rows -> text (evaluation, `sbs infer`, serving)
+    output_parsing      the one teacher-output parser, driven by a template's parse spec
     formats / records   the paper's record formats, teacher-output parsing, reading the official layout
     splits              seeded validation carve-out and nested training fractions
     sources             in-memory seqio.DataSource over parsed examples
@@ -7,7 +10,7 @@
     register            task registration in the variants D_sbs, D_sbs_llm, D_ft, D_distill
     feature_converter   paired encoder-decoder arrays
     packing             packed training rows, one segment per (example, stream)
-    pipeline            get_train_dataset / get_eval_examples for the trainer
+    pipeline            get_train_dataset / get_eval_examples (arrays) for the trainer and evaluation
     metrics             exact-match and equation-value accuracy (safe arithmetic parser)
     vocab               SentencePiece vocabularies, `sbs vocab train`
     report              `sbs data check`

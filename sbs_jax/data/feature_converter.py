@@ -17,10 +17,10 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from sbs_jax.data import schema
+from sbs_jax.data.schema import STREAM_FEATURES, STREAM_KEYS
+
 _Spec = seqio.FeatureConverter.FeatureSpec
-STREAM_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-# stream name -> (task feature of its encoder inputs, task feature of its targets)
-STREAM_FEATURES = {"label": ("inputs", "targets"), "rationale": ("rationale_inputs", "rationales")}
 
 
 def _pad(tokens: tf.Tensor, length: int) -> tf.Tensor:
@@ -35,10 +35,10 @@ def _stream(inputs: tf.Tensor, targets: tf.Tensor, in_len: int, tgt_len: int, bo
     if keep is not None:
         weights = weights * tf.cast(keep, tf.int32)
     return {
-        "encoder_input_tokens": _pad(inputs, in_len),
-        "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(targets, bos_id=bos_id),
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": weights,
+        schema.ENCODER_INPUT_TOKENS: _pad(inputs, in_len),
+        schema.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(targets, bos_id=bos_id),
+        schema.DECODER_TARGET_TOKENS: targets,
+        schema.DECODER_LOSS_WEIGHTS: weights,
     }
 
 
@@ -58,7 +58,7 @@ class _StreamsConverter(seqio.FeatureConverter):
             for stream in self.STREAMS:
                 in_key, tgt_key = STREAM_FEATURES[stream]
                 # Only-EOS rationale targets mark unparsed teacher outputs (see the module docstring).
-                keep = tf.size(ex[tgt_key]) > 1 if stream == "rationale" else None
+                keep = tf.size(ex[tgt_key]) > 1 if stream == schema.RATIONALE else None
                 arrays = _stream(ex[in_key], ex[tgt_key], task_feature_lengths[in_key],
                                  task_feature_lengths[tgt_key], self.bos_id, keep)
                 out.update({f"{stream}/{k}": v for k, v in arrays.items()})
@@ -70,7 +70,7 @@ class _StreamsConverter(seqio.FeatureConverter):
         lengths = {}
         for stream in self.STREAMS:
             in_key, tgt_key = STREAM_FEATURES[stream]
-            lengths[f"{stream}/encoder_input_tokens"] = task_feature_lengths[in_key]
+            lengths[f"{stream}/{schema.ENCODER_INPUT_TOKENS}"] = task_feature_lengths[in_key]
             for k in STREAM_KEYS[1:]:
                 lengths[f"{stream}/{k}"] = task_feature_lengths[tgt_key]
         return lengths
@@ -78,16 +78,16 @@ class _StreamsConverter(seqio.FeatureConverter):
 
 class PairedFeatureConverter(_StreamsConverter):
     """Step-by-step tasks: task features inputs/targets/rationale_inputs/rationales -> both streams."""
-    STREAMS = ("label", "rationale")
+    STREAMS = schema.STREAMS
     TASK_FEATURES = {k: _Spec(dtype=tf.int32) for k in ("inputs", "targets", "rationale_inputs", "rationales")}
     MODEL_FEATURES = {f"{s}/{k}": _Spec(dtype=tf.int32) for s in STREAMS for k in STREAM_KEYS}
 
 
 class LabelFeatureConverter(_StreamsConverter):
     """Standard finetuning / distillation tasks: inputs/targets -> the label stream only."""
-    STREAMS = ("label",)
+    STREAMS = (schema.LABEL,)
     TASK_FEATURES = {k: _Spec(dtype=tf.int32) for k in ("inputs", "targets")}
-    MODEL_FEATURES = {f"label/{k}": _Spec(dtype=tf.int32) for k in STREAM_KEYS}
+    MODEL_FEATURES = {f"{schema.LABEL}/{k}": _Spec(dtype=tf.int32) for k in STREAM_KEYS}
 
 
 def nest(flat: Mapping[str, object]) -> dict[str, dict[str, object]]:

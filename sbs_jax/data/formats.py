@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import re
 from typing import Callable, Mapping, Sequence
 
+from sbs_jax.data import output_parsing
 from sbs_jax.data.eos_marker import EOS_MARKER
 from sbs_jax.errors import InputError
 
@@ -40,52 +40,30 @@ class DatasetFormat:
     metric: str  # key of sbs_jax.data.metrics.METRICS
 
 
-def _nonempty(rationale: str, label: str) -> TeacherOutput | None:
-    rationale, label = rationale.strip(), label.strip()
-    return TeacherOutput(rationale, label) if rationale and label else None
+class TemplateParser:
+    """`parse_teacher` of a paper dataset: the one spec-driven parser (`sbs_jax.data.output_parsing`) with the
+    parse spec of the dataset's built-in teacher template, so tasks and `sbs teacher generate` agree."""
+
+    def __init__(self, template: str):
+        self.template = template
+
+    @property
+    def spec(self) -> output_parsing.ParseSpec:
+        return output_parsing.builtin_spec(self.template)
+
+    def __call__(self, text: str) -> TeacherOutput | None:
+        parsed = output_parsing.parse_output(text, self.spec)
+        return None if parsed is None else TeacherOutput(parsed.rationale, parsed.label)
 
 
-def _split_once(text: str, marker: str) -> tuple[str, str] | None:
-    head, sep, tail = text.partition(marker)
-    return (head, tail) if sep else None
-
-
-def parse_cqa(text: str) -> TeacherOutput | None:
-    """`<rationale> So the answer is (x) <answer>.` cut at the first `Q:`; label = answer text."""
-    parts = _split_once(text.split("Q:")[0], "So the answer is")
-    if parts is None:
-        return None
-    match = re.search(r"\(.\)\s*(.*)", parts[1], flags=re.DOTALL)
-    if match is None:
-        return None
-    label = match.group(1).strip()
-    return _nonempty(parts[0], label[:-1] if label.endswith(".") else label)
-
-
-def parse_svamp(text: str) -> TeacherOutput | None:
-    """`<rationale> The answer is (<equation>).` cut at the first `Q:`; label = the parenthesised equation."""
-    parts = _split_once(text.split("Q:")[0], "The answer is")
-    if parts is None:
-        return None
-    match = re.search(r"\(.*\)", parts[1])
-    return _nonempty(parts[0], match.group(0)) if match else None
-
-
-def parse_esnli(text: str) -> TeacherOutput | None:
-    """`<rationale>\\nAnswer: <label>` ; the label runs up to the next invented `Premise`."""
-    parts = _split_once(text, "Answer:")
-    if parts is None:
-        return None
-    return _nonempty(parts[0], parts[1].split("Premise")[0])
-
-
-def parse_anli(text: str) -> TeacherOutput | None:
-    """`<rationale> So the answer is <label>.` cut at the first `Premise:`."""
-    parts = _split_once(text.split("Premise:")[0], "So the answer is")
-    if parts is None:
-        return None
-    label = parts[1].strip()
-    return _nonempty(parts[0], label[:-1] if label.endswith(".") else label)
+# `<rationale> So the answer is (x) <answer>.` cut at the first `Q:`; label = answer text.
+parse_cqa = TemplateParser("cqa")
+# `<rationale> The answer is (<equation>).` cut at the first `Q:`; label = the parenthesised equation.
+parse_svamp = TemplateParser("svamp")
+# `<rationale>\nAnswer: <label>`; the label runs up to the next invented `Premise`.
+parse_esnli = TemplateParser("esnli")
+# `<rationale> So the answer is <label>.` cut at the first `Premise:`.
+parse_anli = TemplateParser("anli1")
 
 
 def cqa_input(record: dict) -> str:

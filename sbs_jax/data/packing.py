@@ -29,11 +29,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-LABEL_STREAM, RATIONALE_STREAM = 1, 2
-STREAM_IDS = {"label": LABEL_STREAM, "rationale": RATIONALE_STREAM}
-ENCODER_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
-DECODER_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids", "decoder_positions",
-                "decoder_loss_weights", "decoder_stream_ids")
+from sbs_jax.data import schema
+from sbs_jax.data.schema import STREAM_FEATURES, STREAM_IDS
 
 
 def default_packed_lengths(lengths: Mapping[str, int], streams: tuple[str, ...]) -> dict[str, int]:
@@ -42,7 +39,7 @@ def default_packed_lengths(lengths: Mapping[str, int], streams: tuple[str, ...])
     `pipeline.sequence_lengths` gives them. A packed batch of B rows then costs what an unpacked batch of B
     examples costs (dense layers; attention grows with the row length) and holds every example that fits."""
     inputs, targets = int(lengths["inputs"]), int(lengths["targets"])
-    if "rationale" in streams:
+    if schema.RATIONALE in streams:
         inputs += int(lengths["rationale_inputs"])
         targets += int(lengths["rationales"])
     return {"inputs": inputs, "targets": targets}
@@ -52,7 +49,7 @@ def resolve_packed_lengths(lengths: Mapping[str, int], packed_lengths: Mapping[s
                            streams: tuple[str, ...]) -> dict[str, int]:
     """`packed_lengths` (or the default) checked against the per-example trim lengths of the packed streams."""
     needed = {"inputs": int(lengths["inputs"]), "targets": int(lengths["targets"])}
-    if "rationale" in streams:
+    if schema.RATIONALE in streams:
         needed["inputs"] = max(needed["inputs"], int(lengths["rationale_inputs"]))
         needed["targets"] = max(needed["targets"], int(lengths["rationales"]))
     if packed_lengths is None:
@@ -65,7 +62,7 @@ def resolve_packed_lengths(lengths: Mapping[str, int], packed_lengths: Mapping[s
     out = {k: int(v) for k, v in packed_lengths.items()}
     for key, need in needed.items():
         if out[key] < need:
-            source = "inputs" if key == "inputs" else ("max(targets, rationales)" if "rationale" in streams
+            source = "inputs" if key == "inputs" else ("max(targets, rationales)" if schema.RATIONALE in streams
                                                       else "targets")
             raise ValueError(f"TrainConfig.packed_lengths[{key!r}] = {out[key]} is shorter than one example's "
                              f"segment may be after trimming (TASK_FEATURE_LENGTHS {source} = {need}); "
@@ -76,13 +73,11 @@ def resolve_packed_lengths(lengths: Mapping[str, int], packed_lengths: Mapping[s
 def stream_examples(ds: tf.data.Dataset, streams: tuple[str, ...]) -> tf.data.Dataset:
     """Task examples -> one example per (example, stream): {"inputs", "targets", "stream_ids"}, in the order
     label_0, rationale_0, label_1, ... Rationale segments of unparsed teacher outputs are dropped."""
-    from sbs_jax.data.feature_converter import STREAM_FEATURES
-
     def split(ex):
         inputs = [ex[STREAM_FEATURES[s][0]] for s in streams]
         targets = [ex[STREAM_FEATURES[s][1]] for s in streams]
         ids = [tf.fill(tf.shape(t), STREAM_IDS[s]) for s, t in zip(streams, targets)]
-        keep = [tf.constant(True) if s == "label" else tf.size(t) > 1 for s, t in zip(streams, targets)]
+        keep = [tf.constant(True) if s == schema.LABEL else tf.size(t) > 1 for s, t in zip(streams, targets)]
         # Ragged -> padded [streams, length]; zeros after a segment are stripped again by the packer.
         stack = lambda xs: tf.RaggedTensor.from_row_lengths(  # noqa: E731
             tf.concat(xs, 0), tf.stack([tf.size(x) for x in xs])).to_tensor()
@@ -101,16 +96,16 @@ def stream_examples(ds: tf.data.Dataset, streams: tuple[str, ...]) -> tf.data.Da
 def _model_features(row: Mapping[str, tf.Tensor], bos_id: int) -> dict[str, tf.Tensor]:
     targets, segments = row["targets"], row["targets_segment_ids"]
     return {
-        "encoder_input_tokens": row["inputs"],
-        "encoder_segment_ids": row["inputs_segment_ids"],
-        "encoder_positions": row["inputs_positions"],
-        "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(targets, sequence_id=segments,
-                                                                       bos_id=bos_id),
-        "decoder_target_tokens": targets,
-        "decoder_segment_ids": segments,
-        "decoder_positions": row["targets_positions"],
-        "decoder_loss_weights": tf.cast(targets > 0, tf.int32),
-        "decoder_stream_ids": row["stream_ids"],
+        schema.ENCODER_INPUT_TOKENS: row["inputs"],
+        schema.ENCODER_SEGMENT_IDS: row["inputs_segment_ids"],
+        schema.ENCODER_POSITIONS: row["inputs_positions"],
+        schema.DECODER_INPUT_TOKENS: seqio.utils.make_autoregressive_inputs(targets, sequence_id=segments,
+                                                                            bos_id=bos_id),
+        schema.DECODER_TARGET_TOKENS: targets,
+        schema.DECODER_SEGMENT_IDS: segments,
+        schema.DECODER_POSITIONS: row["targets_positions"],
+        schema.DECODER_LOSS_WEIGHTS: tf.cast(targets > 0, tf.int32),
+        schema.DECODER_STREAM_IDS: row["stream_ids"],
     }
 
 
@@ -134,13 +129,13 @@ def count_omitted_rationales(rationale_lengths: np.ndarray) -> int:
 def packed_stats(rows: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Host-side statistics of packed rows [rows, length]: examples (label segments), segments, and the
     fraction of row tokens that are real (encoder, decoder)."""
-    stream = np.asarray(rows["decoder_stream_ids"])
-    starts = np.asarray(rows["decoder_positions"]) == 0
+    stream = np.asarray(rows[schema.DECODER_STREAM_IDS])
+    starts = np.asarray(rows[schema.DECODER_POSITIONS]) == 0
     n_rows = stream.shape[0]
     return {
         "rows": float(n_rows),
-        "examples": float(np.sum(starts & (stream == LABEL_STREAM))),
-        "rationale_segments": float(np.sum(starts & (stream == RATIONALE_STREAM))),
-        "encoder_fill": float(np.mean(np.asarray(rows["encoder_segment_ids"]) > 0)),
-        "decoder_fill": float(np.mean(np.asarray(rows["decoder_segment_ids"]) > 0)),
+        "examples": float(np.sum(starts & (stream == schema.LABEL_STREAM_ID))),
+        "rationale_segments": float(np.sum(starts & (stream == schema.RATIONALE_STREAM_ID))),
+        "encoder_fill": float(np.mean(np.asarray(rows[schema.ENCODER_SEGMENT_IDS]) > 0)),
+        "decoder_fill": float(np.mean(np.asarray(rows[schema.DECODER_SEGMENT_IDS]) > 0)),
     }

@@ -4,13 +4,13 @@
 int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows. With
 `pack=True` it yields `{"packed": {...}}` instead: rows holding several (example, stream) segments
 (`sbs_jax.data.packing`).
-`get_eval_examples` yields every example of a split exactly once, in order, with its raw strings.
+`get_eval_examples` gives every example of a split exactly once, in order, as arrays with its raw strings.
 Inputs longer than the `inputs` length are truncated; how many is counted and logged, never silent.
 """
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import seqio
@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from sbs_jax.data import feature_converter as fc
-from sbs_jax.data import packing, register
+from sbs_jax.data import packing, register, schema
 from sbs_jax.data.records import DataError
 
 
@@ -82,7 +82,7 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
         streams = _packed_streams(mixture_or_task_name, paired, packed_streams)
         rows = resolve_packed_lengths(mixture_or_task_name, split, lengths, packed_lengths, streams)
         ds = packing.pack_streams(ds, rows, streams, bos_id=0)
-        ds = ds.batch(local_batch, drop_remainder=True).map(lambda x: {"packed": x})
+        ds = ds.batch(local_batch, drop_remainder=True).map(lambda x: {schema.PACKED: x})
     else:
         converter = fc.PairedFeatureConverter() if paired else fc.LabelFeatureConverter()
         ds = converter(ds, task_feature_lengths=lengths)
@@ -93,9 +93,9 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
 
 
 def _packed_streams(name: str, paired: bool, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-    available = ("label", "rationale") if paired else ("label",)
+    available = schema.STREAMS if paired else (schema.LABEL,)
     streams = available if requested is None else tuple(requested)
-    if not streams or "label" not in streams or any(s not in available for s in streams):
+    if not streams or schema.LABEL not in streams or any(s not in available for s in streams):
         raise ValueError(f"packed_streams={requested!r}: expected a subset of {available} with 'label' for "
                          f"task {name!r}")
     return streams
@@ -106,7 +106,7 @@ def resolve_packed_lengths(mixture_or_task_name: str, split: str, lengths: Mappi
     """Checked packed row lengths; logs them and how many rationale segments are omitted (unparsed)."""
     rows = packing.resolve_packed_lengths(lengths, packed_lengths, streams)
     omitted = 0
-    if "rationale" in streams:
+    if schema.RATIONALE in streams:
         omitted = sum(packing.count_omitted_rationales(_token_lengths(t, split)["rationales"])
                       for t in _tasks(mixture_or_task_name))
     logging.info("%s:%s: packing (example, stream) segments into rows of %d input / %d target tokens; %d "
@@ -115,15 +115,14 @@ def resolve_packed_lengths(mixture_or_task_name: str, split: str, lengths: Mappi
     return rows
 
 
-def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int], batch_size: int,
-                      shard_info: seqio.ShardInfo | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of `split` once, in order, in batches of `batch_size` (the last one padded).
+def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mapping[str, int],
+                      shard_info: seqio.ShardInfo | None = None) -> schema.EvalExamples:
+    """Every example of `split` (of this shard, with `shard_info`) once, in order, as arrays:
+    `encoder_input_tokens` [N, Li] int32 (label-stream inputs, `predict: ` prefix, seqio-trimmed, EOS-ended)
+    and the raw `inputs`, gold `targets` and teacher `rationales` ("" when absent) as [N] object arrays.
 
-    Yields {"encoder_input_tokens": [B, Li] int32 (label-stream inputs, `predict: ` prefix),
-    "inputs_pretokenized": [B] str (raw x), "targets_pretokenized": [B] str (gold label),
-    "rationales_pretokenized": [B] str (teacher rationale or ""), "mask": [B] bool (False on padding rows)}.
-    With `shard_info`, every host yields the same number of batches (padding rows masked), so multi-host
-    decoding stays in lockstep whenever the source knows its split size.
+    Decoding batches are cut from these rows by the caller (`sbs_jax.train.decode_batching`); the evaluator
+    reads the whole split in every process, so all processes plan and decode the same batches in lockstep.
     """
     in_len = int(task_feature_lengths["inputs"])
     log_truncation(task_name, split, {"inputs": in_len})
@@ -131,34 +130,16 @@ def get_eval_examples(task_name: str, *, split: str, task_feature_lengths: Mappi
     lengths = {k: int(v) for k, v in task_feature_lengths.items() if k in task.output_features}
     ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1,
                           shard_info=shard_info)
-    rows, yielded = [], 0
-    for ex in ds.as_numpy_iterator():
-        rows.append(ex)
-        if len(rows) == batch_size:
-            yield _eval_batch(rows, batch_size, in_len)
-            rows, yielded = [], yielded + 1
-    if rows:
-        yield _eval_batch(rows, batch_size, in_len)
-        yielded += 1
-    # Hosts decode in lockstep, so every shard yields as many batches as the largest one (extra rows masked).
-    total = task.source.num_input_examples(split) if shard_info is not None else None
-    if total:
-        largest_shard = -(-total // shard_info.num_shards)
-        for _ in range(yielded, -(-largest_shard // batch_size)):
-            yield _eval_batch([], batch_size, in_len)
-
-
-def _eval_batch(rows: list[dict], batch_size: int, in_len: int) -> dict[str, np.ndarray]:
-    tokens = np.zeros((batch_size, in_len), np.int32)  # [batch, inputs length]
-    text = {k: np.full((batch_size,), "", dtype=object) for k in ("input", "label", "rationale")}
+    rows = list(ds.as_numpy_iterator())
+    tokens = np.zeros((len(rows), in_len), np.int32)  # [examples, inputs length]
+    text = {k: np.full((len(rows),), "", dtype=object) for k in ("input", "label", "rationale")}
     for i, ex in enumerate(rows):
         ids = ex["inputs"][:in_len]
         tokens[i, :len(ids)] = ids
         for k in text:
             text[k][i] = ex[k].decode("utf-8")
-    mask = np.arange(batch_size) < len(rows)
-    return {"encoder_input_tokens": tokens, "inputs_pretokenized": text["input"],
-            "targets_pretokenized": text["label"], "rationales_pretokenized": text["rationale"], "mask": mask}
+    return schema.EvalExamples(encoder_input_tokens=tokens, inputs=text["input"], targets=text["label"],
+                               rationales=text["rationale"])
 
 
 MAX_COUNTED_EXAMPLES = 200_000  # other sources: truncation is counted on (at most) this many examples

@@ -1,4 +1,5 @@
-"""The task prefixes, owned here (no TensorFlow import, so serving and export can read them too).
+"""Which task prefixes a variant gets (the strings are `schema`'s; no TensorFlow import, so serving and export
+can read them too).
 
 - `ours` (default): every variant's label stream reads `predict: x`, so every student is served the same way.
 - `official`: as the official code, only step-by-step (paired) models see prefixes (`predict: ` / `explain: `);
@@ -6,8 +7,8 @@
 """
 from __future__ import annotations
 
-PREDICT_PREFIX = "predict: "
-EXPLAIN_PREFIX = "explain: "
+from sbs_jax.data.schema import EXPLAIN_PREFIX, PREDICT_PREFIX  # re-export: the strings live in the schema
+
 PREFIX_STYLES = ("ours", "official")
 
 

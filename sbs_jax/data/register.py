@@ -3,13 +3,14 @@
 One call registers `<name>_sbs`, `<name>_sbs_llm`, `<name>_ft` and `<name>_distill` (see
 `preprocessors.VARIANTS`) from JSON lines (`register_jsonl_task`), TFDS (`register_tfds_task`), any SeqIO
 DataSource (`register_source_task`) or in-memory examples (`register_examples_task`). Re-registering a name
-replaces it. Every function is gin-configurable; `register_tasks(registrations=[@reg/register_jsonl_task()])`
-is the gin-callable form (a training binary calls `register_tasks()` after parsing its gin files).
+replaces it. Every function is gin-configurable. `sbs train` / `sbs eval` run the calls listed in the gin
+macro `TASK_REGISTRATIONS` (bound to `TrainConfig.task_registrations` / `EvalConfig.task_registrations`, which
+gin evaluates when it builds the config); `register_tasks(registrations=[...])` is a gin-callable form for
+programs of your own, which call it after parsing their gin files (no `sbs` command calls it).
 """
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Mapping, Sequence
 
 import gin

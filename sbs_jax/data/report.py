@@ -18,7 +18,7 @@ from etils import epath
 
 from sbs_jax import errors
 from sbs_jax.data import formats, records
-from sbs_jax.data.preprocessors import PREDICT_PREFIX
+from sbs_jax.data.schema import PREDICT_PREFIX
 from sbs_jax.data.records import DataError, SplitData
 
 PERCENTILES = (50, 90, 95, 99, 100)

@@ -79,7 +79,7 @@ def train_vocabulary(texts: Iterable[str], output_dir, *, vocab_size: int, seed:
 
 def model_texts(examples) -> list[str]:
     """The text a model sees of each example: both prefixed inputs, the label and the rationale."""
-    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+    from sbs_jax.data.schema import EXPLAIN_PREFIX, PREDICT_PREFIX
 
     return [t for ex in examples for t in (PREDICT_PREFIX + ex.input, EXPLAIN_PREFIX + ex.input, ex.label,
                                            ex.rationale, ex.teacher_label) if t]

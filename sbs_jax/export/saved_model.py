@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from etils import epath
 
 from sbs_jax.data import eos_marker
@@ -86,12 +85,3 @@ def export_saved_model(output_dir, config, params, *, spm_model, spec: ServingSp
     write_spec(extra, spec, config, dtype)
     return output_dir
 
-
-def load_and_predict(saved_model_dir, texts: Sequence[str]) -> dict[str, list[str]]:
-    """Run the exported signature on `texts`, as a TF Serving client would see it (for checks and examples)."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops the graph uses)
-
-    loaded = tf.saved_model.load(str(saved_model_dir))
-    outputs = loaded.signatures["serving_default"](inputs=tf.constant(list(texts), tf.string))
-    return {k: [s.decode("utf-8") for s in np.asarray(v).tolist()] for k, v in outputs.items()}

@@ -15,10 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 from etils import epath
 
-from sbs_jax.data import eos_marker
-from sbs_jax.data.prefixes import EXPLAIN_PREFIX, PREDICT_PREFIX
-
-STREAMS = ("label", "rationale")
+from sbs_jax.data import codec, eos_marker, schema
+from sbs_jax.data.schema import STREAMS  # re-export
 SPEC_FILE = "sbs_serving.json"
 
 
@@ -30,8 +28,8 @@ class ServingSpec:
     max_label_length: int = 64
     max_rationale_length: int = 256
     outputs: tuple[str, ...] = ("label",)
-    label_prefix: str = PREDICT_PREFIX  # `sbs export` takes the run's own (selection.run_label_prefix)
-    rationale_prefix: str = EXPLAIN_PREFIX
+    label_prefix: str = schema.PREDICT_PREFIX  # `sbs export` takes the run's own (selection.run_label_prefix)
+    rationale_prefix: str = schema.EXPLAIN_PREFIX
     num_beams: int = 1  # 1 = greedy
     length_penalty: float = 1.0  # HF generate()'s default, which decoding.beam_search reproduces
 
@@ -114,18 +112,15 @@ def cast_params(params, dtype: str):
 def encode_inputs(sp, texts: Sequence[str], prefix: str, length: int, *, eos_id: int = 1,
                   pad_id: int = 0) -> np.ndarray:
     """[batch, length] int32: prefix + text tokenised, cut to length - 1, EOS appended, padded."""
-    rows = np.full((len(texts), length), pad_id, np.int32)
-    for i, text in enumerate(texts):
-        ids = eos_marker.encode(sp.EncodeAsIds, [prefix + text], eos_id=eos_id)[0][: length - 1] + [eos_id]
-        rows[i, : len(ids)] = ids
-    return rows
+    def encode(text: str) -> list[int]:
+        return eos_marker.encode(sp.EncodeAsIds, [text], eos_id=eos_id)[0]
+
+    return codec.encode_rows(encode, texts, prefix, length, eos_id=eos_id, pad_id=pad_id)
 
 
 def decode_outputs(sp, tokens: np.ndarray, *, eos_id: int = 1) -> list[str]:
     """Detokenise each row up to its first EOS; ids the SentencePiece model lacks read as unknown (seqio)."""
-    texts = []
-    for row in np.asarray(tokens).tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id)]
-        texts.append(sp.DecodeIds([i if i < sp.GetPieceSize() else sp.unk_id() for i in row]))
-    return texts
+    def decode(ids: list[int]) -> str:
+        return sp.DecodeIds([i if i < sp.GetPieceSize() else sp.unk_id() for i in ids])
+
+    return [codec.decode_row(decode, row, eos_id=eos_id) for row in np.asarray(tokens).tolist()]

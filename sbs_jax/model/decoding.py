@@ -18,7 +18,7 @@ Beam search reproduces HF `transformers` `generate(num_beams=K, do_sample=False)
 from __future__ import annotations
 
 import functools
-from typing import Union
+from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,19 @@ def greedy_decode(model: Transformer, params, encoder_input_tokens, *, max_decod
     return jax.lax.while_loop(cond, body, state)[1]
 
 
+class BeamState(NamedTuple):
+    """The loop state of `beam_search` (a pytree: jax.lax.while_loop carries it)."""
+    step: jax.Array             # [] int32: tokens generated so far
+    running: jax.Array          # [batch, beams, length] int32: the live hypotheses
+    running_scores: jax.Array   # [batch, beams] float32: their summed log-probabilities
+    finished: jax.Array         # [batch, beams, length] int32: the best finished hypotheses so far
+    finished_scores: jax.Array  # [batch, beams] float32: their length-penalised scores
+    is_finished: jax.Array      # [batch, beams] bool: which slots of `finished` hold a hypothesis
+    unsatisfied: jax.Array      # [batch] bool: a running beam may still beat the worst finished one
+    cache: Any                  # the decoder's KV cache, [batch * beams, ...] leaves
+    go_on: jax.Array            # [] bool: whether another step is needed
+
+
 def _gather_beams(x, index):
     """x [batch, beams, ...], index [batch, k] -> [batch, k, ...]."""
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
@@ -90,12 +103,12 @@ def beam_search(model: Transformer, params, encoder_input_tokens, *, max_decode_
     top_k_mask = jnp.arange(2 * k) < k  # only the top K of the 2K candidates may finish a hypothesis
     batch_offset = (jnp.arange(batch) * k)[:, None]
 
-    def body(state):
-        (step, running, running_scores, finished, finished_scores, is_finished, unsatisfied, cache,
-         _) = state
+    def body(state: BeamState) -> BeamState:
+        step, running, running_scores = state.step, state.running, state.running_scores
+        finished_scores, is_finished, unsatisfied = state.finished_scores, state.is_finished, state.unsatisfied
         prev = jnp.where(step == 0, cfg.decoder_start_token_id,
                          jax.lax.dynamic_index_in_dim(running, jnp.maximum(step - 1, 0), axis=2, keepdims=False))
-        log_probs, cache = _decoder_step(model, params, encoded, enc_tokens, cache, prev.reshape(rows))
+        log_probs, cache = _decoder_step(model, params, encoded, enc_tokens, state.cache, prev.reshape(rows))
         vocab = log_probs.shape[-1]
         scores = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
         # Top 2K continuations over all beams of a row.
@@ -120,7 +133,7 @@ def beam_search(model: Transformer, params, encoder_input_tokens, *, max_decode_
         new_scores += (~just_finished).astype(jnp.float32) * _NEG
         merged_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
         keep_scores, keep = jax.lax.top_k(merged_scores, k)
-        finished = _gather_beams(jnp.concatenate([finished, topk_seqs], axis=1), keep)
+        finished = _gather_beams(jnp.concatenate([state.finished, topk_seqs], axis=1), keep)
         is_finished = _gather_beams(jnp.concatenate([is_finished, just_finished], axis=1), keep)
 
         cache = jax.tree.map(lambda c: jnp.take(c, (source_beam + batch_offset).reshape(rows), axis=0), cache)
@@ -134,17 +147,19 @@ def beam_search(model: Transformer, params, encoder_input_tokens, *, max_decode_
         go_on = jnp.any(unsatisfied) & ~jnp.all(hits)
         if early_stopping is True:
             go_on &= ~jnp.all(is_finished)
-        return (generated, next_running, next_scores, finished, keep_scores, is_finished, unsatisfied, cache,
-                go_on)
+        return BeamState(step=generated, running=next_running, running_scores=next_scores, finished=finished,
+                         finished_scores=keep_scores, is_finished=is_finished, unsatisfied=unsatisfied,
+                         cache=cache, go_on=go_on)
 
     # Only beam 0 is live at the start, so the first step does not pick K copies of the same token.
     running_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_NEG)
     seqs = jnp.zeros((batch, k, length), jnp.int32)
-    state = (jnp.int32(0), seqs, running_scores, seqs, jnp.full((batch, k), _NEG, jnp.float32),
-             jnp.zeros((batch, k), jnp.bool_), jnp.ones((batch,), jnp.bool_),
-             init_decode_cache(model, rows, length, enc_len), jnp.bool_(True))
-    state = jax.lax.while_loop(lambda s: s[-1] & (s[0] < length), body, state)
-    best = state[3][:, 0]  # [batch, length]
+    state = BeamState(step=jnp.int32(0), running=seqs, running_scores=running_scores, finished=seqs,
+                      finished_scores=jnp.full((batch, k), _NEG, jnp.float32),
+                      is_finished=jnp.zeros((batch, k), jnp.bool_), unsatisfied=jnp.ones((batch,), jnp.bool_),
+                      cache=init_decode_cache(model, rows, length, enc_len), go_on=jnp.bool_(True))
+    state = jax.lax.while_loop(lambda s: s.go_on & (s.step < length), body, state)
+    best = state.finished[:, 0]  # [batch, length]
     # Tokens after the first EOS are 0 (the hypothesis buffers are zero-initialised; this makes it explicit).
     after_eos = jnp.cumsum(best == eos_id, axis=1) - (best == eos_id) > 0
     return jnp.where(after_eos, 0, best)

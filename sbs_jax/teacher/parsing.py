@@ -1,31 +1,15 @@
-"""Teacher-output parsing, gold comparison and self-consistency voting, driven by a template's parse spec.
+"""Gold comparison and self-consistency voting over teacher outputs parsed by a template's parse spec.
 
-Specs are data, so user templates bring their own. The built-in ones give, on every paper teacher output, the
-same (rationale, label) as the tasks' parsers in sbs_jax.data.formats, and the counts of the datasets README
-(e.g. CQA train: 3 unparseable outputs, 74.26% teacher accuracy); tests/test_teacher_parsing.py checks both.
+The parser itself (`ParseSpec`, `parse_output`) lives in `sbs_jax.data.output_parsing`, which the dataset
+formats use too, so the teacher and the tasks split every completion the same way. Specs are data, so user
+templates bring their own; the built-in ones give the counts of the datasets README (e.g. CQA train: 3
+unparseable outputs, 74.26% teacher accuracy; tests/test_teacher_parsing.py).
 """
 import collections
 import dataclasses
-import re
 
 from sbs_jax.data import metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class ParseSpec:
-    """How to split a raw completion into (rationale, label).
-
-    cut_at: strings; the completion is cut at the earliest occurrence of any (the teacher runs on into
-      invented exemplars). marker: the text between rationale and label (its first occurrence).
-      label_stop: the label ends at the first of these. label_regex: the label is this regex's group 1 (or
-      the whole match) in the text after the marker; no match is a parse failure. strip_period: drop one
-      trailing period from the label. An empty rationale or label is a parse failure.
-    """
-    marker: str
-    cut_at: tuple[str, ...] = ()
-    label_stop: tuple[str, ...] = ()
-    label_regex: str | None = None
-    strip_period: bool = True
+from sbs_jax.data.output_parsing import Parsed, ParseSpec, parse_output  # re-export
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,37 +23,6 @@ class GoldSpec:
     field: str | None = None
     names: tuple[str, ...] = ()
     compare: str = "exact"
-
-
-@dataclasses.dataclass(frozen=True)
-class Parsed:
-    rationale: str
-    label: str
-
-
-def _cut(text: str, stops: tuple[str, ...]) -> str:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def parse_output(text: str, spec: ParseSpec) -> Parsed | None:
-    """(rationale, label) of one raw completion, or None when it does not follow the answer format."""
-    text = _cut(text, spec.cut_at).rstrip()
-    if spec.marker not in text:
-        return None
-    rationale, rest = text.split(spec.marker, 1)
-    rest = _cut(rest, spec.label_stop)
-    if spec.label_regex is not None:
-        match = re.search(spec.label_regex, rest, flags=re.DOTALL)
-        if match is None:
-            return None
-        rest = match.group(1) if match.re.groups else match.group(0)
-    label = rest.strip()
-    if spec.strip_period and label.endswith("."):
-        label = label[:-1].rstrip()
-    if not label or not rationale.strip():
-        return None
-    return Parsed(rationale=rationale.strip(), label=label)
 
 
 def gold_label(example: dict, spec: GoldSpec) -> str | None:

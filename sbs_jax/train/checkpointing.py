@@ -62,9 +62,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
     def best_step(self) -> int | None:
         steps = [i.step for i in self._manager._checkpoints if i.metrics]  # noqa: SLF001 (orbax has no getter)
         return self._manager.best_step() if steps else None

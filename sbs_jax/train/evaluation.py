@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
@@ -12,24 +13,27 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import partitioning
+from sbs_jax.data import codec, schema
 from sbs_jax.model import decoding
-from sbs_jax.train import bucketing, objective as objective_lib
+from sbs_jax.train import decode_batching, objective as objective_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     """num_beams 1 = greedy (the paper's setting); otherwise HF-exact beam search with `length_penalty`.
 
-    length_bucketing: decode length-sorted batches, each padded to the smallest of the bucket lengths
+    length_sorted_batches: decode length-sorted batches, each padded to the smallest of the bucket lengths
     `min_bucket_length · 2^k` (capped at the inputs length) that fits its longest input, and return the rows in
-    their original order (bucketing.py); the predictions are those of full-length padding. False: every batch
-    in the given order at the full inputs length.
+    their original order (decode_batching.py); the predictions are those of full-length padding. False: every
+    batch in the given order at the full inputs length. (Training batches are a separate matter:
+    `TrainConfig.cut_batches`.) length_bucketing: deprecated old name of `length_sorted_batches`.
     max_label_length: decode at most this many label tokens, EOS included (None: the targets feature length).
     The official code's `generation_max_length=64` counts HF's decoder start token, so it is 63 here.
     """
     num_beams: int = 1
     length_penalty: float = 1.0
-    length_bucketing: bool = True
+    length_sorted_batches: bool = True
+    length_bucketing: bool | None = None  # deprecated: the old name of length_sorted_batches
     min_bucket_length: int = 16
     max_label_length: int | None = None
 
@@ -37,6 +41,10 @@ class DecodeConfig:
         return int(self.max_label_length or task_feature_lengths["targets"])
 
     def __post_init__(self):
+        if self.length_bucketing is not None:
+            logging.getLogger(__name__).warning(
+                "DecodeConfig.length_bucketing is deprecated; it is now DecodeConfig.length_sorted_batches")
+            object.__setattr__(self, "length_sorted_batches", bool(self.length_bucketing))
         if self.num_beams < 1:
             raise ValueError(f"DecodeConfig.num_beams: expected >= 1, got {self.num_beams}")
         if self.min_bucket_length < 1:
@@ -80,9 +88,9 @@ class Decoder:
 
     def buckets(self, full_length: int) -> tuple[int, ...] | None:
         """The encoder lengths batches are padded to (None: no bucketing, always `full_length`)."""
-        if not self.decode.length_bucketing:
+        if not self.decode.length_sorted_batches:
             return None
-        return bucketing.bucket_lengths(full_length, self.decode.min_bucket_length)
+        return decode_batching.bucket_lengths(full_length, self.decode.min_bucket_length)
 
     def _fn(self, length: int):
         if length not in self._fns:
@@ -106,72 +114,41 @@ class Decoder:
 
 
 def detokenize(vocab, ids: np.ndarray, eos_id: int) -> str:
-    ids = [int(t) for t in ids]
-    if eos_id in ids:
-        ids = ids[:ids.index(eos_id)]
-    return vocab.decode([t for t in ids if t > 0])
-
-
-def _encode_rationale_inputs(vocab, inputs: Sequence[str], length: int) -> np.ndarray:
-    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX
-
-    tokens = np.zeros((len(inputs), length), np.int32)
-    for i, text in enumerate(inputs):
-        ids = list(vocab.encode(EXPLAIN_PREFIX + text))[:length - 1] + [1]
-        tokens[i, :len(ids)] = ids
-    return tokens
-
-
-def _collect(batches: Iterable[Mapping[str, np.ndarray]], max_examples: int | None):
-    """The real rows (mask True) of `batches`, concatenated in order, and the batch size."""
-    parts, batch_size, count = [], None, 0
-    for batch in batches:
-        batch_size = batch_size or len(batch["mask"])
-        keep = np.flatnonzero(batch["mask"])
-        if max_examples is not None:
-            keep = keep[:max(max_examples - count, 0)]
-        parts.append({k: batch[k][keep] for k in ("encoder_input_tokens", "inputs_pretokenized",
-                                                  "targets_pretokenized")})
-        count += len(keep)
-        if max_examples is not None and count >= max_examples:
-            break
-    if not parts:
-        return None, 0
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, batch_size
+    return codec.decode_row(vocab.decode, ids, eos_id=eos_id)
 
 
 def decode_rows(decoder: Decoder, params, tokens: np.ndarray, batch_size: int, length: int) -> np.ndarray:
     """[rows, inputs length] encoder tokens -> [rows, length] decoded tokens, in the rows' order, decoded in
     batches of `batch_size` (length-bucketed when the decoder's config says so)."""
     full = tokens.shape[1]
-    plan = bucketing.plan_batches(bucketing.row_lengths(tokens), batch_size, decoder.buckets(full), full)
+    plan = decode_batching.plan_batches(decode_batching.row_lengths(tokens), batch_size, decoder.buckets(full), full)
     out = np.zeros((tokens.shape[0], length), np.int32)
     for batch in plan:
-        decoded = decoder(params, bucketing.gather_padded(tokens, batch.rows, batch_size, batch.length), length)
+        decoded = decoder(params, decode_batching.gather_padded(tokens, batch.rows, batch_size, batch.length), length)
         out[batch.rows] = decoded[:len(batch.rows)]
     return out
 
 
-def predict_split(decoder: Decoder, params, vocab, batches: Iterable[Mapping[str, np.ndarray]], *,
+def predict_split(decoder: Decoder, params, vocab, examples: schema.EvalExamples, *, batch_size: int,
                   target_length: int, rationale_length: int = 0, max_examples: int | None = None) -> list[dict]:
-    """Decoded predictions for every real row of `batches` (from `pipeline.get_eval_examples`), in order.
+    """Decoded predictions for the (first `max_examples`) rows of `examples`, in their order.
 
-    Rows are re-batched at the given batch size (length-bucketed: `DecodeConfig.length_bucketing`); every
-    process must pass the same batches (each reads the whole split), so all decode the same plan in lockstep.
+    Rows are decoded in batches of `batch_size` (length-sorted: `DecodeConfig.length_sorted_batches`); every
+    process must pass the same examples (each reads the whole split), so all decode the same plan in lockstep.
     """
-    examples, batch_size = _collect(batches, max_examples)
-    if examples is None:
+    examples = examples.head(max_examples)
+    if not len(examples):
         return []
     eos = decoder.model.config.eos_id
-    tokens = examples["encoder_input_tokens"]  # [examples, inputs length]
+    tokens = examples.encoder_input_tokens  # [examples, inputs length]
     pred = decode_rows(decoder, params, tokens, batch_size, target_length)
     rat = None
     if rationale_length:
-        rat_in = _encode_rationale_inputs(vocab, list(examples["inputs_pretokenized"]), tokens.shape[1])
+        rat_in = codec.encode_with_vocab(vocab, list(examples.inputs), schema.RATIONALE, tokens.shape[1])
         rat = decode_rows(decoder, params, rat_in, batch_size, rationale_length)
     rows = []
     for i in range(len(tokens)):
-        row = {"input": str(examples["inputs_pretokenized"][i]), "gold": str(examples["targets_pretokenized"][i]),
+        row = {"input": str(examples.inputs[i]), "gold": str(examples.targets[i]),
                "prediction": detokenize(vocab, pred[i], eos)}
         if rat is not None:
             row["rationale"] = detokenize(vocab, rat[i], eos)
@@ -261,11 +238,10 @@ def run_eval(config: EvalConfig) -> dict:
     model, params, vocab, mesh, rules, step = load_for_inference(config.model_dir, config.step, config.mesh_model,
                                                                  config.partitioning)
     decoder = Decoder(model, mesh, rules, config.decode)
-    data = mesh.shape[partitioning.DATA]
-    batch_size = -(-config.batch_size // data) * data
-    batches = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
-                                         task_feature_lengths=config.task_feature_lengths, batch_size=batch_size)
-    rows = predict_split(decoder, params, vocab, batches,
+    examples = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
+                                          task_feature_lengths=config.task_feature_lengths)
+    rows = predict_split(decoder, params, vocab, examples,
+                         batch_size=partitioning.round_up_to_data(config.batch_size, mesh),
                          target_length=config.decode.label_length(config.task_feature_lengths),
                          rationale_length=config.rationale_length, max_examples=config.max_examples)
     metrics = score_predictions(config.mixture_or_task_name, rows)

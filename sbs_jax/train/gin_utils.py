@@ -1,6 +1,9 @@
 """Gin plumbing as T5X users know it: `--gin_file`, `--gin.MACRO=value`, search paths, operative config.
 
-Configurables are registered here, at the top level only; library modules stay gin-free.
+The typed configs (TrainConfig, EvalConfig, T5Config, ...) are made gin-configurable here, from outside
+their modules, so those modules stay gin-free. Not all of the library is: the task registration functions
+(`sbs_jax/data/register.py`) and `tasks/` are `@gin.configurable` themselves, since gin files call them by
+name (`TASK_REGISTRATIONS`).
 """
 from __future__ import annotations
 

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator
-
 import numpy as np
 from etils import epath
 
 from sbs_jax import errors, paths
 from sbs_jax.data import selection
-from sbs_jax.data.prefixes import PREDICT_PREFIX
+from sbs_jax.data import codec, schema
 from sbs_jax.train import evaluation
 
 
@@ -53,17 +51,12 @@ def read_inputs(path: str, input_field: str) -> list[dict]:
     return rows
 
 
-def _batches(vocab, rows: list[dict], batch_size: int, length: int, prefix: str) -> Iterator[dict]:
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        tokens = np.zeros((batch_size, length), np.int32)  # [batch, inputs length]
-        for i, r in enumerate(chunk):
-            ids = list(vocab.encode(prefix + r["input"]))[:length - 1] + [1]
-            tokens[i, :len(ids)] = ids
-        texts = np.array([r["input"] for r in chunk] + [""] * (batch_size - len(chunk)), dtype=object)
-        yield {"encoder_input_tokens": tokens, "inputs_pretokenized": texts,
-               "targets_pretokenized": np.full((batch_size,), "", dtype=object),
-               "mask": np.arange(batch_size) < len(chunk)}
+def _examples(vocab, rows: list[dict], length: int, prefix: str) -> schema.EvalExamples:
+    texts = np.array([r["input"] for r in rows], dtype=object)
+    empty = np.full((len(rows),), "", dtype=object)
+    return schema.EvalExamples(encoder_input_tokens=codec.encode_with_vocab(vocab, list(texts), schema.LABEL, length,
+                                                                         prefix=prefix),
+                               inputs=texts, targets=empty, rationales=empty)
 
 
 def run_infer(config: InferConfig) -> dict:
@@ -74,12 +67,10 @@ def run_infer(config: InferConfig) -> dict:
     rows = read_inputs(config.input_path, config.input_field)
     model, params, vocab, mesh, rules, step = evaluation.load_for_inference(config.model_dir, config.step)
     decoder = evaluation.Decoder(model, mesh, rules, config.decode)
-    data = mesh.shape[partitioning.DATA]
-    batch_size = -(-config.batch_size // data) * data
     # The label prefix the run trained with (none for the official code's standard finetuning/distillation).
-    prefix = selection.run_label_prefix(config.model_dir, default=PREDICT_PREFIX)
-    preds = evaluation.predict_split(decoder, params, vocab,
-                                     _batches(vocab, rows, batch_size, config.input_length, prefix),
+    prefix = selection.run_label_prefix(config.model_dir, default=schema.PREDICT_PREFIX)
+    preds = evaluation.predict_split(decoder, params, vocab, _examples(vocab, rows, config.input_length, prefix),
+                                     batch_size=partitioning.round_up_to_data(config.batch_size, mesh),
                                      target_length=config.target_length, rationale_length=config.rationale_length)
     if jax.process_index() == 0:
         out = epath.Path(config.output_path)

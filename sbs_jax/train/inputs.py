@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from sbs_jax import partitioning
+from sbs_jax.data import schema
 
 
 def owned_shards(num_input_shards: int | None) -> tuple[int, list[int]]:
@@ -52,7 +53,7 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                                         packed_lengths=packed_lengths,
                                         packed_streams=tuple(streams) if pack else None)
         iterators.append(ds.skip(start_batch).as_numpy_iterator())
-    keys = ("packed",) if pack else tuple(streams)
+    keys = (schema.PACKED,) if pack else tuple(streams)
     while True:
         parts = [next(it) for it in iterators]
         yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in keys}

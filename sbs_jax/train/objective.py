@@ -14,16 +14,12 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from sbs_jax.data import schema
+from sbs_jax.data.schema import PACKED, STREAM_IDS, STREAMS  # re-export
 from sbs_jax.model import losses
 from sbs_jax.model.t5 import Transformer
 
 MODES = ("step_by_step", "finetune", "distill")
-STREAMS = ("label", "rationale")
-PACKED = "packed"  # the key of a packed batch (sbs_jax.data.packing)
-# decoder_stream_ids of a packed batch: which stream a target token belongs to.
-STREAM_IDS = {"label": 1, "rationale": 2}
-# Batch keys the loss reads and the model does not take.
-_LOSS_ONLY_KEYS = ("decoder_loss_weights", "decoder_stream_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +50,14 @@ class ObjectiveConfig:
 
     @property
     def streams(self) -> tuple[str, ...]:
-        return STREAMS if self.mode == "step_by_step" else ("label",)
+        return STREAMS if self.mode == "step_by_step" else (schema.LABEL,)
 
     def stream_weights(self) -> dict[str, float]:
         if self.mode != "step_by_step":
-            return {"label": 1.0}
+            return {schema.LABEL: 1.0}
         if self.alpha is not None:
-            return {"label": self.alpha, "rationale": 1.0 - self.alpha}
-        return {"label": 1.0, "rationale": self.rationale_weight}
+            return {schema.LABEL: self.alpha, schema.RATIONALE: 1.0 - self.alpha}
+        return {schema.LABEL: 1.0, schema.RATIONALE: self.rationale_weight}
 
 
 def is_packed(batch: Mapping[str, Any]) -> bool:
@@ -75,7 +71,7 @@ def train_inputs(config: ObjectiveConfig, batch: Mapping[str, Any]) -> dict[str,
 
 def stream_weights_of_packed(rows: Mapping[str, jax.Array], stream: str) -> jax.Array:
     """Loss weights of one stream's target tokens in packed rows: [rows, length]."""
-    return rows["decoder_loss_weights"] * (rows["decoder_stream_ids"] == STREAM_IDS[stream])
+    return rows[schema.DECODER_LOSS_WEIGHTS] * (rows[schema.DECODER_STREAM_IDS] == STREAM_IDS[stream])
 
 
 def check_batch(config: ObjectiveConfig, batch: Mapping[str, Any]) -> None:
@@ -89,10 +85,7 @@ def check_batch(config: ObjectiveConfig, batch: Mapping[str, Any]) -> None:
 
 
 def model_inputs(stream: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    return {k: v for k, v in stream.items() if k not in _LOSS_ONLY_KEYS}
-
-
-_ENCODER_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+    return {k: v for k, v in stream.items() if k not in schema.LOSS_ONLY_KEYS}
 
 
 def interleave_rows(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -108,7 +101,7 @@ def fuse_streams(label: Mapping[str, jax.Array], rationale: Mapping[str, jax.Arr
     """The encoder features of both streams as one batch of 2B rows (`interleave_rows`): label and rationale
     inputs share the inputs length, so one encoder pass serves both streams; the decoder features stay per
     stream, each at its own target length (no padding of labels to the rationale length)."""
-    keys = [k for k in _ENCODER_KEYS if k in label or k in rationale]
+    keys = [k for k in schema.ENCODER_KEYS if k in label or k in rationale]
     for k in keys:
         if k not in label or k not in rationale:
             raise ValueError(f"streams differ in encoder features: {k!r} is in only one of them")
@@ -126,14 +119,14 @@ def _fused_logits(model, params, label, rationale, rng, enable_dropout):
                           rngs={"dropout": enc_key}, method=Transformer.encode)  # [2*batch, length, embed]
     encoded = encoded.reshape((-1, 2) + encoded.shape[1:])  # [batch, 2, length, embed]
     out = {}
-    for index, (name, stream, key) in enumerate((("label", label, label_key),
-                                                 ("rationale", rationale, rationale_key))):
+    for index, (name, stream, key) in enumerate(((schema.LABEL, label, label_key),
+                                                 (schema.RATIONALE, rationale, rationale_key))):
         out[name] = model.apply(
-            {"params": params}, encoded[:, index], stream["encoder_input_tokens"],
-            stream["decoder_input_tokens"], stream["decoder_target_tokens"],
-            encoder_segment_ids=stream.get("encoder_segment_ids"),
-            decoder_segment_ids=stream.get("decoder_segment_ids"),
-            decoder_positions=stream.get("decoder_positions"),
+            {"params": params}, encoded[:, index], stream[schema.ENCODER_INPUT_TOKENS],
+            stream[schema.DECODER_INPUT_TOKENS], stream[schema.DECODER_TARGET_TOKENS],
+            encoder_segment_ids=stream.get(schema.ENCODER_SEGMENT_IDS),
+            decoder_segment_ids=stream.get(schema.DECODER_SEGMENT_IDS),
+            decoder_positions=stream.get(schema.DECODER_POSITIONS),
             enable_dropout=enable_dropout, rngs={"dropout": key}, method=Transformer.decode)
     return out
 
@@ -141,7 +134,7 @@ def _fused_logits(model, params, label, rationale, rng, enable_dropout):
 def _stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
     """Token-mean loss of one stream; with `num_tokens`, normalised by that (global) count instead."""
     loss, metrics = losses.token_mean_cross_entropy(
-        logits, stream["decoder_target_tokens"], stream["decoder_loss_weights"],
+        logits, stream[schema.DECODER_TARGET_TOKENS], stream[schema.DECODER_LOSS_WEIGHTS],
         label_smoothing=config.label_smoothing, z_loss=config.z_loss)
     if num_tokens is not None:
         # Token-sum over this microbatch divided by the whole batch's count: microbatch losses then add up to
@@ -155,7 +148,7 @@ def token_counts(config: ObjectiveConfig, batch: Mapping[str, Mapping[str, jax.A
     if is_packed(batch):
         return {s: jnp.sum(stream_weights_of_packed(batch[PACKED], s) > 0).astype(jnp.float32)
                 for s in config.streams}
-    return {s: jnp.sum(batch[s]["decoder_loss_weights"] > 0).astype(jnp.float32) for s in config.streams}
+    return {s: jnp.sum(batch[s][schema.DECODER_LOSS_WEIGHTS] > 0).astype(jnp.float32) for s in config.streams}
 
 
 def num_examples(batch: Mapping[str, Mapping[str, jax.Array]]) -> jax.Array:
@@ -163,17 +156,17 @@ def num_examples(batch: Mapping[str, Mapping[str, jax.Array]]) -> jax.Array:
     rows with a label target."""
     if is_packed(batch):
         rows = batch[PACKED]
-        starts = (rows["decoder_positions"] == 0) & (rows["decoder_stream_ids"] == STREAM_IDS["label"])
+        starts = (rows[schema.DECODER_POSITIONS] == 0) & (rows[schema.DECODER_STREAM_IDS] == schema.LABEL_STREAM_ID)
         return jnp.sum(starts).astype(jnp.float32)
-    return jnp.sum(jnp.any(batch["label"]["decoder_loss_weights"] > 0, axis=1)).astype(jnp.float32)
+    return jnp.sum(jnp.any(batch[schema.LABEL][schema.DECODER_LOSS_WEIGHTS] > 0, axis=1)).astype(jnp.float32)
 
 
 def _packed_loss(model, params, rows, rng, config: ObjectiveConfig, enable_dropout, num_tokens):
     """Per-stream token-mean losses over packed rows: one forward pass, weights split by stream id."""
     logits = model.apply({"params": params}, **model_inputs(rows), enable_dropout=enable_dropout,
                          rngs={"dropout": rng})  # [rows, length, vocab]
-    return {s: _stream_loss(logits, {"decoder_target_tokens": rows["decoder_target_tokens"],
-                                     "decoder_loss_weights": stream_weights_of_packed(rows, s)},
+    return {s: _stream_loss(logits, {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
+                                     schema.DECODER_LOSS_WEIGHTS: stream_weights_of_packed(rows, s)},
                             config, None if num_tokens is None else num_tokens[s])
             for s in config.streams}
 
@@ -198,7 +191,8 @@ def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropou
                            rngs={"dropout": key})
 
     if config.fused and len(streams) == 2:
-        logits_by_stream = _fused_logits(model, params, batch["label"], batch["rationale"], rng, enable_dropout)
+        logits_by_stream = _fused_logits(model, params, batch[schema.LABEL], batch[schema.RATIONALE], rng,
+                                         enable_dropout)
     else:
         keys = jax.random.split(rng, len(streams))
         logits_by_stream = {s: apply(batch[s], k) for s, k in zip(streams, keys)}

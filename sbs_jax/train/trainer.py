@@ -18,7 +18,7 @@ from etils import epath
 
 from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
-from sbs_jax.train import checkpointing, evaluation, inputs, length_buckets, objective as objective_lib, optim
+from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
 from sbs_jax.train import progress
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
@@ -44,12 +44,13 @@ class TrainConfig:
     (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
     `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
-    length_buckets: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
+    cut_batches: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
     (`min_bucket_length · 2^k`, or with `bucket_step` `min_bucket_length` then multiples of it; capped at
     TASK_FEATURE_LENGTHS) holding its real tokens, separately for the encoder and each stream's decoder
-    (`length_buckets.py`); same loss and gradients, one compiled step per shape seen. Off by default:
+    (`batch_cutting.py`); same loss and gradients, one compiled step per shape seen. Off by default:
     shapes, compile count and the first step's memory figure stay fixed.
-    Incompatible with `pack` (packed rows are full by construction).
+    Incompatible with `pack` (packed rows are full by construction). (Decoding batches are a separate
+    matter: `DecodeConfig.length_sorted_batches`.) length_buckets: deprecated old name of `cut_batches`.
     max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
     this fraction of its training examples have no usable teacher rationale (and always when none has one).
     """
@@ -70,7 +71,8 @@ class TrainConfig:
     num_input_shards: int | None = None
     pack: bool = False
     packed_lengths: Mapping[str, int] | None = None
-    length_buckets: bool = False
+    cut_batches: bool = False
+    length_buckets: bool | None = None  # deprecated: the old name of cut_batches
     min_bucket_length: int = 16
     bucket_step: int | None = None
     eval_every: int = 0
@@ -88,6 +90,10 @@ class TrainConfig:
     max_unparsed_fraction: float = 0.2
 
     def __post_init__(self):
+        if self.length_buckets is not None:
+            log.warning("TrainConfig.length_buckets is deprecated; it is now TrainConfig.cut_batches "
+                        "(gin macro LENGTH_BUCKETS, unchanged)")
+            object.__setattr__(self, "cut_batches", bool(self.length_buckets))
         for name in ("train_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "keep_checkpoints",
                      "log_every", "min_bucket_length"):
             if int(getattr(self, name)) < 1:
@@ -96,8 +102,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.packed_lengths is set but pack=False; set pack=True (PACK) to pack")
         if self.bucket_step is not None and int(self.bucket_step) < 1:
             raise ValueError(f"TrainConfig.bucket_step: expected a positive integer or None, got {self.bucket_step}")
-        if self.pack and self.length_buckets:
-            raise ValueError("TrainConfig: pack=True (PACK) and length_buckets=True (LENGTH_BUCKETS) are both set; "
+        if self.pack and self.cut_batches:
+            raise ValueError("TrainConfig: pack=True (PACK) and cut_batches=True (LENGTH_BUCKETS) are both set; "
                              "packed rows are full by construction, so bucketing has nothing to cut: set one")
         if not 0.0 <= float(self.max_unparsed_fraction) <= 1.0:
             raise ValueError(f"TrainConfig.max_unparsed_fraction: expected a fraction in [0, 1], got "
@@ -274,27 +280,25 @@ class Trainer:
         if jax.process_index() == 0:
             memory = compile_lib.memory_summary(compiled)
             shapes = ""
-            if cfg.length_buckets:
+            if cfg.cut_batches:
                 shapes = " for lengths " + ", ".join(f"{k} {v}" for k, v in sorted(
-                    length_buckets.full_lengths(local_batch).items()))
+                    batch_cutting.full_lengths(local_batch).items()))
             print(f"train step compiled{shapes} in {time.perf_counter() - t0:.1f}s"
                   + (f"; {memory}" if memory else ""), flush=True)
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _eval_batches(self, task: str, split: str):
+    def _eval_examples(self, task: str, split: str):
         from sbs_jax.data import pipeline
 
         key = ("decode", task, split)
         if key not in self._eval_cache:
-            bs = self._eval_batch_size()
-            self._eval_cache[key] = list(pipeline.get_eval_examples(
-                task, split=split, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs))
+            self._eval_cache[key] = pipeline.get_eval_examples(
+                task, split=split, task_feature_lengths=self.config.task_feature_lengths)
         return self._eval_cache[key]
 
     def _eval_batch_size(self) -> int:
-        data = self.mesh.shape[partitioning.DATA]
-        return -(-self.config.eval_batch_size // data) * data
+        return partitioning.round_up_to_data(self.config.eval_batch_size, self.mesh)
 
     def _forced_batches(self, task: str, split: str, num_examples: int):
         from sbs_jax.data import pipeline
@@ -329,7 +333,8 @@ class Trainer:
         return metrics
 
     def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
-        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_batches(task, split),
+        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_examples(task, split),
+                                        batch_size=self._eval_batch_size(),
                                         target_length=self.config.decode.label_length(
                                             self.config.task_feature_lengths),
                                         rationale_length=self.config.rationale_length)
@@ -364,13 +369,13 @@ class Trainer:
         pending_examples = []  # device scalars, read only when logging (no per-step host sync)
         # One compiled step per batch shape: a single one unless length bucketing cuts batches.
         compiled_steps, last_val = {}, {}
-        cutter = length_buckets.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.length_buckets else None
+        cutter = batch_cutting.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.cut_batches else None
         multi_process = jax.process_count() > 1
         for step in range(start, cfg.train_steps):
             local = next(batches)
             if cutter is not None:
                 local = cutter(local)
-            key = length_buckets.shape_key(local)
+            key = batch_cutting.shape_key(local)
             compiled = compiled_steps.get(key)
             if compiled is None:
                 compiled = compiled_steps[key] = self.compile_step(local)

@@ -1,4 +1,4 @@
-"""Length bucketing of unpacked training batches (sbs_jax.train.length_buckets): the cut, loss and gradients
+"""Training batch cutting (sbs_jax.train.batch_cutting): the cut, loss and gradients
 equal to full-length padding, the multi-process agreement, config errors, and Trainer runs with and without
 bucketing that train identically."""
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sbs_jax.model import Transformer, get_config
-from sbs_jax.train import bucketing, checkpointing, gin_utils, inputs, length_buckets as lb
+from sbs_jax.train import batch_cutting as lb, checkpointing, decode_batching, evaluation, gin_utils, inputs
 from sbs_jax.train import objective as objective_lib, optim, trainer
 
 # Longer than arith needs (its inputs reach ~42 tokens, labels 2, rationales 16), so batches have padding to cut.
@@ -63,7 +63,7 @@ def _assert_cut_is_exact(full, cut):
 
 
 def test_cut_picks_smallest_bucket_per_group():
-    assert bucketing.bucket_lengths(96, 8) == (8, 16, 32, 64, 96)
+    assert decode_batching.bucket_lengths(96, 8) == (8, 16, 32, 64, 96)
     batch = {"label": _stream([5, 17, 0], [2, 3, 1], 96, 32, 0),
              "rationale": _stream([6, 18, 0], [9, 16, 0], 96, 32, 1)}
     assert lb.needed_lengths(batch) == {"encoder": 18, "label": 3, "rationale": 16}
@@ -105,7 +105,7 @@ def test_cut_of_real_arith_batches(arith_batches):
         _assert_cut_is_exact(batch, cut)
         needed, got = lb.needed_lengths(batch), lb.full_lengths(cut)
         for group, length in got.items():
-            buckets = bucketing.bucket_lengths(lb.full_lengths(batch)[group], 4)
+            buckets = decode_batching.bucket_lengths(lb.full_lengths(batch)[group], 4)
             # The smallest bucket that holds the longest row of the batch.
             assert length == min(b for b in buckets if b >= needed[group]), group
         seen.add(lb.shape_key(cut))
@@ -179,26 +179,33 @@ def test_config_errors_and_gin_macro():
     model = get_config("t5_1_1_tiny", **TINY)
     common = dict(model_dir="/tmp/x", mixture_or_task_name="arith_sbs", task_feature_lengths=LENGTHS,
                   train_steps=1, batch_size=8, model=model)
-    with pytest.raises(ValueError, match=r"pack=True \(PACK\) and length_buckets=True \(LENGTH_BUCKETS\)"):
-        trainer.TrainConfig(**common, pack=True, length_buckets=True)
+    with pytest.raises(ValueError, match=r"pack=True \(PACK\) and cut_batches=True \(LENGTH_BUCKETS\)"):
+        trainer.TrainConfig(**common, pack=True, cut_batches=True)
     with pytest.raises(ValueError, match="min_bucket_length: expected a positive integer"):
-        trainer.TrainConfig(**common, length_buckets=True, min_bucket_length=0)
+        trainer.TrainConfig(**common, cut_batches=True, min_bucket_length=0)
     with pytest.raises(ValueError, match="bucket_step: expected a positive integer or None, got 0"):
-        trainer.TrainConfig(**common, length_buckets=True, bucket_step=0)
+        trainer.TrainConfig(**common, cut_batches=True, bucket_step=0)
 
     files = [str(GIN_DIR / f) for f in ("models/t5_1_1_tiny.gin", "runs/step_by_step.gin", "datasets/arith.gin")]
     gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'"], search_paths=[str(GIN_DIR)])
-    assert gin_utils.build("TrainConfig").length_buckets is False
+    assert gin_utils.build("TrainConfig").cut_batches is False
     gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'", "LENGTH_BUCKETS = True",
                             "TrainConfig.min_bucket_length = 8", "TrainConfig.bucket_step = 32"],
                     search_paths=[str(GIN_DIR)])
     config = gin_utils.build("TrainConfig")
-    assert config.length_buckets is True and (config.min_bucket_length, config.bucket_step) == (8, 32)
+    assert config.cut_batches is True and (config.min_bucket_length, config.bucket_step) == (8, 32)
     # The paper recipe pads like the official code (to the batch's longest example, here up to a power of 2).
     gin_utils.parse([str(GIN_DIR / "runs/paper_t5_1_1_base.gin"), str(GIN_DIR / "datasets/cqa.gin")],
                     ["MODEL_DIR = '/tmp/unused'", "INITIAL_CHECKPOINT_PATH = '/ckpt'", "TASK_REGISTRATIONS = []"],
                     search_paths=[str(GIN_DIR)])
-    assert gin_utils.build("TrainConfig").length_buckets is True
+    assert gin_utils.build("TrainConfig").cut_batches is True
+    # The old field names still work (deprecated aliases), in Python and in gin.
+    assert trainer.TrainConfig(**common, length_buckets=True).cut_batches is True
+    assert evaluation.DecodeConfig(length_bucketing=False).length_sorted_batches is False
+    assert evaluation.DecodeConfig().length_sorted_batches is True
+    gin_utils.parse(files, ["MODEL_DIR = '/tmp/unused'", "TrainConfig.length_buckets = True"],
+                    search_paths=[str(GIN_DIR)])
+    assert gin_utils.build("TrainConfig").cut_batches is True
 
 
 def _train(tmp_path, name, **extra):
@@ -216,7 +223,7 @@ def _train(tmp_path, name, **extra):
 def test_trainer_with_buckets_trains_like_full_padding(arith, tmp_path, capsys):
     full, params_full = _train(tmp_path, "full")
     capsys.readouterr()
-    bucketed, params_cut = _train(tmp_path, "bucketed", length_buckets=True, min_bucket_length=4)
+    bucketed, params_cut = _train(tmp_path, "bucketed", cut_batches=True, min_bucket_length=4)
     out = capsys.readouterr().out
     compiled = re.findall(r"train step compiled for lengths (encoder \d+, label \d+, rationale \d+)", out)
     # More than one shape (the cut happened), at most one per bucket combination, each compiled once.

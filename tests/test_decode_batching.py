@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 
 from sbs_jax import partitioning
+from sbs_jax.data import schema
 from sbs_jax.model import T5Config, Transformer
-from sbs_jax.train import bucketing, evaluation
+from sbs_jax.train import decode_batching, evaluation
 
 VOCAB, FULL, BATCH = 40, 72, 8
 
 
 class _CharVocab:
     """Characters <-> ids 2.. (0 pad, 1 EOS): enough vocabulary for decoding and the `explain:` inputs."""
+    pad_id, eos_id = 0, 1
 
     def encode(self, text):
         return [2 + ord(c) % (VOCAB - 2) for c in text]
@@ -38,7 +40,7 @@ def tiny():
 
 
 def _split(num=37, seed=0):
-    """`get_eval_examples`-style batches of examples with input lengths 3..FULL (EOS-terminated)."""
+    """`get_eval_examples`-style examples with input lengths 3..FULL (EOS-terminated)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, FULL + 1, num)
     lengths[:3] = (FULL, 3, 17)  # the extremes and a length just past a bucket
@@ -47,44 +49,39 @@ def _split(num=37, seed=0):
         tokens[i, :n - 1] = rng.integers(2, VOCAB, n - 1)
         tokens[i, n - 1] = 1
     texts = np.array([f"question {i} " + "x" * int(n // 4) for i, n in enumerate(lengths)], dtype=object)
-    batches = []
-    for start in range(0, num, BATCH):
-        rows = slice(start, min(start + BATCH, num))
-        real = rows.stop - rows.start
-        pad = lambda a, fill: np.concatenate([a[rows], np.full((BATCH - real,) + a.shape[1:], fill, a.dtype)])
-        batches.append({"encoder_input_tokens": pad(tokens, 0), "inputs_pretokenized": pad(texts, ""),
-                        "targets_pretokenized": pad(np.array([str(i) for i in range(num)], dtype=object), ""),
-                        "mask": np.arange(BATCH) < real})
-    return batches, lengths
+    golds = np.array([str(i) for i in range(num)], dtype=object)
+    examples = schema.EvalExamples(encoder_input_tokens=tokens, inputs=texts, targets=golds,
+                                   rationales=np.full((num,), "", dtype=object))
+    return examples, lengths
 
 
 def test_plan_covers_every_row_once_in_few_shapes():
-    assert bucketing.bucket_lengths(72) == (16, 32, 64, 72)
-    assert bucketing.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
-    assert bucketing.bucket_lengths(16) == (16,) and bucketing.bucket_lengths(10) == (10,)
+    assert decode_batching.bucket_lengths(72) == (16, 32, 64, 72)
+    assert decode_batching.bucket_lengths(512) == (16, 32, 64, 128, 256, 512)
+    assert decode_batching.bucket_lengths(16) == (16,) and decode_batching.bucket_lengths(10) == (10,)
     lengths = np.array([5, 70, 16, 17, 3, 64, 33, 2, 40])
-    plan = bucketing.plan_batches(lengths, 4, bucketing.bucket_lengths(72), 72)
+    plan = decode_batching.plan_batches(lengths, 4, decode_batching.bucket_lengths(72), 72)
     rows = np.concatenate([b.rows for b in plan])
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     assert [lengths[b.rows].tolist() for b in plan] == [[2, 3, 5, 16], [17, 33, 40, 64], [70]]
     assert [b.length for b in plan] == [16, 64, 72]
     # Without buckets: the original order at the full length.
-    plain = bucketing.plan_batches(lengths, 4, None, 72)
+    plain = decode_batching.plan_batches(lengths, 4, None, 72)
     assert [b.rows.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]] and {b.length for b in plain} == {72}
     tokens = np.array([[5, 6, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [4, 4, 4, 4, 1]])
-    assert bucketing.row_lengths(tokens).tolist() == [3, 1, 0, 5]
+    assert decode_batching.row_lengths(tokens).tolist() == [3, 1, 0, 5]
     with pytest.raises(ValueError, match="more than the full length"):
-        bucketing.plan_batches(np.array([80]), 4, (16, 72), 72)
+        decode_batching.plan_batches(np.array([80]), 4, (16, 72), 72)
 
 
 def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
     model, params, mesh, rules = tiny
-    batches, lengths = _split()
+    examples, lengths = _split()
     results, decoders = {}, {}
     for bucketed in (False, True):
-        decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig(length_bucketing=bucketed))
-        results[bucketed] = evaluation.predict_split(decoder, params, _CharVocab(), batches, target_length=6,
-                                                     rationale_length=5)
+        decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig(length_sorted_batches=bucketed))
+        results[bucketed] = evaluation.predict_split(decoder, params, _CharVocab(), examples, batch_size=BATCH,
+                                                     target_length=6, rationale_length=5)
         decoders[bucketed] = decoder
     plain, bucketed = results[False], results[True]
     assert len(bucketed) == len(lengths) == 37
@@ -95,22 +92,23 @@ def test_bucketed_predictions_equal_full_padding_in_original_order(tiny):
     # Shapes: full padding compiles one per decode length; bucketing at most one per bucket, and uses short ones.
     assert decoders[False].shapes == {(BATCH, FULL, 6), (BATCH, FULL, 5)}
     label_shapes = {s for s in decoders[True].shapes if s[2] == 6}
-    assert len(label_shapes) <= len(bucketing.bucket_lengths(FULL)) and min(s[1] for s in label_shapes) == 16
+    assert len(label_shapes) <= len(decode_batching.bucket_lengths(FULL)) and min(s[1] for s in label_shapes) == 16
     assert decoders[True]._fns[6]._cache_size() == len(label_shapes)
 
 
 def test_max_examples_decodes_the_first_rows(tiny):
     model, params, mesh, rules = tiny
-    batches, _ = _split()
+    examples, _ = _split()
     decoder = evaluation.Decoder(model, mesh, rules, evaluation.DecodeConfig())
-    rows = evaluation.predict_split(decoder, params, _CharVocab(), batches, target_length=4, max_examples=11)
+    rows = evaluation.predict_split(decoder, params, _CharVocab(), examples, batch_size=BATCH, target_length=4,
+                                    max_examples=11)
     assert [r["gold"] for r in rows] == [str(i) for i in range(11)]
 
 
 def test_shorter_bucket_gives_the_same_logits(tiny):
     model, params, _, _ = tiny
-    batches, lengths = _split()
-    tokens = np.concatenate([b["encoder_input_tokens"][b["mask"]] for b in batches])
+    examples, lengths = _split()
+    tokens = examples.encoder_input_tokens
     short = np.flatnonzero(lengths <= 32)[:BATCH]
     rng = np.random.default_rng(1)
     targets = rng.integers(2, VOCAB, (len(short), 6)).astype(np.int32)

@@ -34,6 +34,9 @@ class TaskInfo:
     label_source: str           # gold | teacher (label stream on every split; evaluation is always on gold)
     metric: str                 # key of metrics.METRICS
     split_data: Mapping[str, SplitData] | None = None  # in-memory sources: examples and teacher statistics
+    # The seeded share of train kept at registration (splits.plan_splits); None: the source was registered
+    # without a fraction (TFDS / DataSource tasks cannot subsample). Sweeps check their cell's fraction here.
+    train_fraction: float | None = None
 
 
 _TASK_INFO: dict[str, TaskInfo] = {}
@@ -132,10 +135,13 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
         else:
             logging.info("%s:%s: %d examples, no teacher outputs", name, s, len(d.examples))
     largest = max(len(ex) for ex in planned.values())
-    return register_source_task(
+    names = register_source_task(
         name, sources.InMemoryDataSource(planned), vocabulary=vocabulary, metric=metric, variants=variants,
         teacher_label_field="teacher_label", shuffle_buffer_size=max(1, min(largest, MAX_SHUFFLE_BUFFER)),
         split_data=split_data)
+    for task_name in names:
+        _TASK_INFO[task_name] = dataclasses.replace(_TASK_INFO[task_name], train_fraction=float(train_fraction))
+    return names
 
 
 def _restat(parent: SplitData, split: str, examples: list[Example], metric: str) -> SplitData:

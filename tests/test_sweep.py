@@ -17,6 +17,7 @@ from etils import epath
 from sbs_jax.data import splits as splits_lib, vocab
 from sbs_jax.data.records import DataError, Example
 from sbs_jax.sweep import grid, main as sweep_main, marker as marker_lib, results, runner
+from test_gcs import gcs  # noqa: F401 - the local GCS emulator fixture
 
 TINY_BINDINGS = ["TRAIN_STEPS = 4", "EVAL_EVERY = 2", "SAVE_EVERY = 2", "BATCH_SIZE = 8",
                  "LEARNING_RATE = 1e-2", "OptimizerConfig.warmup_steps = 1", "TrainConfig.log_every = 2",
@@ -362,3 +363,33 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, parity_ta
     assert marker_lib.read(second)[0] is not None
     rows, missing = results.collect(root)
     assert len(rows) == 4 and not missing
+
+
+def test_finished_sweep_on_gcs_is_skipped_and_reported(tiny_sweep, gcs, parity_task):
+    """A sweep dir on gs:// (the local emulator of test_gcs.py): finished cells are recognised and skipped,
+    a corrupted marker is cleared, and the report and figures are written there."""
+    from test_gcs import BUCKET
+
+    local = tiny_sweep["root"]
+    for path in local.rglob("*"):
+        if path.is_file() and "checkpoints" not in path.parts:
+            gcs.put_file(str(path), f"{BUCKET}/sweep/{path.relative_to(local)}")
+    root = f"gs://{BUCKET}/sweep"
+    config = _tiny_config(root, parity_task)
+    assert runner.run_sweep(config, launch=_must_not_run) == {"total": 4, "skipped": 4, "run": 0}
+    out = results.write_report(root)
+    mine = [{k: v for k, v in r.items() if k != "run_dir"} for r in out["rows"]]
+    assert mine == [{k: v for k, v in r.items() if k != "run_dir"} for r in tiny_sweep["report"]["rows"]]
+    assert out["rows"][0]["run_dir"].startswith(root)
+    assert gcs.exists(f"{BUCKET}/sweep/results.md") and gcs.exists(f"{BUCKET}/sweep/data_size_t5_1_1_tiny.json")
+    assert not os.path.exists("gs:")
+    bad = f"{BUCKET}/sweep/t5_1_1_tiny/finetune/f1/seed0"
+    gcs.pipe(f"{bad}/{marker_lib.MARKER}", b"not json")
+    launched = []
+
+    def relaunch(spec, cell_dir):
+        launched.append((str(cell_dir), cell_dir.exists()))
+        cell_dir.mkdir(parents=True, exist_ok=True)  # the run would go here; leave no marker
+    with pytest.raises(runner.CellFailed, match="without a valid completion marker"):
+        runner.run_sweep(config, launch=relaunch)
+    assert launched == [(f"gs://{bad}", False)] and not gcs.exists(f"{bad}/{marker_lib.MARKER}")

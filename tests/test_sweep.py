@@ -114,6 +114,8 @@ def test_paper_study_gin_files(tmp_path):
     size = sweep_main.parse_sweep(["sweeps/model_size.gin"], [f"SWEEP_DIR = '{tmp_path}'",
                                                               "Sweep.seeds = [0, 1, 2]"])
     assert list(size.models) == ["t5_1_1_small", "t5_1_1_base", "t5_1_1_large"] and len(grid.plan_cells(size)) == 36
+    with pytest.raises(ValueError, match="Sweep.sweep_dir is not set: pass --gin.SWEEP_DIR"):
+        sweep_main.parse_sweep(["sweeps/data_size.gin"], [])
     assert sweep_main.is_sweep_binding("Sweep.seeds = [1]") and not sweep_main.is_sweep_binding("DATA_DIR = 'x'")
 
 

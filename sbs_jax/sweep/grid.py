@@ -46,8 +46,10 @@ class SweepConfig:
     def __post_init__(self):
         def fail(field, expected, got):
             raise ValueError(f"Sweep.{field}: expected {expected}, got {got!r}")
-        if not self.sweep_dir:
-            fail("sweep_dir", "a directory (SWEEP_DIR)", self.sweep_dir)
+        if not isinstance(self.sweep_dir, str) or not self.sweep_dir:
+            raise ValueError("Sweep.sweep_dir is not set: pass --gin.SWEEP_DIR=\"'/path/or/gs://bucket/dir'\"")
+        if not isinstance(self.dataset_gin, str) or not self.dataset_gin:
+            fail("dataset_gin", "a dataset gin file, e.g. 'datasets/cqa.gin'", self.dataset_gin)
         for name in ("methods", "fractions", "seeds", "models"):
             values = list(getattr(self, name))
             if not values:

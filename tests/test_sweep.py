@@ -395,3 +395,34 @@ def test_finished_sweep_on_gcs_is_skipped_and_reported(tiny_sweep, gcs, parity_t
     with pytest.raises(runner.CellFailed, match="without a valid completion marker"):
         runner.run_sweep(config, launch=relaunch)
     assert launched == [(f"gs://{bad}", False)] and not gcs.exists(f"{bad}/{marker_lib.MARKER}")
+
+
+def test_paper_dataset_figures_show_table1_and_the_teachers_data_accuracy(tmp_path):
+    """On a paper dataset the figures and results.md carry the paper's Table 1 numbers (labelled, from
+    paper_results) and the teacher accuracy recorded from the data; drawn from rows as the report has them."""
+    import matplotlib.image
+
+    from sbs_jax.sweep import figures, paper_results
+
+    rows = []
+    for method, base in (("finetune", 50.0), ("step_by_step", 55.0)):
+        for fraction in (0.5, 1.0):
+            for seed in (0, 1):
+                acc = base + 10 * fraction + seed
+                rows.append({**_row(method, fraction, seed, acc, model="t5_1_1_base"), "dataset": "svamp",
+                             "best_step": 4, "validation_curve": [[2, acc - 3], [4, acc + 1]], "run_dir": "x",
+                             "teacher_accuracy": {"train": 73.25, "test": 74.0}})
+    groups = results.aggregate(rows)
+    made = figures.draw_all(epath.Path(tmp_path), rows, groups)
+    assert all(matplotlib.image.imread(str(p)).ndim == 3 for p in made)
+    data = json.loads((tmp_path / "data_size_t5_1_1_base.json").read_text())
+    assert data["paper_table1"]["test"] == paper_results.TABLE1["svamp"] == {"finetune": 62.63, "step_by_step": 65.5}
+    assert data["paper_table1"]["citation"].startswith("Hsieh et al. 2023")
+    assert data["teacher"] == {"accuracy": 74.0, "split": "test"}
+    assert [s["test_mean"] for s in data["series"]] == [[55.5, 60.5], [60.5, 65.5]]
+    size = json.loads((tmp_path / "model_size.json").read_text())
+    assert size["teacher"]["accuracy"] == 74.0 and size["paper_table1"]["parameters"] == 220_000_000
+    md = results.markdown(rows, groups, [], "t")
+    assert "Paper (Hsieh et al. 2023" in md and "standard finetuning 62.63 %" in md
+    assert "Teacher accuracy computed from the data (test split): 74.00 %" in md
+    assert "- t5_1_1_base, step-by-step (gold labels): 50 % (target 60.50 %)" in md

@@ -17,7 +17,7 @@ import time
 from etils import epath
 
 
-def _compilation_cache() -> None:
+def compilation_cache() -> None:
     # Cells of one model and method compile the same steps; a shared on-disk cache compiles them once.
     import jax
 
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
-    _compilation_cache()
+    compilation_cache()
     run_cell(json.loads(argv[0]))
     return 0
 

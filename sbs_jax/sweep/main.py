@@ -91,7 +91,12 @@ def main(argv=None) -> int:
             print(f"{cell.key}: files {spec['gin_files']} bindings {spec['bindings']}")
         return 0
     try:
-        launch = runner.launch_in_process if args.in_process else runner.launch_subprocess
+        launch = runner.launch_subprocess
+        if args.in_process:
+            from sbs_jax.sweep import cell
+
+            cell.compilation_cache()  # what each cell process would set up for itself
+            launch = runner.launch_in_process
         runner.run_sweep(config, cell_bindings, launch=launch)
     except runner.CellFailed as e:
         print(f"sbs sweep: {e}", file=sys.stderr)

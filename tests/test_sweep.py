@@ -310,7 +310,7 @@ def test_rerun_skips_finished_cells_and_reruns_damaged_ones(tiny_sweep, tmp_path
     launched = []
 
     def relaunch(spec, cell_dir):  # stands in for the cell process: put the original run back
-        launched.append((spec["cell"], cell_dir.exists(), (cell_dir / "checkpoints").exists()))
+        launched.append((spec["cell"], (cell_dir / "predictions").exists(), (cell_dir / "checkpoints").exists()))
         key = grid.Cell(**spec["cell"]).key
         if cell_dir.exists():
             shutil.rmtree(cell_dir)
@@ -321,9 +321,16 @@ def test_rerun_skips_finished_cells_and_reruns_damaged_ones(tiny_sweep, tmp_path
 
     assert runner.run_sweep(config, launch=relaunch) == {"total": 4, "skipped": 2, "run": 2}
     # The corrupted cell was cleared before its rerun; the unfinished one kept its checkpoints to resume from.
-    assert [(c["method"], c["fraction"], exists, ckpts) for c, exists, ckpts in launched] == [
+    assert [(c["method"], c["fraction"], preds, ckpts) for c, preds, ckpts in launched] == [
         ("finetune", 0.5, False, False), ("step_by_step", 1.0, True, True)]
     assert len(results.collect(root)[0]) == 4
+    # An unfinished cell started with other settings (its cell_spec.json) is cleared, not resumed.
+    (unfinished / marker_lib.MARKER).unlink()
+    started = json.loads((unfinished / runner.SPEC_FILE).read_text())
+    (unfinished / runner.SPEC_FILE).write_text(json.dumps({**started, "bindings": ["TRAIN_STEPS = 99"]}))
+    launched.clear()
+    assert runner.run_sweep(config, launch=relaunch)["run"] == 1
+    assert [(c["method"], preds, ckpts) for c, preds, ckpts in launched] == [("step_by_step", False, False)]
     # A launch that leaves no valid marker is an error, not a counted cell.
     (unfinished / marker_lib.MARKER).unlink()
     with pytest.raises(runner.CellFailed, match="without a valid completion marker"):
@@ -390,8 +397,7 @@ def test_finished_sweep_on_gcs_is_skipped_and_reported(tiny_sweep, gcs, parity_t
     launched = []
 
     def relaunch(spec, cell_dir):
-        launched.append((str(cell_dir), cell_dir.exists()))
-        cell_dir.mkdir(parents=True, exist_ok=True)  # the run would go here; leave no marker
+        launched.append((str(cell_dir), (cell_dir / "predictions").exists()))  # leave no marker
     with pytest.raises(runner.CellFailed, match="without a valid completion marker"):
         runner.run_sweep(config, launch=relaunch)
     assert launched == [(f"gs://{bad}", False)] and not gcs.exists(f"{bad}/{marker_lib.MARKER}")

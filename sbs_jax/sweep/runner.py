@@ -21,6 +21,7 @@ from sbs_jax import paths
 from sbs_jax.sweep import grid, marker as marker_lib
 
 PLAN_FILE = "sweep.json"
+SPEC_FILE = "cell_spec.json"  # written before a cell starts: what its checkpoints were trained with
 
 
 class CellFailed(RuntimeError):
@@ -71,6 +72,13 @@ def _fmt(seconds: float) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _started_spec(cell_dir: epath.Path) -> dict | None:
+    try:
+        return json.loads((cell_dir / SPEC_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def write_plan(config: grid.SweepConfig, cells: Sequence[grid.Cell]) -> None:
     """`sweep.json`: the settings and every planned cell, so a report knows the whole grid."""
     root = paths.absolute(config.sweep_dir)
@@ -103,8 +111,16 @@ def run_sweep(config: grid.SweepConfig, extra_bindings: Sequence[str] = (), *,
             print(f"  {cell.key}: {why}; clearing it and running it again", file=out, flush=True)
             cell_dir.rmtree()
         elif cell_dir.exists():
-            print(f"  {cell.key}: unfinished; running it again (the trainer resumes from its last checkpoint)",
-                  file=out, flush=True)
+            started = _started_spec(cell_dir)
+            if started is not None and marker_lib.comparable(started) == marker_lib.comparable(spec):
+                print(f"  {cell.key}: unfinished; running it again (the trainer resumes from its last "
+                      "checkpoint)", file=out, flush=True)
+            else:  # its checkpoints belong to other settings (or to nothing we wrote): start afresh
+                print(f"  {cell.key}: unfinished, started with other settings; clearing it and running it again",
+                      file=out, flush=True)
+                cell_dir.rmtree()
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        marker_lib.write_atomic(cell_dir / SPEC_FILE, json.dumps(spec, indent=2) + "\n")
         t0 = time.perf_counter()
         launch(spec, cell_dir)
         found, why = marker_lib.read(cell_dir, spec)

@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     packages=[
         "sbs_jax", "sbs_jax.model", "sbs_jax.checkpoints", "sbs_jax.data", "sbs_jax.train",
-        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.tasks", "sbs_jax.gin_configs",
+        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.tasks", "sbs_jax.gin_configs",
     ],
     package_dir={"sbs_jax.tasks": "tasks", "sbs_jax.gin_configs": "gin"},
     package_data={"sbs_jax.gin_configs": ["*.gin", "*/*.gin"], "sbs_jax.teacher": ["templates/*"]},
@@ -24,6 +24,8 @@ setup(
         "gin-config>=0.5.0", "sentencepiece>=0.2.3", "tokenizers>=0.20", "clu>=0.0.12", "safetensors>=0.4", "numpy>=1.26",
         # Local and gs:// run directories (orbax depends on it too).
         "etils[epath]>=1.15.0",
+        # `sbs sweep` figures (Agg backend, PNG); scipy (a jax dependency) gives its t intervals.
+        "matplotlib>=3.8", "scipy>=1.11",
     ],
     extras_require={
         # gcsfs + the GCS emulator: tests/test_gcs.py runs MODEL_DIR=gs:// against a local emulator.

@@ -10,6 +10,8 @@ COMMANDS = {
     "eval": ("sbs_jax.train.main", "evaluate a checkpoint on a split"),
     "infer": ("sbs_jax.train.main", "predict labels (and rationales) for JSON lines or plain text"),
     "quickstart": ("sbs_jax.quickstart", "train tiny students on the embedded task and compare methods"),
+    "sweep": ("sbs_jax.sweep.main", "grids of runs (methods × data × models × seeds), results and figures; "
+                                     "`sbs sweep report DIR`"),
     "convert": ("sbs_jax.checkpoints.convert", "convert HF / T5X checkpoints"),
     "export": ("sbs_jax.export.cli", "export a trained student for serving (hf, saved_model, stablehlo)"),
     "data": ("sbs_jax.data.report", "data tools: `sbs data check --data_dir D [--dataset NAME]`"),

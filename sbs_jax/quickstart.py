@@ -80,8 +80,14 @@ def _split_sizes(task: str) -> dict[str, int]:
     return {s: len(d.examples) for s, d in (info.split_data or {}).items()}
 
 
+def majority_accuracy(predictions_path) -> float:
+    """Accuracy (%) of always answering the most frequent gold label of a predictions file: the floor."""
+    golds = [json.loads(line)["gold"] for line in pathlib.Path(predictions_path).read_text().splitlines()]
+    return 100.0 * max(golds.count(g) for g in set(golds)) / len(golds)
+
+
 def format_report(cells: dict[str, dict[int, dict]], comparison: seed_comparison.Comparison, *, sizes, steps,
-                  elapsed_s: float, cpu_s: float) -> str:
+                  elapsed_s: float, cpu_s: float, majority: float | None = None) -> str:
     """The printed comparison; `cells[mode][seed]` holds `test`, `valid` and `step` of each run."""
     (ft_title, ft, _), (sbs_title, sbs, _) = METHODS
     seeds = sorted(cells[ft])
@@ -114,7 +120,8 @@ def format_report(cells: dict[str, dict[int, dict]], comparison: seed_comparison
         f"Seed pairs (finetuning seed, step-by-step seed) where step-by-step scores higher: "
         f"{comparison.pairs_won} of {comparison.pairs}.",
         f"Test set: {comparison.test_examples:,} examples, so one run's accuracy has a binomial standard error of "
-        f"about ±{max(b.standard_error, m.standard_error):.1f} points.",
+        f"about ±{max(b.standard_error, m.standard_error):.1f} points."
+        + ("" if majority is None else f" Always answering the most frequent test label scores {majority:.1f} %."),
     ]
     if comparison.every_seed_beats_every_seed:
         lines.append(f"Verdict: every step-by-step seed beats every finetuning seed, as the paper predicts for "
@@ -162,7 +169,7 @@ def main(argv=None) -> int:
             step = int(test["step"])
             cells[mode][seed] = {"test": float(test["accuracy"]), "valid": validation_accuracy_at(model_dir, step),
                                  "step": step, "test_examples": int(test["num_examples"]),
-                                 "model_dir": str(model_dir)}
+                                 "model_dir": str(model_dir), "predictions": str(test["predictions"])}
             steps = summary["final_step"]
             if sizes is None:
                 sizes = _split_sizes(summary["task"])
@@ -174,11 +181,14 @@ def main(argv=None) -> int:
     comparison = seed_comparison.compare([cells[ft][s]["test"] for s in seeds], [cells[sbs][s]["test"] for s in seeds],
                                          test_examples=test_sizes.pop())
     elapsed, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-    print(format_report(cells, comparison, sizes=sizes, steps=steps, elapsed_s=elapsed, cpu_s=cpu))
+    majority = majority_accuracy(cells[ft][seeds[0]]["predictions"])
+    print(format_report(cells, comparison, sizes=sizes, steps=steps, elapsed_s=elapsed, cpu_s=cpu,
+                        majority=majority))
     (workdir / "comparison.json").write_text(json.dumps(
         {"cells": cells, "train_examples": sizes["train"], "train_total": sizes["train_total"], "steps": steps,
          "difference": comparison.difference, "ci95": list(comparison.ci95), "pairs_won": comparison.pairs_won,
-         "pairs": comparison.pairs, "test_examples": comparison.test_examples, "wall_s": elapsed, "cpu_s": cpu},
+         "pairs": comparison.pairs, "test_examples": comparison.test_examples, "majority_accuracy": majority,
+         "wall_s": elapsed, "cpu_s": cpu},
         indent=2) + "\n")
     print(f"\nRun dirs (config.gin, checkpoints/, metrics.jsonl, predictions/*.jsonl) and comparison.json are in "
           f"{workdir}")

@@ -13,7 +13,7 @@ def _cells(ft, sbs):
 def _report(ft, sbs):
     c = seed_comparison.compare(ft, sbs, test_examples=2000)
     return quickstart.format_report(_cells(ft, sbs), c, sizes={"train": 250, "train_total": 4000}, steps=300,
-                                    elapsed_s=150.0, cpu_s=270.0)
+                                    elapsed_s=150.0, cpu_s=270.0, majority=12.45)
 
 
 def test_report_lists_every_seed_and_how_sure_it_is():
@@ -24,7 +24,7 @@ def test_report_lists_every_seed_and_how_sure_it_is():
         assert ft in row and sbs in row and "@300" in row
     assert "Step-by-step minus finetuning: +2.9 points, 95 % interval [" in out
     assert "scores higher: 9 of 9." in out
-    assert "Test set: 2,000 examples" in out
+    assert "Test set: 2,000 examples" in out and "most frequent test label scores 12.4 %" in out
     assert "Verdict: every step-by-step seed beats every finetuning seed" in out
     assert "Wall time 2.5 min (4.5 min of CPU time) for 6 runs." in out
 
@@ -39,6 +39,12 @@ def test_bad_seed_lists_are_rejected(capsys):
     for bad in ("0,x", "1,1", ""):
         with pytest.raises(SystemExit):
             quickstart.main(["--seeds", bad, "--workdir", "/nonexistent/never"])
+
+
+def test_majority_accuracy_counts_the_most_frequent_gold(tmp_path):
+    rows = [{"gold": g, "prediction": "1"} for g in ("1", "6", "6", "2")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert quickstart.majority_accuracy(tmp_path / "p.jsonl") == 50.0
 
 
 def test_validation_accuracy_is_read_at_the_chosen_step(tmp_path):

@@ -169,7 +169,8 @@ def main(argv=None) -> int:
             step = int(test["step"])
             cells[mode][seed] = {"test": float(test["accuracy"]), "valid": validation_accuracy_at(model_dir, step),
                                  "step": step, "test_examples": int(test["num_examples"]),
-                                 "model_dir": str(model_dir), "predictions": str(test["predictions"])}
+                                 "model_dir": str(model_dir),
+                                 "predictions": str(model_dir / "predictions" / f"test_step{step}.jsonl")}
             steps = summary["final_step"]
             if sizes is None:
                 sizes = _split_sizes(summary["task"])

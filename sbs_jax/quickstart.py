@@ -123,7 +123,10 @@ def format_report(cells: dict[str, dict[int, dict]], comparison: seed_comparison
         f"about ±{max(b.standard_error, m.standard_error):.1f} points."
         + ("" if majority is None else f" Always answering the most frequent test label scores {majority:.1f} %."),
     ]
-    if comparison.every_seed_beats_every_seed:
+    if majority is not None and max(b.mean, m.mean) <= majority:
+        lines.append("Verdict: neither method beats always answering the most frequent label; the students did not "
+                     "learn enough to compare the methods (too few steps?).")
+    elif comparison.every_seed_beats_every_seed:
         lines.append(f"Verdict: every step-by-step seed beats every finetuning seed, as the paper predicts for "
                      f"little training data.")
     elif comparison.pairs_won == 0:

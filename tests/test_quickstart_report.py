@@ -32,6 +32,8 @@ def test_report_lists_every_seed_and_how_sure_it_is():
 def test_report_says_so_when_seeds_overlap_or_reverse():
     assert "the methods' seeds overlap" in _report([14.0, 17.5], [15.0, 16.0])
     assert "contradicts" in _report([18.0, 19.0], [15.0, 16.0])
+    # Below the majority-label floor nothing was learned, whatever the order.
+    assert "neither method beats always answering the most frequent label" in _report([11.0, 12.0], [9.0, 10.0])
 
 
 def test_bad_seed_lists_are_rejected(capsys):

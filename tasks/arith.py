@@ -14,8 +14,8 @@ ARITH_VOCAB_SIZE = 400
 def register_arith_tasks(*, seed: int = 0, vocabulary=None, vocab_cache_dir: str | None = None,
                          vocab_size: int = ARITH_VOCAB_SIZE, train_fraction: float = 1.0,
                          variants: Sequence[str] = register.VARIANT_NAMES) -> list[str]:
-    """Register `arith_sbs`, `arith_sbs_llm`, `arith_ft`, `arith_distill` (train 4000 / validation 400 /
-    test 400 generated problems).
+    """Register `arith_sbs`, `arith_sbs_llm`, `arith_ft`, `arith_distill` (train 4,000 / validation 1,000 /
+    test 2,000 generated problems; `train_fraction` keeps a seeded subset of train).
 
     Without `vocabulary`, a SentencePiece model is trained deterministically from the train split's text
     and cached under `vocab_cache_dir` (default `$SBS_CACHE_DIR` or `~/.cache/sbs_jax`).

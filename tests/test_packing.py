@@ -16,7 +16,7 @@ from sbs_jax.model import Transformer, get_config
 from sbs_jax.train import inputs, objective as objective_lib, optim, step as step_lib, trainer
 from sbs_jax.train.state import TrainState
 
-LENGTHS = {"inputs": 48, "targets": 4, "rationales": 20}  # gin/datasets/arith.gin
+LENGTHS = {"inputs": 48, "targets": 4, "rationales": 20}  # room for every arith example (longest: 35, 2, 11)
 TINY = dict(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, dropout_rate=0.0,
             dtype="float32")
 

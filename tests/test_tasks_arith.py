@@ -8,7 +8,7 @@ def test_generator_is_deterministic_and_splits_are_disjoint():
     a = arith.generate_splits(seed=3)
     assert a == arith.generate_splits(seed=3)
     assert a["train"] != arith.generate_splits(seed=4)["train"]
-    assert {k: len(v) for k, v in a.items()} == {"train": 4000, "validation": 400, "test": 400}
+    assert {k: len(v) for k, v in a.items()} == {"train": 4000, "validation": 1000, "test": 2000}
     inputs = [set(ex.input for ex in v) for v in a.values()]
     assert not (inputs[0] & inputs[1] or inputs[0] & inputs[2] or inputs[1] & inputs[2])
 
@@ -20,9 +20,13 @@ def test_rationales_spell_out_steps_that_reach_the_teacher_label():
             assert not ex.teacher_label
             continue
         steps = re.findall(r"(-?\d+) ([-+*]) (\d+) = (-?\d+)\.", ex.rationale)
-        assert steps and steps[-1][3] == ex.teacher_label
-        # Each step starts from the previous step's result.
+        assert len(steps) == arith.STEPS and steps[-1][3] == ex.teacher_label
+        # Each step starts from the previous step's result, and the first from the asked person's count,
+        # not the distractor's.
         assert all(prev[3] == cur[0] for prev, cur in zip(steps, steps[1:]))
+        name = re.search(r"How many \w+ does (\w+) have now\?", ex.input).group(1)
+        assert ex.input.startswith(f"{name} has {steps[0][0]} ")
+        assert len(re.findall(r"\b\w+ has \d+ ", ex.input)) == 2  # the person and the distractor
     # A teacher like the paper's: mostly right, sometimes wrong, occasionally unparsable.
     assert 80.0 < data.teacher_accuracy < 95.0
     assert 0 < data.parse_failures < 0.05 * len(data.examples)
@@ -37,7 +41,10 @@ def test_register_arith_tasks(tmp_path):
     v = register.get_vocabulary("arith_sbs")
     assert 300 <= v.vocab_size <= 800
     ex = arith.generate_splits(seed=0)["test"][0]
-    assert len(v.encode("predict: " + ex.input)) < 48  # short inputs for a tiny student
+    # gin/datasets/arith.gin's TASK_FEATURE_LENGTHS hold every example (EOS included), so nothing is cut.
+    for ex in arith.generate_splits(seed=0)["train"]:
+        assert len(v.encode("predict: " + ex.input)) < 40 and len(v.encode(ex.label)) < 4
+        assert len(v.encode(ex.rationale)) < 12
     assert list(tmp_path.glob("arith_*/spiece.model"))  # cached for the next run
 
 
@@ -45,3 +52,4 @@ def test_data_check_reports_the_embedded_task(capsys):
     assert report.main(["check", "--dataset", "arith"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"train\s+4000\s+yes\s+\d+\s+\d+\.\d\d%", out)
+    assert re.search(r"test\s+2000\s+yes\s+\d+\s+\d+\.\d\d%", out)

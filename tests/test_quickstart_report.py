@@ -1,5 +1,6 @@
 """The quickstart's printout: per-seed cells, the comparison and the verdict, from given accuracies."""
 import json
+import pathlib
 
 from sbs_jax import quickstart, seed_comparison
 
@@ -39,8 +40,10 @@ def test_report_says_so_when_seeds_overlap_or_reverse():
 def test_bad_seed_lists_are_rejected(capsys):
     import pytest
     for bad in ("0,x", "1,1", ""):
-        with pytest.raises(SystemExit):
-            quickstart.main(["--seeds", bad, "--workdir", "/nonexistent/never"])
+        # One usage error through the boundary (exit 2, the flag named), before anything is written.
+        assert quickstart.main(["--seeds", bad, "--workdir", "/nonexistent/never"]) == 2
+        assert "--seeds" in capsys.readouterr().err
+    assert not pathlib.Path("/nonexistent/never").exists()
 
 
 def test_majority_accuracy_counts_the_most_frequent_gold(tmp_path):

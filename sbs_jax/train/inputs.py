@@ -65,6 +65,8 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
 def to_global(local_batch, mesh) -> dict:
     """Process-local rows -> global arrays sharded over `data` (each process contributes its rows)."""
     sharding = partitioning.data_sharding(mesh)
+    if jax.process_count() == 1:  # local rows are the global batch: one batched transfer (half the host time)
+        return jax.device_put(local_batch, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 

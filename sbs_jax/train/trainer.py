@@ -396,22 +396,24 @@ class _StepTimer:
 
     def __init__(self, start: int, end: int):
         self.start, self.end, self.t_first, self.t_last = start, end, None, None
+        self.cpu_first = self.cpu_last = None  # process CPU seconds: robust to a busy, shared machine
 
     def after_step(self, done: int, state) -> None:
         """Waits on the state twice per run only: after the first step and after the last (before the final
         evaluation and checkpoint)."""
         if done == self.start + 1:
             jax.block_until_ready(state)
-            self.t_first = time.perf_counter()
+            self.t_first, self.cpu_first = time.perf_counter(), time.process_time()
         if done == self.end:
             jax.block_until_ready(state)
-            self.t_last = time.perf_counter()
+            self.t_last, self.cpu_last = time.perf_counter(), time.process_time()
 
     def summary(self) -> dict:
         steps = self.end - self.start - 1
         if self.t_first is None or self.t_last is None or steps < 1:
             return {}
-        return {"train_steps_per_s": steps / max(self.t_last - self.t_first, 1e-9)}
+        return {"train_steps_per_s": steps / max(self.t_last - self.t_first, 1e-9),
+                "train_cpu_s_per_step": (self.cpu_last - self.cpu_first) / steps}
 
 
 def train(config: TrainConfig) -> dict:

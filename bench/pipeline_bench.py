@@ -32,7 +32,7 @@ VARIANTS = ("unpacked", "packed", "bucketed")
 # The issue's measurement lengths for CQA (inputs / targets / rationales); the embedded task uses its gin's.
 TASK_LENGTHS = {"cqa": {"inputs": 128, "targets": 8, "rationales": 80},
                 "arith": {"inputs": 48, "targets": 4, "rationales": 20}}
-INPUT_COLUMNS = ("task", "variant", "cores", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step", "batches",
+INPUT_COLUMNS = ("task", "backend", "variant", "cores", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step", "batches",
                  "startup s")
 
 
@@ -88,14 +88,15 @@ def batch_examples(batch: dict) -> int:
     return int(next(iter(next(iter(batch.values())).values())).shape[0])
 
 
-def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, seed: int = 0):
+def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, seed: int = 0,
+                  backend: str = "auto"):
     """The trainer's host batches for `variant` (what `Trainer.run` feeds `to_global`)."""
     from sbs_jax.train import inputs, length_buckets
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     it = inputs.train_batches(task_name, task_feature_lengths=lengths, batch_size=batch_size, seed=seed,
-                              streams=("label", "rationale"), pack=variant == "packed")
+                              streams=("label", "rationale"), pack=variant == "packed", backend=backend)
     if variant != "bucketed":
         return it
     cutter = length_buckets.BatchCutter(16)
@@ -103,11 +104,11 @@ def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, 
 
 
 def measure_input(task_name: str, variant: str, lengths: dict, *, batch_size: int, warmup: int,
-                  max_batches: int) -> dict:
+                  max_batches: int, backend: str = "auto") -> dict:
     """Examples/s over epoch 1 (after `warmup` batches) and epoch 2 (as many batches as counted in epoch 1,
     at most `max_batches`): epochs split by examples served, since shuffling crosses epoch boundaries."""
     t0 = time.perf_counter()
-    it = input_batches(task_name, variant, lengths, batch_size)
+    it = input_batches(task_name, variant, lengths, batch_size, backend=backend)
     epoch_examples = _train_examples(task_name)
     served, marks = 0, []  # (examples served so far, time) after each batch
     first = None
@@ -211,7 +212,7 @@ def _child(args) -> dict:
             return measure_loop(register_name, lengths, batch_size=args.batch_size, steps=args.loop_steps,
                                 workdir=workdir)
     return measure_input(register_name, args.child, lengths, batch_size=args.batch_size, warmup=args.warmup,
-                         max_batches=args.batches)
+                         max_batches=args.batches, backend=args.backend)
 
 
 def run_child(args, kind: str, cores: int) -> dict:
@@ -221,7 +222,7 @@ def run_child(args, kind: str, cores: int) -> dict:
         raise ValueError(f"--cores {cores}: only {len(allowed)} CPUs are available")
     cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", kind, "--task", args.task,
            "--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--batches", str(args.batches),
-           "--loop_steps", str(args.loop_steps)]
+           "--loop_steps", str(args.loop_steps), "--backend", args.backend]
     for flag in ("data_dir", "cache_dir"):
         if getattr(args, flag):
             cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -236,7 +237,7 @@ def run_child(args, kind: str, cores: int) -> dict:
 
 
 def input_rows(task: str, results: list[dict], consumption: float) -> list[dict]:
-    return [{"task": task, "variant": r["variant"], "cores": r["cores"], "epoch1": r["epoch1"],
+    return [{"task": task, "backend": r.get("backend", "auto"), "variant": r["variant"], "cores": r["cores"], "epoch1": r["epoch1"],
              "epoch2": r["epoch2"], "vs_paper": r["epoch2"] / consumption, "batches": r["batches"],
              "startup_s": r["startup_s"]} for r in results]
 
@@ -250,7 +251,7 @@ def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, 
              f"per accelerator**.", "",
              "| " + " | ".join(INPUT_COLUMNS) + " |", "|" + "---|" * len(INPUT_COLUMNS)]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['variant']} | {r['cores']} | {r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
+        lines.append(f"| {r['task']} | {r['backend']} | {r['variant']} | {r['cores']} | {r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
                      f"{r['vs_paper']:.2f} | {r['batches']} | {r['startup_s']:.1f} |")
     lines.append("")
     for variant, ratio in scaling.items():
@@ -282,6 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_dir", default=str(REPO.parent / "shared" / "datasets"))
     p.add_argument("--cache_dir", default=None, help="vocabulary cache (default ~/.cache/sbs_jax)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "tf.data"),
+                   help="input back end (pipeline.train_batches); tf.data = the path before the numpy back end")
     p.add_argument("--cores", default="1,2")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20, help="epoch-1 batches not timed")
@@ -304,7 +307,7 @@ def main(argv=None) -> int:
     results = []
     for variant in [v for v in args.variants.split(",") if v]:
         for cores in [int(c) for c in args.cores.split(",") if c]:
-            r = {"variant": variant, "cores": cores, **run_child(args, variant, cores)}
+            r = {"variant": variant, "cores": cores, "backend": args.backend, **run_child(args, variant, cores)}
             print(f"{variant} on {cores} core(s): epoch 1 {r['epoch1']:,.0f} ex/s, epoch 2 {r['epoch2']:,.0f} "
                   f"ex/s ({r['epoch2'] / consumption['examples_per_s']:.2f}x the paper step)", flush=True)
             results.append(r)

@@ -31,8 +31,8 @@ def test_markdown_table_and_ratios():
     header = "| " + " | ".join(pipeline_bench.INPUT_COLUMNS) + " |"
     assert header in lines
     body = lines[lines.index(header) + 2:lines.index(header) + 4]
-    assert body[0].startswith("| cqa | unpacked | 1 | 900 | 1,000 | ")
-    ratio = float(body[1].split("|")[6])
+    assert body[0].startswith("| cqa | auto | unpacked | 1 | 900 | 1,000 | ")
+    ratio = float(body[1].split("|")[7])
     assert ratio == pytest.approx(2000 / consumption["examples_per_s"], abs=0.01)
     assert "2 cores / 1 core = 2.00x" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
     assert "`abc1234`" in text and "paired examples/s per accelerator" in text
@@ -55,4 +55,4 @@ def test_writes_its_table_for_a_short_run(tmp_path):
     payload = json.loads((tmp_path / "pipeline.json").read_text())
     (row,) = payload["inputs"]
     assert row["variant"] == "unpacked" and row["cores"] == 1 and row["epoch2"] > 0 and row["epoch1"] > 0
-    assert "| arith | unpacked | 1 |" in (tmp_path / "pipeline.md").read_text()
+    assert "| arith | auto | unpacked | 1 |" in (tmp_path / "pipeline.md").read_text()

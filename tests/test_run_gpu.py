@@ -22,6 +22,13 @@ def _run(tmp_path, timeout, **env):
     return proc, out
 
 
+def _kept_a_variant(summary: str, title: str) -> bool:
+    if title not in summary:
+        return False
+    section = summary.split(title, 1)[1][:3000]
+    return any(row in section for row in ("| ours |", "| reference |", "#### ours"))
+
+
 def test_script_calls_python_through_py():
     text = SCRIPT.read_text()
     assert "PY=${PY:-python3}" in text
@@ -42,15 +49,25 @@ def test_preflight_stops_a_run_without_gpu(tmp_path):
 def test_every_stage_runs_in_a_cpu_simulation_of_the_gpu_image(tmp_path):
     # SBS_SIM_PY: a Python 3.12 without seqio/TensorFlow, like the GPU image (default: this interpreter).
     py = os.environ.get("SBS_SIM_PY", sys.executable)
-    proc, out = _run(tmp_path, timeout=3000, PY=py, SIMULATE_CPU="1")
+    proc, out = _run(tmp_path, timeout=3000, PY=py, SIMULATE_CPU="1",
+                     LIMIT_SCALE=os.environ.get("SBS_SIM_LIMIT_SCALE", "4"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_simulation_output(out)
+
+
+def check_simulation_output(out: pathlib.Path) -> None:
+    """What a simulated run must leave in $OUT (also usable on a kept run's folder)."""
     files = sorted(p.name for p in out.iterdir())
     assert files == ["SUMMARY.md", "details.tar.gz", "env.txt", "stages.txt"], files
     stages = (out / "stages.txt").read_text()
-    for name in ("step_paper", "infer_paper", "step_large", "step_paper_fp32", "profile_paper",
-                 "step_paper_compile"):
-        assert f"   {name}: exit 0" in stages, stages
     summary = (out / "SUMMARY.md").read_text()
+    tables = {"step_paper": "Training step, shape `cpu_tiny`\n", "infer_paper": "Label-only inference",
+              "step_large": "(large)", "step_paper_fp32": "(fp32)", "profile_paper": "Profile, shape",
+              "step_paper_compile": "(compile)"}
+    for name, title in tables.items():
+        # On a busy CPU a stage may hit its limit: it must then have kept the variants that finished.
+        assert f"   {name}: exit 0" in stages or (f"   {name}: exit 137 (killed at its limit)" in stages
+                                                   and _kept_a_variant(summary, title)), stages
     for title in ("Training step, shape `cpu_tiny`", "(large)", "(fp32)", "(compile)", "Label-only inference",
                   "Profile, shape"):
         assert title in summary, title

@@ -304,6 +304,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(_child(args)), flush=True)
         return 0
     consumption = paper_consumption(args.mfu, args.peak_tflops)
+    env = environment()  # before the runs: the commit that was measured
     results = []
     for variant in [v for v in args.variants.split(",") if v]:
         for cores in [int(c) for c in args.cores.split(",") if c]:
@@ -314,7 +315,6 @@ def main(argv=None) -> int:
     by = {(r["variant"], r["cores"]): r["epoch2"] for r in results}
     scaling = {v: by[(v, 2)] / by[(v, 1)] for v, c in by if c == 1 and (v, 2) in by}
     loop = run_child(args, "loop", len(os.sched_getaffinity(0))) if args.loop else None
-    env = environment()
     rows = input_rows(args.task, results, consumption["examples_per_s"])
     text = markdown(env, consumption, rows, loop, scaling)
     print(text)

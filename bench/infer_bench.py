@@ -138,24 +138,32 @@ def run(args: argparse.Namespace, shape=None) -> dict:
             traceback.print_exc()
             failures.append({"variant": label, "error": f"{type(e).__name__}: {e}"})
 
-    for precision in args.hf:
-        attempt(f"hf_generate_{precision}", lambda: run_hf(config, shape, precision, device, **timing))
+    decode_flops = flops.greedy_decode_flops(config, shape.batch, shape.inputs, shape.targets)
+
+    def emit() -> tuple[dict, str]:
+        """The table of the variants finished so far (rewritten after each: a killed run keeps them)."""
+        notes = [f"label stream of shape `{shape.name}`: {shape.model} batch {shape.batch}, inputs {shape.inputs} "
+                 f"tokens, {shape.targets} decoded tokens per row (greedy), weights in the listed precision",
+                 f"matmul FLOPs per decode call: {decode_flops / 1e9:.2f} GFLOP (decoding is memory-bound; no MFU)",
+                 f"timing: {args.warmup} warm-up calls, then median of {args.windows} windows of {args.steps} calls"
+                 + ("" if device.type == "cuda" else f"; CPU threads: {args.cpu_threads}")]
+        notes += [f"FAILED {f['variant']}: {f['error']}" for f in failures]
+        md = report.markdown_table(f"Label-only inference, shape `{shape.name}`", env, rows, notes)
+        payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
+                   "decode_flops": decode_flops, "environment": env, "rows": rows, "failures": failures}
+        if args.out:
+            report.write(args.out, f"infer_{shape.name}", payload, md)
+        return payload, md
+
+    # Ours first: a run cut short by its time limit keeps them.
     for precision in args.ours:
         attempt(f"greedy_decode_{precision}", lambda: run_ours(shape, precision, **timing))
-
-    decode_flops = flops.greedy_decode_flops(config, shape.batch, shape.inputs, shape.targets)
-    notes = [f"label stream of shape `{shape.name}`: {shape.model} batch {shape.batch}, inputs {shape.inputs} "
-             f"tokens, {shape.targets} decoded tokens per row (greedy), weights in the listed precision",
-             f"matmul FLOPs per decode call: {decode_flops / 1e9:.2f} GFLOP (decoding is memory-bound; no MFU)",
-             f"timing: {args.warmup} warm-up calls, then median of {args.windows} windows of {args.steps} calls"
-             + ("" if device.type == "cuda" else f"; CPU threads: {args.cpu_threads}")]
-    notes += [f"FAILED {f['variant']}: {f['error']}" for f in failures]
-    md = report.markdown_table(f"Label-only inference, shape `{shape.name}`", env, rows, notes)
-    payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
-               "decode_flops": decode_flops, "environment": env, "rows": rows, "failures": failures}
+        emit()
+    for precision in args.hf:
+        attempt(f"hf_generate_{precision}", lambda: run_hf(config, shape, precision, device, **timing))
+        emit()
+    payload, md = emit()
     print(md)
-    if args.out:
-        report.write(args.out, f"infer_{shape.name}", payload, md)
     return payload
 
 

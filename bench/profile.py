@@ -158,12 +158,14 @@ def main(argv=None) -> int:
         limit_cpu_threads(args.cpu_threads)
     shape = get_shape(args.shape)
     lines = [f"### Profile, shape `{shape.name}`", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
     lines += profile_ours(shape, args.variant, args.steps, args.out / "traces" / shape.name)
+    # Written after each part: a run cut short by its time limit keeps ours.
+    (args.out / f"profile_{shape.name}.md").write_text("\n".join(lines) + "\n")
     if args.reference:
         lines += profile_reference(shape, args.reference, args.steps)
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_{shape.name}.md").write_text(text + "\n")
     return 0
 

@@ -91,30 +91,44 @@ def run(args: argparse.Namespace, shape=None) -> dict:
         print(f"[step_bench]   {1e3 * row['step_s']:.1f} ms/step, {row['examples_per_s']:.1f} examples/s",
               file=sys.stderr, flush=True)
 
-    for mode in args.reference:
-        attempt(f"hf_{mode}", lambda: run_reference(config.to_hf_dict(), shape, mode, device, **timing))
-    for variant in args.ours:
-        attempt(variant, lambda: ours_lib.run_ours(shape, variant, **timing))
+    def emit() -> tuple[dict, str]:
+        """The table of the variants finished so far (rewritten after each: a killed run keeps them)."""
+        notes = [
+            f"shape `{shape.name}`: {shape.model} {dict(shape.overrides) or ''} batch {shape.batch}, "
+            f"inputs {shape.inputs}, labels {shape.targets}, rationales {shape.rationales} tokens (padded); "
+            f"dropout 0.1; AdamW lr 5e-5, clip 1.0, linear schedule",
+            f"model FLOPs per step (label + rationale stream, fwd+bwd, matmuls): {step_flops / 1e12:.3f} TFLOP; "
+            f"MFU against {args.peak_tflops} TFLOP/s" if args.peak_tflops else "MFU: no --peak_tflops given",
+            f"timing: {args.warmup} warm-up steps, then median of {args.windows} windows of {args.steps} steps"
+            + ("" if device.type == "cuda" else f"; CPU threads: {args.cpu_threads}"),
+        ] + [packed_note(r, step_flops) for r in rows if "packing" in r] + [
+            f"FAILED {f['variant']}: {f['error']}" for f in failures]
+        payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
+                   "step_flops": step_flops, "peak_tflops": args.peak_tflops, "environment": env, "rows": rows,
+                   "failures": failures, "cqa_lengths": CQA_MEASURED}
+        title = f"Training step, shape `{shape.name}`" + (f" ({args.tag})" if args.tag else "")
+        md = report.markdown_table(title, env, rows, notes)
+        if args.out:
+            report.write(args.out, f"step_{shape.name}" + (f"_{args.tag}" if args.tag else ""), payload, md)
+        return payload, md
 
-    notes = [
-        f"shape `{shape.name}`: {shape.model} {dict(shape.overrides) or ''} batch {shape.batch}, "
-        f"inputs {shape.inputs}, labels {shape.targets}, rationales {shape.rationales} tokens (padded); "
-        f"dropout 0.1; AdamW lr 5e-5, clip 1.0, linear schedule",
-        f"model FLOPs per step (label + rationale stream, fwd+bwd, matmuls): {step_flops / 1e12:.3f} TFLOP; "
-        f"MFU against {args.peak_tflops} TFLOP/s" if args.peak_tflops else "MFU: no --peak_tflops given",
-        f"timing: {args.warmup} warm-up steps, then median of {args.windows} windows of {args.steps} steps"
-        + ("" if device.type == "cuda" else f"; CPU threads: {args.cpu_threads}"),
-    ] + [packed_note(r, step_flops) for r in rows if "packing" in r] + [
-        f"FAILED {f['variant']}: {f['error']}" for f in failures]
-    payload = {"shape": vars(shape) | {"overrides": dict(shape.overrides)}, "config": config.to_dict(),
-               "step_flops": step_flops, "peak_tflops": args.peak_tflops, "environment": env, "rows": rows,
-               "failures": failures, "cqa_lengths": CQA_MEASURED}
-    title = f"Training step, shape `{shape.name}`" + (f" ({args.tag})" if args.tag else "")
-    md = report.markdown_table(title, env, rows, notes)
+    for kind, name in run_order(args.reference, args.ours):
+        if kind == "ours":
+            attempt(name, lambda: ours_lib.run_ours(shape, name, **timing))
+        else:
+            attempt(f"hf_{name}", lambda: run_reference(config.to_hf_dict(), shape, name, device, **timing))
+        emit()
+    payload, md = emit()
     print(md)
-    if args.out:
-        report.write(args.out, f"step_{shape.name}" + (f"_{args.tag}" if args.tag else ""), payload, md)
     return payload
+
+
+def run_order(reference: list[str], ours: list[str]) -> list[tuple[str, str]]:
+    """Ours first, then the reference's eager modes, `torch.compile` modes last: a run cut short by its time
+    limit keeps the variants that matter most."""
+    eager = [m for m in reference if not m.startswith("compile")]
+    compiled = [m for m in reference if m.startswith("compile")]
+    return [("ours", v) for v in ours] + [("reference", m) for m in eager + compiled]
 
 
 def main(argv=None) -> int:

@@ -4,13 +4,15 @@
 int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows. With
 `pack=True` it yields `{"packed": {...}}` instead: rows holding several (example, stream) segments
 (`sbs_jax.data.packing`).
+`train_batches` yields the same batches as numpy arrays, from the numpy back end (`host_pipeline`: tokenized
+once, shuffled, packed and batched in numpy) where the task allows it, else from `get_train_dataset`.
 `get_eval_examples` gives every example of a split exactly once, in order, as arrays with its raw strings.
 Inputs longer than the `inputs` length are truncated; how many is counted and logged, never silent.
 """
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -18,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from sbs_jax.data import feature_converter as fc
-from sbs_jax.data import packing, register, schema
+from sbs_jax.data import host_pipeline, packing, register, schema
 from sbs_jax.data.records import DataError
 
 
@@ -90,6 +92,56 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+BACKENDS = ("auto", "numpy", "tf.data")
+
+
+def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
+                  split: str = "train", shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, pack: bool = False,
+                  packed_lengths: Mapping[str, int] | None = None,
+                  packed_streams: tuple[str, ...] | None = None, backend: str = "auto") -> Iterator[dict]:
+    """`get_train_dataset`'s batches as numpy (same arguments), from `backend`: "numpy" (`host_pipeline`),
+    "tf.data" (`get_train_dataset`), or "auto": numpy wherever `host_pipeline.supports` the task. Both give
+    the same batches for a seed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    supported = host_pipeline.supports(provider)
+    if backend == "numpy" and not supported:
+        raise ValueError(f"backend='numpy' needs a single task over in-memory examples; {mixture_or_task_name!r} "
+                         f"is a {type(provider).__name__} over {type(getattr(provider, 'source', None)).__name__}")
+    if backend == "tf.data" or not supported:
+        return get_train_dataset(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+                                 batch_size=batch_size, split=split, shuffle=shuffle, seed=seed,
+                                 num_epochs=num_epochs, shard_info=shard_info, pack=pack,
+                                 packed_lengths=packed_lengths, packed_streams=packed_streams).as_numpy_iterator()
+    paired = is_paired(mixture_or_task_name)
+    lengths = sequence_lengths(task_feature_lengths, paired)
+    if shard_info is not None and batch_size % shard_info.num_shards:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {shard_info.num_shards} shards")
+    local_batch = batch_size // (shard_info.num_shards if shard_info else 1)
+    log_truncation(mixture_or_task_name, split, lengths)
+    data = _tokenized(provider, split, tuple(sorted(lengths.items())),
+                      None if shard_info is None else (shard_info.index, shard_info.num_shards))
+    order = host_pipeline.IndexStream(data.num_examples, shuffle=shuffle, buffer_size=provider._shuffle_buffer_size,  # noqa: SLF001
+                                      seed=seed, num_epochs=num_epochs)
+    if pack:
+        streams = _packed_streams(mixture_or_task_name, paired, packed_streams)
+        rows = resolve_packed_lengths(mixture_or_task_name, split, lengths, packed_lengths, streams)
+        return host_pipeline.packed_batches(data, order, streams=streams, packed_lengths=rows,
+                                            batch_size=local_batch)
+    streams = schema.STREAMS if paired else (schema.LABEL,)
+    return host_pipeline.unpacked_batches(data, order, streams=streams, lengths=lengths, batch_size=local_batch)
+
+
+@functools.lru_cache(maxsize=8)  # keyed by the Task object: re-registering a name gives a fresh entry
+def _tokenized(task: seqio.Task, split: str, lengths: tuple, shard: tuple[int, int] | None):
+    shard_info = None if shard is None else seqio.ShardInfo(index=shard[0], num_shards=shard[1])
+    lengths = dict(lengths)
+    return host_pipeline.TokenizedSplit.from_task(task, split=split, sequence_length=lengths,
+                                                  features=tuple(lengths), shard_info=shard_info)
 
 
 def _packed_streams(name: str, paired: bool, requested: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -30,13 +30,15 @@ def owned_shards(num_input_shards: int | None) -> tuple[int, list[int]]:
 def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
                   seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
                   split: str = "train", pack: bool = False,
-                  packed_lengths: Mapping[str, int] | None = None) -> Iterator[dict]:
+                  packed_lengths: Mapping[str, int] | None = None, backend: str = "auto") -> Iterator[dict]:
     """This process's rows of every global batch from `start_batch` on (numpy, nested by stream).
 
     With `pack`, batches are `{"packed": rows}` of `batch_size` packed rows holding `streams`' segments
     (`sbs_jax.data.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
-    skips whole batches.
+    skips whole batches. `backend`: as `pipeline.train_batches` (every back end gives the same batches).
     """
+    import itertools
+
     import seqio
 
     from sbs_jax.data import pipeline
@@ -47,21 +49,25 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
     iterators = []
     for k in mine:
         shard = seqio.ShardInfo(index=k, num_shards=total) if total > 1 else None
-        ds = pipeline.get_train_dataset(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
-                                        batch_size=batch_size, split=split, shuffle=True, seed=seed,
-                                        num_epochs=None, shard_info=shard, pack=pack,
-                                        packed_lengths=packed_lengths,
-                                        packed_streams=tuple(streams) if pack else None)
-        iterators.append(ds.skip(start_batch).as_numpy_iterator())
+        it = pipeline.train_batches(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+                                    batch_size=batch_size, split=split, shuffle=True, seed=seed,
+                                    num_epochs=None, shard_info=shard, pack=pack, packed_lengths=packed_lengths,
+                                    packed_streams=tuple(streams) if pack else None, backend=backend)
+        iterators.append(itertools.islice(it, start_batch, None))
     keys = (schema.PACKED,) if pack else tuple(streams)
     while True:
         parts = [next(it) for it in iterators]
-        yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in keys}
+        if len(parts) == 1:
+            yield {s: parts[0][s] for s in keys}
+        else:
+            yield {s: {k: np.concatenate([p[s][k] for p in parts]) for k in parts[0][s]} for s in keys}
 
 
 def to_global(local_batch, mesh) -> dict:
     """Process-local rows -> global arrays sharded over `data` (each process contributes its rows)."""
     sharding = partitioning.data_sharding(mesh)
+    if jax.process_count() == 1:  # local rows are the global batch: one batched transfer (half the host time)
+        return jax.device_put(local_batch, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 

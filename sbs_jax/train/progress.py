@@ -9,6 +9,7 @@ import time
 from typing import Mapping
 
 import jax
+import numpy as np
 from etils import epath
 
 from sbs_jax import paths
@@ -37,6 +38,7 @@ class ProgressBar:
         self.t0 = time.perf_counter()
         self.t_first = None  # time after the first step, so that compilation does not skew the rate
         self.examples, self.t_examples = 0.0, None  # counted examples (after the first step) and when
+        self.metrics: dict[str, float] = {}  # shown on each line: the latest logged step's
 
     def example_rate(self, step: int) -> float:
         if self.batch_size is not None:
@@ -51,14 +53,21 @@ class ProgressBar:
             return float("nan")
         return (step - self.start - 1) / max(time.perf_counter() - self.t_first, 1e-9)
 
-    def update(self, step: int, metrics: Mapping[str, float] | None = None,
-               examples: float | None = None) -> None:
-        """`examples`: examples trained since the previous call that passed them (first step excluded)."""
-        if self.t_first is None and step > self.start:
-            self.t_first = time.perf_counter()
+    def note(self, metrics: Mapping[str, float] | None = None, examples: float | None = None) -> None:
+        """Metrics to show from now on (the latest logged step's), and examples trained since the previous
+        note that passed them (first step excluded)."""
+        if metrics is not None:
+            self.metrics = dict(metrics)
         if examples is not None:
             self.examples += examples
             self.t_examples = time.perf_counter()
+
+    def update(self, step: int, metrics: Mapping[str, float] | None = None,
+               examples: float | None = None) -> None:
+        """Step `step` was dispatched; `metrics`/`examples` as in `note`."""
+        if self.t_first is None and step > self.start:
+            self.t_first = time.perf_counter()
+        self.note(metrics, examples)
         if not self.enabled or not (self.tty or step % self.log_every == 0 or step == self.total):
             return
         rate = self.rate(step)
@@ -66,7 +75,7 @@ class ProgressBar:
         width = 24
         done = int(width * step / max(self.total, 1))
         bar = "#" * done + "-" * (width - done)
-        extra = "".join(f" {k}={v:.4g}" for k, v in (metrics or {}).items())
+        extra = "".join(f" {k}={v:.4g}" for k, v in self.metrics.items())
         line = (f"[{bar}] {step}/{self.total} {_fmt_seconds(time.perf_counter() - self.t0)}<"
                 f"{_fmt_seconds(eta)} {self.example_rate(step):.1f} ex/s{extra}")
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
@@ -120,3 +129,45 @@ class MetricWriter:
     def close(self) -> None:
         for w in self._tb.values():
             w.close()
+
+
+class AsyncMetrics:
+    """Train metrics of every `log_every`-th step, copied to the host without stalling the loop.
+
+    `submit` starts the device->host copies of a logged step's metrics (and of the per-step example counts
+    since the previous logged step) and returns at once; `ready` hands back, in step order, the logged steps
+    whose values have arrived, so the loop never waits on the step it just dispatched. `flush` waits for all.
+    Values are exactly the step's metrics (same arrays, read later).
+    """
+
+    def __init__(self):
+        self._pending: list[tuple[int, Mapping, list]] = []
+        self._examples: list = []
+
+    def count_examples(self, num_examples) -> None:
+        """A step's example count (device scalar), summed into the next submitted step's `examples`."""
+        self._examples.append(num_examples)
+
+    def submit(self, step: int, metrics: Mapping) -> None:
+        local = {k: v.addressable_data(0) for k, v in metrics.items()}
+        examples = [v.addressable_data(0) for v in self._examples]
+        for v in (*local.values(), *examples):
+            v.copy_to_host_async()
+        self._pending.append((step, local, examples))
+        self._examples = []
+
+    def ready(self, block: bool = False) -> list[tuple[int, dict[str, float], float | None]]:
+        """[(step, metrics, examples or None)] of the submitted steps whose values have arrived (all with
+        `block`), oldest first; each is returned once."""
+        out = []
+        while self._pending:
+            step, local, examples = self._pending[0]
+            if not block and not all(v.is_ready() for v in local.values()):
+                break
+            self._pending.pop(0)
+            shown = {k: float(np.asarray(v)) for k, v in local.items()}
+            out.append((step, shown, sum(float(np.asarray(v)) for v in examples) if examples else None))
+        return out
+
+    def flush(self) -> list[tuple[int, dict[str, float], float | None]]:
+        return self.ready(block=True)

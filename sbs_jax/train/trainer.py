@@ -19,7 +19,7 @@ from etils import epath
 from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
-from sbs_jax.train import progress
+from sbs_jax.train import feeding, progress
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
@@ -351,14 +351,18 @@ class Trainer:
         return bool(split) and any(_task_has_split(t, split) for t in self.eval_tasks)
 
     # ------------------------------------------------------------------------------------------ loop
+    def train_batches(self, start: int):
+        """This process's host batches from batch `start` on (the loop's only input)."""
+        cfg = self.config
+        return inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
+                                    batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
+                                    start_batch=start, num_input_shards=cfg.num_input_shards,
+                                    pack=cfg.pack, packed_lengths=cfg.packed_lengths)
+
     def run(self) -> dict:
         cfg = self.config
         self.write_run_files()
         state, start = self.initial_state()
-        batches = inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
-                                       batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
-                                       start_batch=start, num_input_shards=cfg.num_input_shards,
-                                       pack=cfg.pack, packed_lengths=cfg.packed_lengths)
         validate = self._has_split(cfg.validation_split)
         if not validate:
             print(f"note: {', '.join(self.eval_tasks)} {'has' if len(self.eval_tasks) == 1 else 'have'} no "
@@ -366,33 +370,35 @@ class Trainer:
         # Packed rows hold a varying number of examples: the bar counts them from the step's metric.
         bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
                                    log_every=cfg.log_every)
-        pending_examples = []  # device scalars, read only when logging (no per-step host sync)
+        logged = progress.AsyncMetrics()  # metrics read without a per-step device->host sync
         # One compiled step per batch shape: a single one unless length bucketing cuts batches.
         compiled_steps, last_val = {}, {}
         cutter = batch_cutting.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.cut_batches else None
-        multi_process = jax.process_count() > 1
+        sync_each_step = feeding.step_sync_needed()
+        # Inline feeding where steps must not overlap collectives: the CPU multi-process case, and the cutter,
+        # which agrees lengths across processes (a collective), with several processes.
+        inline = sync_each_step or (cutter is not None and jax.process_count() > 1)
+        feed = feeding.DevicePrefetcher(self.train_batches(start), lambda b: inputs.to_global(b, self.mesh),
+                                        prepare=cutter, depth=0 if inline else 2)
+        timer = _StepTimer(start, cfg.train_steps)
         for step in range(start, cfg.train_steps):
-            local = next(batches)
-            if cutter is not None:
-                local = cutter(local)
+            local, batch = next(feed)
             key = batch_cutting.shape_key(local)
             compiled = compiled_steps.get(key)
             if compiled is None:
                 compiled = compiled_steps[key] = self.compile_step(local)
-            state, metrics = compiled(state, inputs.to_global(local, self.mesh))
-            if multi_process:
+            state, metrics = compiled(state, batch)
+            if sync_each_step:
                 # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
                 metrics["loss"].block_until_ready()
             done = step + 1
+            timer.after_step(done, state)
             if cfg.pack and step > start:  # the first step's time is compilation; the bar's rate starts after it
-                pending_examples.append(metrics["num_examples"])
-            shown, examples = None, None
+                logged.count_examples(metrics["num_examples"])
             if done % cfg.log_every == 0 or done == cfg.train_steps:
-                shown = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
-                self.writer.write(done, shown, "train")
-                examples = sum(float(np.asarray(v.addressable_data(0))) for v in pending_examples)
-                pending_examples = []
-            bar.update(done, None if shown is None else {"loss": shown["loss"]}, examples=examples)
+                logged.submit(done, metrics)
+            self._show(logged.ready(block=done == cfg.train_steps), bar)
+            bar.update(done)
             evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
             val = None
             if evaluate_now:
@@ -401,13 +407,14 @@ class Trainer:
                 last_val = val
             if evaluate_now or self.checkpointer.should_save(done) or done == cfg.train_steps:
                 self.checkpointer.save(done, state, data_position=done, seed=cfg.seed, metrics=val)
+        feed.close()
         bar.close()
         if cutter is not None and cutter.padded and jax.process_index() == 0:
             print(f"length bucketing: {len(compiled_steps)} train step shape(s) compiled; batches kept "
                   f"{100.0 * cutter.kept / cutter.padded:.1f} % of the padded token positions", flush=True)
         self.checkpointer.wait()
         summary = {"model_dir": str(self.model_dir), "final_step": int(cfg.train_steps),
-                   "validation": last_val}
+                   "validation": last_val, **timer.summary()}
         best = self.checkpointer.best_step()
         if best is not None:
             summary["best_step"] = int(best)
@@ -419,6 +426,12 @@ class Trainer:
             run_dir.atomic_write_text(run_dir.RunDir(self.model_dir).summary_json, json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def _show(self, ready, bar) -> None:
+        """Writes and shows the logged steps whose metrics have reached the host."""
+        for step, shown, examples in ready:
+            self.writer.write(step, shown, "train")
+            bar.note({"loss": shown["loss"]}, examples=examples)
+
     def evaluate_test(self, state, best: int | None) -> dict:
         """The test split with the best checkpoint by validation accuracy (else the final params)."""
         step = int(np.asarray(state.step.addressable_data(0)))
@@ -429,6 +442,31 @@ class Trainer:
         metrics = self.evaluate(params, self.config.test_split, step)
         self.writer.write(step, metrics, self.config.test_split)
         return {**metrics, "step": step}
+
+
+class _StepTimer:
+    """Steady-state steps/s of a run: from the end of its first step (compilation) to the end of its last."""
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end, self.t_first, self.t_last = start, end, None, None
+        self.cpu_first = self.cpu_last = None  # process CPU seconds: robust to a busy, shared machine
+
+    def after_step(self, done: int, state) -> None:
+        """Waits on the state twice per run only: after the first step and after the last (before the final
+        evaluation and checkpoint)."""
+        if done == self.start + 1:
+            jax.block_until_ready(state)
+            self.t_first, self.cpu_first = time.perf_counter(), time.process_time()
+        if done == self.end:
+            jax.block_until_ready(state)
+            self.t_last, self.cpu_last = time.perf_counter(), time.process_time()
+
+    def summary(self) -> dict:
+        steps = self.end - self.start - 1
+        if self.t_first is None or self.t_last is None or steps < 1:
+            return {}
+        return {"train_steps_per_s": steps / max(self.t_last - self.t_first, 1e-9),
+                "train_cpu_s_per_step": (self.cpu_last - self.cpu_first) / steps}
 
 
 def train(config: TrainConfig) -> dict:

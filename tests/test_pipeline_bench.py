@@ -1,0 +1,58 @@
+"""bench/pipeline_bench.py: its consumption rate follows the FLOP count, and its output format."""
+import json
+
+import pytest
+
+from bench import flops, pipeline_bench, shapes
+from sbs_jax.model import get_config
+
+
+def test_paper_consumption_is_computed_from_flops():
+    shape = shapes.get_shape("paper")
+    step_flops = flops.paired_step_flops(get_config(shape.model), shape.batch, shape.inputs, shape.targets,
+                                         shape.rationales)
+    c = pipeline_bench.paper_consumption(mfu=0.35, peak_tflops=989.0)
+    assert c["examples_per_s"] == pytest.approx(shape.batch * 0.35 * 989e12 / step_flops)
+    assert 2000 < c["examples_per_s"] < 3500  # the issue's ~2,700/s
+    assert pipeline_bench.paper_consumption(mfu=0.7)["examples_per_s"] == pytest.approx(2 * c["examples_per_s"])
+
+
+def test_markdown_table_and_ratios():
+    env = {"date_utc": "2026-12-02 06:00", "commit": "abc1234", "cpu": "CPU X", "cpus": 2, "python": "3.11"}
+    consumption = pipeline_bench.paper_consumption()
+    results = [{"variant": "unpacked", "cores": c, "epoch1": 900.0 * c, "epoch2": 1000.0 * c, "batches": 300,
+                "startup_s": 3.5, "epoch_examples": 9000} for c in (1, 2)]
+    rows = pipeline_bench.input_rows("cqa", results, consumption["examples_per_s"])
+    loop = {"devices": 1, "steps": 100, "step_alone_ms": 2.0, "trainer_in_memory_ms": 2.5,
+            "loop_overhead_ms": 0.5, "trainer_e2e_ms": 2.2, "e2e_vs_step": 2.0 / 2.2, "step_alone_cpu_ms": 3.0,
+            "trainer_in_memory_cpu_ms": 3.25, "loop_overhead_cpu_ms": 0.25}
+    text = pipeline_bench.markdown(env, consumption, rows, loop, {"unpacked": 2.0})
+    lines = text.splitlines()
+    header = "| " + " | ".join(pipeline_bench.INPUT_COLUMNS) + " |"
+    assert header in lines
+    body = lines[lines.index(header) + 2:lines.index(header) + 4]
+    assert body[0].startswith("| cqa | auto | unpacked | 1 | 900 | 1,000 | ")
+    ratio = float(body[1].split("|")[7])
+    assert ratio == pytest.approx(2000 / consumption["examples_per_s"], abs=0.01)
+    assert "2 cores / 1 core = 2.00x" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
+    assert "`abc1234`" in text and "paired examples/s per accelerator" in text
+
+
+def test_batch_examples_counts_rows_and_label_segments():
+    import numpy as np
+
+    assert pipeline_bench.batch_examples({"label": {"x": np.zeros((5, 3))}}) == 5
+    packed = {"packed": {"decoder_positions": np.array([[0, 1, 0, 0, 1]]),
+                         "decoder_stream_ids": np.array([[1, 1, 2, 1, 1]])}}
+    assert pipeline_bench.batch_examples(packed) == 2
+
+
+@pytest.mark.slow  # a child process tokenizes the embedded task (~30 s on 2 shared cores)
+def test_writes_its_table_for_a_short_run(tmp_path):
+    assert pipeline_bench.main(["--task", "arith", "--variants", "unpacked", "--cores", "1", "--warmup", "2",
+                                "--batches", "5", "--cache_dir", str(tmp_path / "vocab"),
+                                "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "pipeline.json").read_text())
+    (row,) = payload["inputs"]
+    assert row["variant"] == "unpacked" and row["cores"] == 1 and row["epoch2"] > 0 and row["epoch1"] > 0
+    assert "| arith | auto | unpacked | 1 |" in (tmp_path / "pipeline.md").read_text()

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: int, extra: list[str]) -> dict:
-    from sbs_jax.train import gin_utils, trainer
+    from sbs_jax.commands import gin_utils
+    from sbs_jax.train import trainer
 
     bindings = [f"MODEL_DIR = '{model_dir}'", f"SEED = {seed}"] + extra
     if steps is not None:

@@ -15,9 +15,8 @@ import sys
 from etils import epath
 
 from sbs_jax import errors
-from sbs_jax.data import formats
+from sbs_jax.data import formats, report
 from sbs_jax.data.records import DataError
-from sbs_jax.data.report import dataset_report, format_report, load_dataset
 
 
 @errors.command("sbs data")
@@ -38,14 +37,14 @@ def main(argv=None) -> int:
         if args.spiece_model:
             from sbs_jax.data import vocab
             vocabulary = vocab.load_vocabulary(args.spiece_model)
-        reports = {name: dataset_report(load_dataset(args.data_dir, name), vocabulary) for name in names}
+        reports = {name: report.dataset_report(report.load_dataset(args.data_dir, name), vocabulary) for name in names}
     except (ValueError, OSError) as e:
         print(f"sbs data check: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(reports, indent=1))
     else:
-        print("\n\n".join(format_report(name, r) for name, r in reports.items()))
+        print("\n\n".join(report.format_report(name, r) for name, r in reports.items()))
         if vocabulary is None:
             print("\ntoken lengths: skipped (no vocabulary; pass --spiece_model or set SPIECE_MODEL)")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from sbs_jax import errors, paths
-from sbs_jax.data.vocab import load_vocabulary, model_texts, train_vocabulary
+from sbs_jax.data import vocab as vocab_lib
 
 
 def _task_texts(args) -> list[str]:
@@ -23,7 +23,7 @@ def _task_texts(args) -> list[str]:
         splits = {s: records.read_split(args.data_dir, args.dataset, s).examples for s in names}
     chosen = ["train"] if "train" in splits else sorted(splits)
     print(f"vocabulary text: {args.dataset} splits {chosen}", file=sys.stderr)
-    return model_texts(ex for s in chosen for ex in splits[s])
+    return vocab_lib.model_texts(ex for s in chosen for ex in splits[s])
 
 
 @errors.command("sbs vocab")
@@ -46,12 +46,12 @@ def main(argv=None) -> int:
             texts = paths.read_utf8(args.text_file, "--text_file").splitlines()
         else:
             texts = _task_texts(args)
-        path = train_vocabulary(texts, args.output_dir, vocab_size=args.vocab_size, seed=args.seed,
+        path = vocab_lib.train_vocabulary(texts, args.output_dir, vocab_size=args.vocab_size, seed=args.seed,
                                 model_type=args.model_type)
     except (ValueError, OSError) as e:
         print(f"sbs vocab: error: {e}", file=sys.stderr)
         return 2
-    vocab = load_vocabulary(path)
+    vocab = vocab_lib.load_vocabulary(path)
     print(f"wrote {path} ({vocab.vocab_size} pieces, from {len(texts)} texts)")
     return 0
 

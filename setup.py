@@ -10,7 +10,8 @@ setup(
     python_requires=">=3.11",
     packages=[
         "sbs_jax", "sbs_jax.model", "sbs_jax.checkpoints", "sbs_jax.data", "sbs_jax.train",
-        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.tasks", "sbs_jax.gin_configs",
+        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.commands", "sbs_jax.tasks",
+        "sbs_jax.gin_configs",
     ],
     package_dir={"sbs_jax.tasks": "tasks", "sbs_jax.gin_configs": "gin"},
     package_data={"sbs_jax.gin_configs": ["*.gin", "*/*.gin"], "sbs_jax.teacher": ["templates/*"]},

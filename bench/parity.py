@@ -121,7 +121,7 @@ def official_configs(total_steps: int, learning_rate: float, mode: str, gin_file
     """(OptimizerConfig, ObjectiveConfig) as the official-parity gin makes them."""
     import gin
 
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     run_file = {"step_by_step": "runs/step_by_step.gin", "finetune": "runs/finetune.gin"}[mode]
     gin_utils.register_configurables()

@@ -1,4 +1,5 @@
-"""The `sbs` command: one entry point, each verb implemented by its own module's `main(argv) -> int`."""
+"""The `sbs` command: one entry point, each verb implemented by its own `sbs_jax.commands` module's
+`main(argv) -> int`."""
 import importlib
 import sys
 
@@ -6,17 +7,17 @@ from sbs_jax import errors
 
 # verb -> (module, help). Modules are imported lazily: TF/JAX start-up is slow and most verbs need one of them.
 COMMANDS = {
-    "train": ("sbs_jax.train.main", "train a student (gin: --gin_file=..., --gin.MACRO=value)"),
-    "eval": ("sbs_jax.train.main", "evaluate a checkpoint on a split"),
-    "infer": ("sbs_jax.train.main", "predict labels (and rationales) for JSON lines or plain text"),
-    "quickstart": ("sbs_jax.quickstart", "train tiny students on the embedded task and compare methods"),
-    "sweep": ("sbs_jax.sweep.main", "grids of runs (methods × data × models × seeds), results and figures; "
-                                     "`sbs sweep report DIR`"),
-    "convert": ("sbs_jax.checkpoints.convert", "convert HF / T5X checkpoints"),
-    "export": ("sbs_jax.export.cli", "export a trained student for serving (hf, saved_model, stablehlo)"),
-    "data": ("sbs_jax.data.report", "data tools: `sbs data check --data_dir D [--dataset NAME]`"),
-    "vocab": ("sbs_jax.data.vocab", "train a SentencePiece vocabulary: `sbs vocab train ...`"),
-    "teacher": ("sbs_jax.teacher.cli", "teacher rationales: `sbs teacher generate ...`"),
+    "train": ("sbs_jax.commands.train", "train a student (gin: --gin_file=..., --gin.MACRO=value)"),
+    "eval": ("sbs_jax.commands.train", "evaluate a checkpoint on a split"),
+    "infer": ("sbs_jax.commands.train", "predict labels (and rationales) for JSON lines or plain text"),
+    "quickstart": ("sbs_jax.commands.quickstart", "train tiny students on the embedded task and compare methods"),
+    "sweep": ("sbs_jax.commands.sweep", "grids of runs (methods × data × models × seeds), results and figures; "
+                                        "`sbs sweep report DIR`"),
+    "convert": ("sbs_jax.commands.convert", "convert HF / T5X checkpoints"),
+    "export": ("sbs_jax.commands.export", "export a trained student for serving (hf, saved_model, stablehlo)"),
+    "data": ("sbs_jax.commands.data", "data tools: `sbs data check --data_dir D [--dataset NAME]`"),
+    "vocab": ("sbs_jax.commands.vocab", "train a SentencePiece vocabulary: `sbs vocab train ...`"),
+    "teacher": ("sbs_jax.commands.teacher", "teacher rationales: `sbs teacher generate ...`"),
 }
 
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         print(f"sbs: error: unknown command {verb!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     # Verbs sharing a module (train/eval/infer) get the verb back as argv[0].
-    if COMMANDS[verb][0] == "sbs_jax.train.main":
+    if COMMANDS[verb][0] == "sbs_jax.commands.train":
         rest = [verb] + rest
 
     def dispatch(args):

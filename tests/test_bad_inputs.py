@@ -113,7 +113,8 @@ def train_flags(data_dir, spm_path, model_dir, *extra, model="t5_1_1_tiny", run=
 def existing_run(small_data, spm, tmp_path_factory) -> pathlib.Path:
     """A t5_1_1_tiny svamp_ft run directory as `sbs train` leaves it after saving step 1, made with the
     trainer's own code (operative config, run files, a checkpoint) but without compiling a train step."""
-    from sbs_jax.train import gin_utils, main as train_main, trainer
+    from sbs_jax.commands import gin_utils, train as train_main
+    from sbs_jax.train import trainer
 
     model_dir = tmp_path_factory.mktemp("existing") / "run"
     fv = train_main._flags()
@@ -352,7 +353,7 @@ def test_eval_on_a_run_without_checkpoints(run, data, spm, capsys):
 
 
 def test_export_reads_lengths_from_run_json_and_names_a_broken_one(run, tmp_path, capsys):
-    from sbs_jax.export import cli as export_cli
+    from sbs_jax.commands import export as export_cli
 
     assert export_cli.run_feature_lengths(run) == {"inputs": 32, "targets": 8, "rationales": 16}
     (run / "run.json").write_text('{"task": "svamp_ft", ')

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sbs_jax.model import Transformer, get_config
-from sbs_jax.train import batch_cutting as lb, checkpointing, decode_batching, evaluation, gin_utils, inputs
+from sbs_jax.commands import gin_utils
+from sbs_jax.train import batch_cutting as lb, checkpointing, decode_batching, evaluation, inputs
 from sbs_jax.train import objective as objective_lib, optim, trainer
 
 # Longer than arith needs (its inputs reach 35 tokens, labels 2, rationales 11), so batches have padding to cut.

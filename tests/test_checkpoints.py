@@ -12,7 +12,7 @@ from flax import serialization
 
 from sbs_jax import cli
 from sbs_jax.checkpoints import CheckpointError, detect_format, load_hf, load_pretrained, load_t5x, save_hf
-from sbs_jax.checkpoints import convert
+from sbs_jax.commands import convert as convert_cmd
 from sbs_jax.checkpoints.layout import flatten
 from sbs_jax.model import Transformer
 
@@ -327,18 +327,18 @@ def test_convert_cli_hf_and_t5x(hf_dir, t5x_tiny_checkpoint, tmp_path, capsys):
     _assert_same_params(params_a, params)
 
     out = tmp_path / "b"
-    assert convert.main(["--from", "t5x", "--input", str(t5x_tiny_checkpoint), "--output", str(out),
+    assert convert_cmd.main(["--from", "t5x", "--input", str(t5x_tiny_checkpoint), "--output", str(out),
                          "--dtype", "bfloat16"]) == 0
     assert "converted t5x" in capsys.readouterr().out
     hf = transformers.T5ForConditionalGeneration.from_pretrained(out)
     assert hf.lm_head.weight.data_ptr() != hf.shared.weight.data_ptr() and hf.config.d_model == 8
 
     # Bad input: clear message, exit code 2; a non-empty output is not overwritten.
-    assert convert.main(["--from", "hf", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "c")]) == 2
+    assert convert_cmd.main(["--from", "hf", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "c")]) == 2
     assert "nope: not a directory" in capsys.readouterr().err
-    assert convert.main(["--from", "t5x", "--input", str(hf_dir), "--output", str(tmp_path / "c")]) == 2
+    assert convert_cmd.main(["--from", "t5x", "--input", str(hf_dir), "--output", str(tmp_path / "c")]) == 2
     assert "not a T5X checkpoint" in capsys.readouterr().err
-    assert convert.main(["--from", "hf", "--input", str(hf_dir), "--output", str(out)]) == 2
+    assert convert_cmd.main(["--from", "hf", "--input", str(hf_dir), "--output", str(out)]) == 2
     assert "is not an empty directory" in capsys.readouterr().err
-    assert convert.main(["--from", "onnx", "--input", str(hf_dir), "--output", str(tmp_path / "d")]) == 2
+    assert convert_cmd.main(["--from", "onnx", "--input", str(hf_dir), "--output", str(tmp_path / "d")]) == 2
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

@@ -4,13 +4,14 @@ import json
 import numpy as np
 import sentencepiece as spm
 
-from sbs_jax.data import records, report, vocab
+from sbs_jax.commands import data as data_cmd
+from sbs_jax.data import records, vocab
 
 
 def test_json_report_on_svamp(datasets_dir, tmp_path, capsys):
     texts = vocab.model_texts(records.read_split(datasets_dir, "svamp", "train").examples)
     model = vocab.train_vocabulary(texts, tmp_path, vocab_size=500)
-    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
+    assert data_cmd.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
                         str(model), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["svamp"]
     assert out["train"]["examples"] == 800 and out["test"]["examples"] == 200
@@ -27,10 +28,10 @@ def test_json_report_on_svamp(datasets_dir, tmp_path, capsys):
 
 
 def test_errors_exit_2_with_one_message(datasets_dir, tmp_path, capsys):
-    assert report.main(["check", "--data_dir", str(tmp_path / "none")]) == 2
+    assert data_cmd.main(["check", "--data_dir", str(tmp_path / "none")]) == 2
     assert f"data dir {tmp_path / 'none'} does not exist" in capsys.readouterr().err
-    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "gsm8k"]) == 2
+    assert data_cmd.main(["check", "--data_dir", str(datasets_dir), "--dataset", "gsm8k"]) == 2
     assert "unknown dataset 'gsm8k'" in capsys.readouterr().err
-    assert report.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
+    assert data_cmd.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
                         str(tmp_path / "spiece.model")]) == 2
     assert "SentencePiece model not found" in capsys.readouterr().err

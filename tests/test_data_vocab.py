@@ -1,6 +1,7 @@
 """SentencePiece vocabularies: T5 ids, reproducible training, and `sbs vocab train`."""
 import pytest
 
+from sbs_jax.commands import vocab as vocab_cmd
 from sbs_jax.data import arith, vocab
 
 
@@ -15,7 +16,7 @@ def test_training_is_reproducible_with_t5_ids(tmp_path):
 
 
 def test_cli_trains_from_a_dataset(tmp_path, datasets_dir, capsys):
-    assert vocab.main(["train", "--dataset", "svamp", "--data_dir", str(datasets_dir), "--output_dir",
+    assert vocab_cmd.main(["train", "--dataset", "svamp", "--data_dir", str(datasets_dir), "--output_dir",
                        str(tmp_path), "--vocab_size", "500"]) == 0
     assert "500 pieces" in capsys.readouterr().out
     assert vocab.load_vocabulary(tmp_path).vocab_size == 500

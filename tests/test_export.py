@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import export_fixtures as fx
-from sbs_jax.export import cli
+from sbs_jax.commands import export as cli
 
 # The run's operative config records these lengths; export must pick them up (sbs infer gets them as flags).
 INPUT_LENGTH, LABEL_LENGTH, RATIONALE_LENGTH = 48, 12, 20

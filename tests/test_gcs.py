@@ -20,7 +20,8 @@ from sbs_jax import paths
 from sbs_jax.checkpoints import detect_format, load_hf, load_pretrained, load_t5x, save_hf
 from sbs_jax.checkpoints.layout import flatten
 from sbs_jax.model import get_config
-from sbs_jax.train import checkpointing, evaluation, gin_utils, objective, optim, progress, trainer
+from sbs_jax.commands import gin_utils
+from sbs_jax.train import checkpointing, evaluation, objective, optim, progress, trainer
 
 BUCKET = "sbs-test"
 TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, dropout_rate=0.0, dtype="float32")
@@ -258,7 +259,7 @@ def _train_config(model_dir, steps):
 def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
     """A run with MODEL_DIR=gs://, resumed from its gs:// checkpoint, ends bit-identical to one uninterrupted
     local run; load_params and `sbs export --format hf` read it back (to a local and a gs:// output)."""
-    from sbs_jax.export import cli as export_cli
+    from sbs_jax.commands import export as export_cli
 
     run = f"gs://{BUCKET}/run"
     assert trainer.train(_train_config(run, 2))["final_step"] == 2
@@ -400,7 +401,7 @@ def test_teacher_generate_reads_and_writes_gcs(gcs, datasets_dir, tmp_path, monk
     """`sbs teacher generate` from a gs:// data dir to a gs:// --out: the same files as a local run, and a
     resumable journal kept locally."""
     from sbs_jax.data import records
-    from sbs_jax.teacher import cli
+    from sbs_jax.commands import teacher as cli
     from sbs_jax.teacher.templates import load_template
     from teacher_fake_server import FakeTeacher
 

@@ -180,7 +180,7 @@ def test_local_stops_everything_when_one_process_fails(tmp_path):
 def test_local_two_process_training_writes_a_checkpoint_that_loads_and_exports(tmp_path):
     import numpy as np
 
-    from sbs_jax.export import cli as export_cli
+    from sbs_jax.commands import export as export_cli
     from sbs_jax.train.checkpointing import load_params
 
     sbs = pathlib.Path(sys.executable).parent / "sbs"

@@ -272,7 +272,7 @@ def test_trainer_runs_packed_on_arith(arith, tmp_path):
 def test_gin_macros_turn_packing_on():
     import pathlib
 
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     gin_dir = pathlib.Path(__file__).resolve().parents[1] / "gin"
     files = [str(gin_dir / f) for f in ("models/t5_1_1_tiny.gin", "runs/step_by_step.gin", "datasets/arith.gin")]

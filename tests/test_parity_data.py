@@ -75,7 +75,7 @@ def test_official_and_our_selection_differ_where_documented(datasets_dir):
 
 
 def test_selection_needs_no_datasets_at_runtime():
-    code = ("import sys; from sbs_jax.data import selection, splits; import sbs_jax.export.cli; "
+    code = ("import sys; from sbs_jax.data import selection, splits; import sbs_jax.commands.export; "
             "selection.hf_train_test_split(10, 0.5, 0); assert 'datasets' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -266,7 +266,7 @@ def test_bad_manifest_is_a_clear_error(tmp_path):
 def test_official_gin_overrides_the_dataset_and_run_files():
     import gin
 
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     gin_utils.register_configurables()
     try:

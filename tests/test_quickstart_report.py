@@ -2,7 +2,8 @@
 import json
 import pathlib
 
-from sbs_jax import quickstart, seed_comparison
+from sbs_jax import seed_comparison
+from sbs_jax.commands import quickstart
 
 
 def _cells(ft, sbs):

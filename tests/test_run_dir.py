@@ -62,7 +62,7 @@ def test_run_info_round_trip_and_old_runs(tmp_path):
 
 
 def test_export_falls_back_to_the_gin_config_of_runs_without_run_json(tmp_path):
-    from sbs_jax.export import cli as export_cli
+    from sbs_jax.commands import export as export_cli
 
     (tmp_path / "config.gin").write_text("TASK_FEATURE_LENGTHS = \\\n    {'inputs': 40, 'targets': 6}\n")
     assert export_cli.run_feature_lengths(tmp_path) == {"inputs": 40, "targets": 6}

@@ -16,7 +16,8 @@ from etils import epath
 
 from sbs_jax.data import splits as splits_lib, vocab
 from sbs_jax.data.records import DataError, Example
-from sbs_jax.sweep import grid, main as sweep_main, marker as marker_lib, results, runner
+from sbs_jax.commands import sweep as sweep_main, sweep_cell as cell_lib
+from sbs_jax.sweep import grid, marker as marker_lib, results, runner
 from test_gcs import gcs  # noqa: F401 - the local GCS emulator fixture
 
 TINY_BINDINGS = ["TRAIN_STEPS = 4", "EVAL_EVERY = 2", "SAVE_EVERY = 2", "BATCH_SIZE = 8",
@@ -123,8 +124,7 @@ def test_paper_study_gin_files(tmp_path):
 def _cell_task(config, cell):
     """Parse a cell's gin as the cell process does and register its task; (TrainConfig, TaskInfo)."""
     from sbs_jax.data import register
-    from sbs_jax.sweep import cell as cell_lib
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     spec = runner.cell_spec(config, cell, [])
     gin_utils.parse(spec["gin_files"], spec["bindings"])
@@ -217,7 +217,7 @@ def tiny_sweep(tmp_path_factory, parity_task):
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:
-        counts = runner.run_sweep(config, launch=runner.launch_in_process)
+        counts = runner.run_sweep(config, launch=cell_lib.launch_in_process)
     finally:
         for k, v in saved.items():
             jax.config.update(k, v)
@@ -353,7 +353,7 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, parity_ta
         f"Sweep.methods = {list(config.methods)}\nSweep.fractions = {list(config.fractions)}\n"
         f"Sweep.seeds = [0]\nSweep.models = ['t5_1_1_tiny']\nSweep.bindings = {json.dumps(TINY_BINDINGS)}\n")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    cmd = [sys.executable, "-m", "sbs_jax.sweep.main", f"--gin_file={gin_file}", "--no_report"]
+    cmd = [sys.executable, "-m", "sbs_jax.commands.sweep", f"--gin_file={gin_file}", "--no_report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     first = root / grid.plan_cells(config)[0].key / marker_lib.MARKER
     deadline = time.time() + 600

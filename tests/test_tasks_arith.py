@@ -1,7 +1,8 @@
 """The embedded quickstart task: deterministic generation, consistent rationales, registration."""
 import re
 
-from sbs_jax.data import arith, metrics, register, report
+from sbs_jax.commands import data as data_cmd
+from sbs_jax.data import arith, metrics, register
 
 
 def test_generator_is_deterministic_and_splits_are_disjoint():
@@ -49,7 +50,7 @@ def test_register_arith_tasks(tmp_path):
 
 
 def test_data_check_reports_the_embedded_task(capsys):
-    assert report.main(["check", "--dataset", "arith"]) == 0
+    assert data_cmd.main(["check", "--dataset", "arith"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"train\s+4000\s+yes\s+\d+\s+\d+\.\d\d%", out)
     assert re.search(r"test\s+2000\s+yes\s+\d+\s+\d+\.\d\d%", out)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from sbs_jax.data import records as records_lib
-from sbs_jax.teacher import cli
+from sbs_jax.commands import teacher as cli
 from sbs_jax.teacher.templates import load_template
 from teacher_fake_server import FakeTeacher
 

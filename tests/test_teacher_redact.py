@@ -84,7 +84,7 @@ def test_client_never_hands_out_the_key(kind, caplog):
 
 
 def _run_generate(tmp_path, datasets_dir, server, name):
-    from sbs_jax.teacher import cli
+    from sbs_jax.commands import teacher as cli
 
     return cli.main(["generate", "--dataset", "anli1", "--template", "anli1", "--split", "valid",
                      "--data_dir", str(datasets_dir), "--limit", "2", "--endpoint", server.url, "--model", "t",

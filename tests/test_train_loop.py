@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sbs_jax.model import get_config
-from sbs_jax.train import checkpointing, gin_utils, main as train_main, objective, optim, trainer
+from sbs_jax.commands import gin_utils, train as train_main
+from sbs_jax.train import checkpointing, objective, optim, trainer
 
 TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, dropout_rate=0.0, dtype="float32")
 

@@ -1,4 +1,5 @@
-"""SentencePiece vocabularies with T5's ids (pad 0, eos 1, unk 2), and `sbs vocab train`.
+"""SentencePiece vocabularies with T5's ids (pad 0, eos 1, unk 2); `sbs vocab train`
+(`sbs_jax.commands.vocab`) trains one from the command line.
 
 No pretrained vocabulary is reachable offline, so from-scratch students and tests train one from a task's
 text. Training is single-threaded on the text in its given order, which makes the model file byte-identical
@@ -6,17 +7,14 @@ for the same text, size and seed.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import pathlib
-import sys
 import tempfile
 from typing import Iterable, Sequence
 
 from etils import epath
 
-from sbs_jax import errors, paths
 
 # T5 checkpoints reserve 100 sentinel ids for span corruption; distillation never emits them, so vocabularies
 # here default to none (decoding maps any id past the vocabulary to unk). Pass extra_ids=100 for T5's 32100.
@@ -106,54 +104,6 @@ def cached_vocabulary(texts: Sequence[str], *, vocab_size: int, seed: int = 0, c
     if not path.is_file():
         train_vocabulary(texts, folder, vocab_size=vocab_size, seed=seed, model_type=model_type)
     return path
-
-
-def _task_texts(args) -> list[str]:
-    """Inputs, labels and rationales of a dataset's train split (all splits when it has no train)."""
-    from sbs_jax.data import arith, formats, records
-
-    if args.dataset != "arith":
-        formats.get_format(args.dataset)  # unknown names fail here, before asking for --data_dir
-    if args.dataset == "arith":
-        splits = arith.generate_splits(seed=args.data_seed)
-    else:
-        if not args.data_dir:
-            raise ValueError(f"--data_dir is required for dataset {args.dataset!r}")
-        names = records.list_splits(args.data_dir, args.dataset)
-        splits = {s: records.read_split(args.data_dir, args.dataset, s).examples for s in names}
-    chosen = ["train"] if "train" in splits else sorted(splits)
-    print(f"vocabulary text: {args.dataset} splits {chosen}", file=sys.stderr)
-    return model_texts(ex for s in chosen for ex in splits[s])
-
-
-@errors.command("sbs vocab")
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="sbs vocab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a SentencePiece model (T5 ids) from a dataset's or a file's text")
-    source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="cqa, esnli, anli1, svamp (with --data_dir) or arith (embedded)")
-    source.add_argument("--text_file", help="plain text, one example per line")
-    train.add_argument("--data_dir", help="data dir in the official layout")
-    train.add_argument("--output_dir", required=True, help="writes <output_dir>/spiece.model")
-    train.add_argument("--vocab_size", type=int, default=8000)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "char", "word"))
-    train.add_argument("--data_seed", type=int, default=0, help="generator seed of the arith task")
-    args = parser.parse_args(argv)
-    try:
-        if args.text_file:
-            texts = paths.read_utf8(args.text_file, "--text_file").splitlines()
-        else:
-            texts = _task_texts(args)
-        path = train_vocabulary(texts, args.output_dir, vocab_size=args.vocab_size, seed=args.seed,
-                                model_type=args.model_type)
-    except (ValueError, OSError) as e:
-        print(f"sbs vocab: error: {e}", file=sys.stderr)
-        return 2
-    vocab = load_vocabulary(path)
-    print(f"wrote {path} ({vocab.vocab_size} pieces, from {len(texts)} texts)")
-    return 0
 
 
 def copy_vocabulary(vocabulary, output_dir) -> epath.Path:

@@ -35,7 +35,9 @@ def cell_spec(config: grid.SweepConfig, cell: grid.Cell, extra_bindings: Sequenc
 
 
 def launch_subprocess(spec: dict, cell_dir: epath.Path) -> None:
-    """Run `python -m sbs_jax.sweep.cell` for one cell; its output goes to `<cell>/cell.log`."""
+    """Run `python -m sbs_jax.commands.sweep_cell` for one cell; its output goes to `<cell>/cell.log`.
+
+    The cell is a command (it parses gin), spawned by module name: the library does not import it."""
     local = paths.is_local(cell_dir)
     if local:
         cell_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ def launch_subprocess(spec: dict, cell_dir: epath.Path) -> None:
         log_path = epath.Path(tempfile.mkstemp(prefix="sbs_cell_", suffix=".log")[1])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     with open(log_path, "a") as log:
-        rc = subprocess.run([sys.executable, "-m", "sbs_jax.sweep.cell", json.dumps(spec)], stdout=log,
+        rc = subprocess.run([sys.executable, "-m", "sbs_jax.commands.sweep_cell", json.dumps(spec)], stdout=log,
                             stderr=subprocess.STDOUT, env=env).returncode
     text = log_path.read_text()
     if not local:
@@ -53,17 +55,6 @@ def launch_subprocess(spec: dict, cell_dir: epath.Path) -> None:
     if rc != 0:
         tail = "\n".join(text.splitlines()[-30:])
         raise CellFailed(f"cell {spec['cell']} failed (exit {rc}); log {cell_dir / 'cell.log'}:\n{tail}")
-
-
-def launch_in_process(spec: dict, cell_dir: epath.Path) -> None:
-    """Run a cell in this process (`sbs sweep --in_process`): no interpreter and TF/JAX start-up per cell, but
-    gin and the SeqIO registry are process-global, so a cell that fails part-way can leave state behind."""
-    from sbs_jax.sweep import cell as cell_lib
-
-    try:
-        cell_lib.run_cell(spec)
-    except Exception as e:  # noqa: BLE001 - reported as the cell's failure, with its cause chained
-        raise CellFailed(f"cell {spec['cell']} failed in process: {type(e).__name__}: {e}") from e
 
 
 def _fmt(seconds: float) -> str:

@@ -53,7 +53,8 @@ def _seeds(args) -> tuple[int, ...]:
 
 def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: int, extra: list[str]) -> dict:
     """One cell: an ordinary training run of the quickstart recipe; returns the trainer's summary."""
-    from sbs_jax.train import gin_utils, trainer
+    from sbs_jax.commands import gin_utils
+    from sbs_jax.train import trainer
 
     bindings = [f"MODEL_DIR = '{model_dir}'", f"SEED = {seed}"] + list(extra)
     if steps is not None:

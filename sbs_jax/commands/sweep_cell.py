@@ -1,4 +1,4 @@
-"""One sweep cell, run in a fresh process (`python -m sbs_jax.sweep.cell SPEC_JSON`): gin and the SeqIO
+"""One sweep cell, run in a fresh process (`python -m sbs_jax.commands.sweep_cell SPEC_JSON`): gin and the SeqIO
 registry are process-global, so each cell parses its own gin and registers its own tasks.
 
 It trains through the same Trainer as `sbs train`, checks that the registered task kept the cell's training
@@ -15,6 +15,8 @@ import sys
 import time
 
 from etils import epath
+
+from sbs_jax.sweep import runner
 
 
 def compilation_cache() -> None:
@@ -44,7 +46,8 @@ def run_cell(spec: dict) -> dict:
 
     from sbs_jax.data import register
     from sbs_jax.sweep import marker as marker_lib
-    from sbs_jax.train import checkpointing, gin_utils, trainer as trainer_lib
+    from sbs_jax.commands import gin_utils
+    from sbs_jax.train import checkpointing, trainer as trainer_lib
 
     cell = spec["cell"]
     gin_utils.parse(spec["gin_files"], spec["bindings"])
@@ -88,10 +91,19 @@ def run_cell(spec: dict) -> dict:
     return marker
 
 
+def launch_in_process(spec: dict, cell_dir: epath.Path) -> None:
+    """Run a cell in this process (`sbs sweep --in_process`): no interpreter and TF/JAX start-up per cell, but
+    gin and the SeqIO registry are process-global, so a cell that fails part-way can leave state behind."""
+    try:
+        run_cell(spec)
+    except Exception as e:  # noqa: BLE001 - reported as the cell's failure, with its cause chained
+        raise runner.CellFailed(f"cell {spec['cell']} failed in process: {type(e).__name__}: {e}") from e
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m sbs_jax.sweep.cell SPEC_JSON", file=sys.stderr)
+        print("usage: python -m sbs_jax.commands.sweep_cell SPEC_JSON", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import logging

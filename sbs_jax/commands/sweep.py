@@ -37,7 +37,7 @@ def is_sweep_binding(binding: str) -> bool:
 def parse_sweep(gin_files, bindings, search_paths=()):
     """Parse the sweep's gin (only `Sweep` and macros) and build its SweepConfig."""
     from sbs_jax.sweep import grid
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     gin.clear_config()
     if not gin.config._REGISTRY.get("Sweep"):  # noqa: SLF001 - register once per process
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from sbs_jax.sweep import grid, results, runner
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     if argv and argv[0] == "report":
         if len(argv) != 2:
@@ -93,10 +93,10 @@ def main(argv=None) -> int:
     try:
         launch = runner.launch_subprocess
         if args.in_process:
-            from sbs_jax.sweep import cell
+            from sbs_jax.commands import sweep_cell as cell
 
             cell.compilation_cache()  # what each cell process would set up for itself
-            launch = runner.launch_in_process
+            launch = cell.launch_in_process
         runner.run_sweep(config, cell_bindings, launch=launch)
     except runner.CellFailed as e:
         print(f"sbs sweep: {e}", file=sys.stderr)

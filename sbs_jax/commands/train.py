@@ -38,7 +38,7 @@ def main(argv) -> int:
     if not argv or argv[0] not in VERBS:
         raise errors.UsageError(f"usage: sbs {{{'|'.join(VERBS)}}} --gin_file=... [--gin.MACRO=value ...]")
     verb = argv[0]
-    from sbs_jax.train import gin_utils
+    from sbs_jax.commands import gin_utils
 
     fv = _flags()
     try:

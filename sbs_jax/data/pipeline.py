@@ -71,12 +71,8 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
         ("label",) packs a paired task's label stream only, for finetuning on it).
     Returns a `tf.data.Dataset` of nested dicts of int32 tensors with fixed shapes (drop_remainder).
     """
-    paired = is_paired(mixture_or_task_name)
-    lengths = sequence_lengths(task_feature_lengths, paired)
-    if shard_info is not None and batch_size % shard_info.num_shards:
-        raise ValueError(f"batch_size {batch_size} is not divisible by {shard_info.num_shards} shards")
-    local_batch = batch_size // (shard_info.num_shards if shard_info else 1)
-    log_truncation(mixture_or_task_name, split, lengths)
+    paired, lengths, local_batch = _batch_plan(mixture_or_task_name, task_feature_lengths, batch_size, split,
+                                               shard_info)
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                               num_epochs=num_epochs, shard_info=shard_info)
@@ -92,6 +88,16 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _batch_plan(name: str, task_feature_lengths, batch_size: int, split: str, shard_info):
+    """(paired?, the task's sequence lengths, this shard's batch size); logs how many inputs get truncated."""
+    paired = is_paired(name)
+    lengths = sequence_lengths(task_feature_lengths, paired)
+    if shard_info is not None and batch_size % shard_info.num_shards:
+        raise ValueError(f"batch_size {batch_size} is not divisible by {shard_info.num_shards} shards")
+    log_truncation(name, split, lengths)
+    return paired, lengths, batch_size // (shard_info.num_shards if shard_info else 1)
 
 
 BACKENDS = ("auto", "numpy", "tf.data")
@@ -117,12 +123,8 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                                  batch_size=batch_size, split=split, shuffle=shuffle, seed=seed,
                                  num_epochs=num_epochs, shard_info=shard_info, pack=pack,
                                  packed_lengths=packed_lengths, packed_streams=packed_streams).as_numpy_iterator()
-    paired = is_paired(mixture_or_task_name)
-    lengths = sequence_lengths(task_feature_lengths, paired)
-    if shard_info is not None and batch_size % shard_info.num_shards:
-        raise ValueError(f"batch_size {batch_size} is not divisible by {shard_info.num_shards} shards")
-    local_batch = batch_size // (shard_info.num_shards if shard_info else 1)
-    log_truncation(mixture_or_task_name, split, lengths)
+    paired, lengths, local_batch = _batch_plan(mixture_or_task_name, task_feature_lengths, batch_size, split,
+                                               shard_info)
     data = _tokenized(provider, split, tuple(sorted(lengths.items())),
                       None if shard_info is None else (shard_info.index, shard_info.num_shards))
     order = host_pipeline.IndexStream(data.num_examples, shuffle=shuffle, buffer_size=provider._shuffle_buffer_size,  # noqa: SLF001

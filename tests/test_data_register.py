@@ -1,4 +1,5 @@
 """Registering user tasks: the gin-callable form, re-registration, and bad input to the registration API."""
+import dataclasses
 import json
 import re
 
@@ -214,3 +215,19 @@ def test_tfds_task_end_to_end(tmp_path, spiece):
                                      decode(batch["rationale"]["decoder_target_tokens"])):
         i = inp.split()[3]
         assert (label, rationale) == (i, f"{i} = {i}.")
+
+
+def test_in_memory_examples_carry_their_own_rationales(spiece):
+    """A bare list of examples is step-by-step data when its examples have rationales; the missing ones count
+    as unparsed, and a list with none at all is refused for a step-by-step run."""
+    examples = arith.generate_splits(seed=0, sizes={"train": 40})["train"]
+    register.register_examples_task("mem", {"train": examples}, vocabulary=str(spiece), variants=("sbs",))
+    data = register.get_task_info("mem_sbs").split_data["train"]
+    assert data.has_teacher and data.parse_failures == sum(not ex.rationale for ex in examples)
+    note = register.check_rationales("mem_sbs", "train", max_unparsed_fraction=0.5)
+    assert (note is None) if data.parse_failures == 0 else (f"{data.parse_failures} of 40" in note)
+    bare = [dataclasses.replace(ex, rationale="", teacher_label="") for ex in examples]
+    register.register_examples_task("bare", {"train": bare}, vocabulary=str(spiece), variants=("sbs",))
+    assert not register.get_task_info("bare_sbs").split_data["train"].has_teacher
+    with pytest.raises(DataError, match="trains step-by-step but split 'train' has no teacher rationales"):
+        register.check_rationales("bare_sbs", "train", max_unparsed_fraction=0.5)

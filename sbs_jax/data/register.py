@@ -172,8 +172,7 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
     `selection`: `ours` (carve-out, then subset; `splits.plan_splits`) or `official` (subset with `seed` as the
     run, then the carve-out; `selection.official_plan`). `prefix_style`: see `register_source_task`.
     """
-    data = {s: v if isinstance(v, SplitData) else SplitData(name, s, list(v), source=f"{name}:{s}")
-            for s, v in splits.items()}
+    data = {s: v if isinstance(v, SplitData) else _from_examples(name, s, list(v)) for s, v in splits.items()}
     for s, d in data.items():
         records.check_examples(d.examples, d.source or f"{name}:{s}")
     planned = splits_lib.plan_splits({s: d.examples for s, d in data.items()},
@@ -197,6 +196,15 @@ def register_examples_task(name: str, splits: Mapping[str, SplitData | Sequence[
     for task in names:
         _TASK_INFO[task] = dataclasses.replace(_TASK_INFO[task], train_fraction=float(train_fraction))
     return names
+
+
+def _from_examples(name: str, split: str, examples: list[Example]) -> SplitData:
+    """A bare list of examples carries its own rationales: the split has teacher outputs when any example has
+    one, and those without one count as unparsed (as a teacher file's would)."""
+    with_rationale = sum(bool(ex.rationale) for ex in examples)
+    return SplitData(name, split, examples, has_teacher=with_rationale > 0,
+                     parse_failures=len(examples) - with_rationale if with_rationale else 0,
+                     source=f"{name}:{split}", has_teacher_labels=any(ex.teacher_label for ex in examples))
 
 
 def _restat(parent: SplitData, split: str, examples: list[Example], metric: str) -> SplitData:

@@ -393,12 +393,12 @@ def test_quickstart_with_an_unparsable_binding(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ the boundary itself
 def test_internal_failure_is_one_line_exit_1_and_traceback_only_when_asked(monkeypatch, tmp_path, capsys):
-    from sbs_jax.data import report
+    from sbs_jax.data import datasets
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(report, "load_dataset", broken)
+    monkeypatch.setattr(datasets, "load_splits", broken)
     (tmp_path / "svamp").mkdir()
     code, err = sbs(capsys, "data", "check", "--data_dir", tmp_path, "--dataset", "svamp")
     message = assert_error(code, err, 1, "internal error: RuntimeError: simulated bug", "--verbose")

@@ -35,3 +35,23 @@ def test_errors_exit_2_with_one_message(datasets_dir, tmp_path, capsys):
     assert data_cmd.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
                         str(tmp_path / "spiece.model")]) == 2
     assert "SentencePiece model not found" in capsys.readouterr().err
+
+
+def test_generated_dataset_goes_through_the_same_registry_as_the_paper_formats(datasets_dir, tmp_path, capsys):
+    from sbs_jax.data import arith, datasets
+
+    assert datasets.names() == sorted(["cqa", "esnli", "anli1", "svamp"]) + ["arith"]
+    generated = datasets.load_splits("arith", seed=3)
+    assert {s: len(d.examples) for s, d in generated.items()} == dict(arith.DEFAULT_SIZES)
+    assert [e.input for e in generated["test"].examples] == [
+        e.input for e in arith.generate_split_data(seed=3)["test"].examples]
+    files = datasets.load_splits("svamp", str(datasets_dir))
+    assert sorted(files) == ["test", "train"] and len(files["train"].examples) == 800
+    # The embedded task needs no data dir; a paper dataset does, and the command says which flag to pass.
+    assert data_cmd.main(["check", "--dataset", "arith", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["arith"]
+    assert {s: r["examples"] for s, r in report.items()} == dict(arith.DEFAULT_SIZES)
+    assert data_cmd.main(["check", "--dataset", "svamp"]) == 2
+    assert "--data_dir is required for dataset 'svamp'" in capsys.readouterr().err
+    assert data_cmd.main(["check"]) == 2
+    assert "--dataset arith" in capsys.readouterr().err

@@ -147,8 +147,7 @@ def test_fraction_reaches_paper_embedded_and_user_tasks(tmp_path, datasets_dir, 
     assert len(info.split_data["validation"].examples) == 80
     assert len(info.split_data["train"].examples) == splits_lib.subset_size(0.25, 720) == 180
     embedded = grid.SweepConfig(sweep_dir=str(tmp_path), dataset_gin="datasets/arith.gin", methods=["finetune"],
-                                fractions=[0.125], models=["t5_1_1_tiny"], gin_files=["runs/quickstart.gin"],
-                                fraction_binding="sbs_jax.tasks.register_arith_tasks.train_fraction")
+                                fractions=[0.125], models=["t5_1_1_tiny"], gin_files=["runs/quickstart.gin"])
     _, info = _cell_task(embedded, grid.plan_cells(embedded)[0])
     assert info.train_fraction == 0.125 and info.name == "arith_ft"
     user = _tiny_config(tmp_path, parity_task, fractions=[0.5])
@@ -157,8 +156,8 @@ def test_fraction_reaches_paper_embedded_and_user_tasks(tmp_path, datasets_dir, 
     # A binding that reaches no registration: one error naming the setting, not a silent full-data run.
     wrong = grid.SweepConfig(sweep_dir=str(tmp_path), dataset_gin="datasets/arith.gin", methods=["finetune"],
                              fractions=[0.5], models=["t5_1_1_tiny"], gin_files=["runs/quickstart.gin"],
-                             bindings=["TRAIN_FRACTION = 1.0"])
-    with pytest.raises(ValueError, match="Sweep.fraction_binding='TRAIN_FRACTION' does not reach"):
+                             fraction_binding="NOT_A_FRACTION")
+    with pytest.raises(ValueError, match="Sweep.fraction_binding='NOT_A_FRACTION' does not reach"):
         _cell_task(wrong, grid.plan_cells(wrong)[0])
 
 

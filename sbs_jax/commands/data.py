@@ -15,7 +15,7 @@ import sys
 from etils import epath
 
 from sbs_jax import errors
-from sbs_jax.data import formats, report
+from sbs_jax.data import datasets, formats, report
 from sbs_jax.data.records import DataError
 
 
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         if args.spiece_model:
             from sbs_jax.data import vocab
             vocabulary = vocab.load_vocabulary(args.spiece_model)
-        reports = {name: report.dataset_report(report.load_dataset(args.data_dir, name), vocabulary) for name in names}
+        reports = {name: report.dataset_report(datasets.load_splits(name, args.data_dir), vocabulary) for name in names}
     except (ValueError, OSError) as e:
         print(f"sbs data check: error: {e}", file=sys.stderr)
         return 2
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
 def _found_datasets(data_dir: str | None) -> list[str]:
     if not data_dir:
-        raise DataError("pass --data_dir (or --dataset arith for the embedded task)")
+        raise DataError(f"pass --data_dir (or {datasets.generated_names_hint()} for the embedded task)")
     root = epath.Path(data_dir)  # local or gs://
     if not root.is_dir():
         raise DataError(f"data dir {data_dir} does not exist")

@@ -36,8 +36,8 @@ def check_fraction(task: str, fraction: float, binding: str) -> None:
         raise ValueError(
             f"sweep cell: task {task!r} was registered with train_fraction={kept}, but the cell's fraction is "
             f"{fraction}: the gin parameter Sweep.fraction_binding={binding!r} does not reach the task's "
-            "registration (set it to the registration's train_fraction, e.g. "
-            "'sbs_jax.tasks.register_arith_tasks.train_fraction')")
+            "registration (set it to the gin parameter your dataset file routes to the registration's "
+            "train_fraction; the project's dataset files take 'TRAIN_FRACTION')")
 
 
 def run_cell(spec: dict) -> dict:

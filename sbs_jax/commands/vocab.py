@@ -10,17 +10,11 @@ from sbs_jax.data import vocab as vocab_lib
 
 def _task_texts(args) -> list[str]:
     """Inputs, labels and rationales of a dataset's train split (all splits when it has no train)."""
-    from sbs_jax.data import arith, formats, records
+    from sbs_jax.data import datasets
 
-    if args.dataset != "arith":
-        formats.get_format(args.dataset)  # unknown names fail here, before asking for --data_dir
-    if args.dataset == "arith":
-        splits = arith.generate_splits(seed=args.data_seed)
-    else:
-        if not args.data_dir:
-            raise ValueError(f"--data_dir is required for dataset {args.dataset!r}")
-        names = records.list_splits(args.data_dir, args.dataset)
-        splits = {s: records.read_split(args.data_dir, args.dataset, s).examples for s in names}
+    datasets.check_name(args.dataset)  # unknown names fail here, before asking for --data_dir
+    data = datasets.load_splits(args.dataset, args.data_dir, seed=args.data_seed)
+    splits = {s: d.examples for s, d in data.items()}
     chosen = ["train"] if "train" in splits else sorted(splits)
     print(f"vocabulary text: {args.dataset} splits {chosen}", file=sys.stderr)
     return vocab_lib.model_texts(ex for s in chosen for ex in splits[s])
@@ -39,7 +33,7 @@ def main(argv=None) -> int:
     train.add_argument("--vocab_size", type=int, default=8000)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "char", "word"))
-    train.add_argument("--data_seed", type=int, default=0, help="generator seed of the arith task")
+    train.add_argument("--data_seed", type=int, default=0, help="generator seed of a generated dataset (arith)")
     args = parser.parse_args(argv)
     try:
         if args.text_file:

@@ -14,6 +14,7 @@
     metrics             exact-match and equation-value accuracy (safe arithmetic parser)
     vocab               SentencePiece vocabularies, `sbs vocab train`
     report              `sbs data check`
+    datasets            dataset name -> splits: paper formats from a data dir, generated datasets (arith)
     arith               the embedded quickstart task's generator
 
 Submodules are imported on demand: SeqIO and TensorFlow take seconds to import.

@@ -8,22 +8,10 @@ from typing import Mapping
 
 import numpy as np
 
-from sbs_jax.data import formats, records
 from sbs_jax.data.schema import PREDICT_PREFIX
-from sbs_jax.data.records import DataError, SplitData
+from sbs_jax.data.records import SplitData
 
 PERCENTILES = (50, 90, 95, 99, 100)
-
-
-def load_dataset(data_dir: str | None, name: str) -> dict[str, SplitData]:
-    if name not in formats.FORMATS and name != "arith":
-        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(formats.FORMATS) + ['arith']}")
-    if name == "arith":
-        from sbs_jax.data import arith
-        return arith.generate_split_data()
-    if not data_dir:
-        raise DataError(f"--data_dir is required for dataset {name!r}")
-    return {s: records.read_split(data_dir, name, s) for s in records.list_splits(data_dir, name)}
 
 
 def _percentiles(lengths: list[int]) -> dict[str, int] | None:

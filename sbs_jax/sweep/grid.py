@@ -28,9 +28,8 @@ class SweepConfig:
     'datasets/cqa.gin', 'datasets/arith.gin'). models: model preset names ('t5_1_1_small' -> models/<name>.gin,
     random init) or 'preset=CHECKPOINT' (that file plus INITIAL_CHECKPOINT_PATH). gin_files: recipe files given
     after the dataset file (e.g. 'runs/paper_t5_1_1_base.gin'). bindings: gin bindings for every cell, after
-    the files. fraction_binding: the gin parameter that takes the cell's training fraction; the paper dataset
-    files route TRAIN_FRACTION to their registration, the embedded task takes
-    'sbs_jax.tasks.register_arith_tasks.train_fraction'. Each cell checks the registered task really kept
+    the files. fraction_binding: the gin parameter that takes the cell's training fraction; the project's
+    dataset files (paper datasets and the embedded task) route TRAIN_FRACTION to their registration. Each cell checks the registered task really kept
     that fraction.
     """
     sweep_dir: str

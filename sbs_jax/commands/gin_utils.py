@@ -183,8 +183,17 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
 
 
 def build(configurable: str):
-    """Call a registered configurable with its gin bindings; a value left at %gin.REQUIRED is named."""
+    """Register the tasks the gin files list, then call a registered configurable with its gin bindings; a
+    value left at %gin.REQUIRED is named.
+
+    The registrations are the calls in the macro TASK_REGISTRATIONS (a dataset file's), bound by runs/train.gin
+    and runs/eval.gin to `sbs_jax.data.register_tasks.registrations`; gin runs them when `register_tasks` is
+    called, here, before the config that names the task is built. Without that binding it registers nothing.
+    """
+    from sbs_jax.data import register
+
     try:
+        register.register_tasks()
         value = gin.get_configurable(configurable)()
     except errors.SbsError:
         raise

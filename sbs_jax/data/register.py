@@ -3,10 +3,10 @@
 One call registers `<name>_sbs`, `<name>_sbs_llm`, `<name>_ft` and `<name>_distill` (see
 `preprocessors.VARIANTS`) from JSON lines (`register_jsonl_task`), TFDS (`register_tfds_task`), any SeqIO
 DataSource (`register_source_task`) or in-memory examples (`register_examples_task`). Re-registering a name
-replaces it. Every function is gin-configurable. `sbs train` / `sbs eval` run the calls listed in the gin
-macro `TASK_REGISTRATIONS` (bound to `TrainConfig.task_registrations` / `EvalConfig.task_registrations`, which
-gin evaluates when it builds the config); `register_tasks(registrations=[...])` is a gin-callable form for
-programs of your own, which call it after parsing their gin files (no `sbs` command calls it).
+replaces it. Every function is gin-configurable. The commands (`sbs train`, `sbs eval`, sweeps, quickstart)
+call `register_tasks()` after parsing their gin files; `runs/train.gin` and `runs/eval.gin` bind its
+`registrations` to the macro `TASK_REGISTRATIONS`, which a dataset file sets to its registration calls. Programs
+of your own do the same: parse the gin files, call `register_tasks()`.
 """
 from __future__ import annotations
 

@@ -44,10 +44,10 @@ class ServingSpec:
             raise ValueError(f"max_input_length must leave room for one token and EOS, got {self.max_input_length}")
 
     def prefix(self, stream: str) -> str:
-        return {"label": self.label_prefix, "rationale": self.rationale_prefix}[stream]
+        return {schema.LABEL: self.label_prefix, schema.RATIONALE: self.rationale_prefix}[stream]
 
     def decode_length(self, stream: str) -> int:
-        return {"label": self.max_label_length, "rationale": self.max_rationale_length}[stream]
+        return {schema.LABEL: self.max_label_length, schema.RATIONALE: self.max_rationale_length}[stream]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"

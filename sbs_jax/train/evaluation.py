@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import flax.linen as nn
 import jax
@@ -57,7 +57,6 @@ class DecodeConfig:
 class EvalConfig:
     """`sbs eval`: score a trained student on a split (default: the best checkpoint by validation accuracy).
 
-    task_registrations: evaluated by gin to register the tasks (e.g. `[@sbs_jax.tasks.register_arith_tasks()]`).
     rationale_length: decode this many rationale tokens per example into the predictions file (0 = none).
     """
     model_dir: str
@@ -69,7 +68,6 @@ class EvalConfig:
     decode: DecodeConfig = DecodeConfig()
     rationale_length: int = 0
     max_examples: int | None = None
-    task_registrations: Sequence[Any] = ()
     partitioning: str = "data_parallel"
     mesh_model: int = 1
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbs_jax.data import schema
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -20,7 +22,7 @@ class TrainState:
 
 def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, np.ndarray]:
     tokens = np.ones((batch, length), np.int32)
-    return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
+    return {schema.ENCODER_INPUT_TOKENS: tokens, schema.DECODER_INPUT_TOKENS: tokens}
 
 
 def abstract_state(tx, abstract_params, shardings_tree: TrainState) -> TrainState:

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -35,7 +35,7 @@ class TrainConfig:
     model_dir: MODEL_DIR. mixture_or_task_name: MIXTURE_OR_TASK_NAME. task_feature_lengths:
     TASK_FEATURE_LENGTHS ({"inputs", "targets", "rationales"}). train_steps: TRAIN_STEPS. batch_size: BATCH_SIZE
     (global, before accumulation). initial_checkpoint_path: INITIAL_CHECKPOINT_PATH (HF dir, T5X checkpoint or a
-    previous run; params only, fresh optimizer). task_registrations: gin-evaluated calls registering the tasks.
+    previous run; params only, fresh optimizer).
     eval_every: validation (decode + teacher-forced losses) every N steps and at the end (0 = end only).
     eval_task: task to evaluate (default: the training task, or each task of a training mixture, as T5X does).
     num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
@@ -63,7 +63,6 @@ class TrainConfig:
     optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
     objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig()
     initial_checkpoint_path: str | None = None
-    task_registrations: Sequence[Any] = ()
     seed: int = 0
     grad_accum_steps: int = 1
     partitioning: str = "data_parallel"

@@ -35,8 +35,9 @@ def arith(tmp_path_factory):
 
 @pytest.fixture
 def small_units(monkeypatch):
-    # Units of 64 rows (2 batches of 32): many units per epoch, so every slot is reused many times.
+    # Units of 64 rows (2 batches of 32) or 2-3 packing windows: many units per epoch, each slot reused often.
     monkeypatch.setattr(host_pipeline, "_UNIT_ROWS", 64)
+    monkeypatch.setattr(host_pipeline, "_UNIT_SEGMENTS", 300)
 
 
 def _assert_same(reference, candidate, n: int) -> list:

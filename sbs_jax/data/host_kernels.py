@@ -65,13 +65,15 @@ def segments(nonzero: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray
 
 
 def _row_plan(segs: np.ndarray, enc_len: int, dec_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """seqio's greedy rule over one window: a segment that does not fit in the open row closes it (the window's
-    last row closes at its end). (row, input offset, target offset) per segment, and the number of rows."""
+    """seqio's greedy rule over each window (column 4 of `segs`): a segment that does not fit in the open row
+    closes it; a window's last row closes at the window's end. (row, input offset, target offset) per segment,
+    and the number of rows."""
     row_of, a_of, b_of = (np.zeros(len(segs), np.int64) for _ in range(3))
     r = a = b = 0
-    for s, (n_in, n_tg) in enumerate(zip(segs[:, 2].tolist(), segs[:, 3].tolist())):
-        if a + n_in > enc_len or b + n_tg > dec_len:
-            r, a, b = r + 1, 0, 0
+    window = segs[0, 4] if len(segs) else 0
+    for s, (n_in, n_tg, w) in enumerate(zip(segs[:, 2].tolist(), segs[:, 3].tolist(), segs[:, 4].tolist())):
+        if w != window or a + n_in > enc_len or b + n_tg > dec_len:
+            r, a, b, window = r + 1, 0, 0, w
         row_of[s], a_of[s], b_of[s] = r, a, b
         a, b = a + n_in, b + n_tg
     return row_of, a_of, b_of, r + 1
@@ -87,7 +89,8 @@ def _coords(rows: np.ndarray, offsets: np.ndarray, counts: np.ndarray):
 
 def packed_rows(tokens: Mapping[str, np.ndarray], lengths: Mapping[str, np.ndarray], segs: np.ndarray, *,
                 streams: tuple[str, ...], enc_len: int, dec_len: int, bos_id: int) -> dict:
-    """One packing window's rows in the layout of `packing` (what `pack_streams` gives)."""
+    """The rows of one or more consecutive packing windows in the layout of `packing` (what `pack_streams`
+    gives). `segs`: [segments, 5] (`segments`' columns, then the window's number)."""
     del lengths  # the segment table already holds the lengths seqio's packer uses
     row_of, a_of, b_of, n_rows = _row_plan(segs, enc_len, dec_len)
     enc = np.zeros((n_rows, enc_len), np.int32)

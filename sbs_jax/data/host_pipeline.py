@@ -104,8 +104,10 @@ class IndexStream:
         return out
 
 
-# Rows per unit handed to a worker: enough to amortise the per-unit messages, few enough to keep units flowing.
+# Rows (unpacked) or segments (packed) per unit handed to a worker: enough to amortise the per-unit messages,
+# few enough to keep units flowing.
 _UNIT_ROWS = 512
+_UNIT_SEGMENTS = 1024
 _ALIGN = 64  # host_worker aligns each array of a slot to 64 bytes
 
 
@@ -182,19 +184,32 @@ def _windows(split: TokenizedSplit, order: IndexStream, streams: tuple[str, ...]
             return
 
 
+def _window_units(windows: Iterator[np.ndarray], per_unit: int) -> Iterator[np.ndarray]:
+    """`per_unit` consecutive windows per unit: their segment tables stacked, numbered in a 5th column."""
+    while True:
+        group = [w for _, w in zip(range(per_unit), windows)]
+        if not group:
+            return
+        yield np.concatenate([np.concatenate([w, np.full((len(w), 1), k, np.int64)], axis=1)
+                              for k, w in enumerate(group)])
+
+
 def packed_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[str, ...],
                    packed_lengths: Mapping[str, int], batch_size: int, bos_id: int = 0,
                    workers: int = 0) -> Iterator[dict]:
     """`{"packed": rows}` batches in the layout of `packing` (what `pack_streams` + `batch` give). Each
-    packing window is one unit (`host_kernels.packed_rows`; in `workers` processes when > 0); rows are
-    concatenated into batches in window order, so the batches are the same for every worker count."""
+    packing window (several per unit with workers) is packed independently (`host_kernels.packed_rows`; in
+    `workers` processes when > 0); rows are concatenated into batches in window order, so the batches are the
+    same for every worker count."""
     enc_len, dec_len = int(packed_lengths["inputs"]), int(packed_lengths["targets"])
     window = max(enc_len, dec_len)
+    per_unit = 1 if workers == 0 else max(1, _UNIT_SEGMENTS // window)
     options = {"streams": tuple(streams), "enc_len": enc_len, "dec_len": dec_len, "bos_id": bos_id}
-    slot_bytes = window * 4 * (3 * enc_len + 6 * dec_len) + _ALIGN * 9  # at most one row per segment
+    # At most one row per segment, plus one per window (an empty first row, as seqio, if a segment overflows).
+    slot_bytes = per_unit * (window + 1) * 4 * (3 * enc_len + 6 * dec_len) + _ALIGN * 9
+    units = _window_units(_windows(split, order, tuple(streams), window), per_unit)
     held: dict | None = None  # rows not yet batched
-    for rows in _units(split, "packed", options, _windows(split, order, tuple(streams), window), workers=workers,
-                       slot_bytes=slot_bytes):
+    for rows in _units(split, "packed", options, units, workers=workers, slot_bytes=slot_bytes):
         held = rows if held is None else {k: np.concatenate([held[k], rows[k]]) for k in held}
         n, start = next(iter(held.values())).shape[0], 0
         while n - start >= batch_size:

@@ -106,8 +106,8 @@ class IndexStream:
 
 # Rows (unpacked) or segments (packed) per unit handed to a worker: enough to amortise the per-unit messages,
 # few enough to keep units flowing.
-_UNIT_ROWS = 512
-_UNIT_SEGMENTS = 1024
+_UNIT_ROWS = 2048
+_UNIT_SEGMENTS = 4096
 _ALIGN = 64  # host_worker aligns each array of a slot to 64 bytes
 
 
@@ -153,11 +153,10 @@ def unpacked_batches(split: TokenizedSplit, order: IndexStream, *, streams: tupl
     slot_bytes = per_unit * batch_size * row_bytes + _ALIGN * 4 * len(streams)
     for rows in _units(split, "unpacked", options, _index_units(order, batch_size, per_unit), workers=workers,
                        slot_bytes=slot_bytes):
-        n = next(iter(rows.values())).shape[0]
-        for start in range(0, n, batch_size):
+        arrays = [(*name.split("/", 1), array) for name, array in rows.items()]
+        for start in range(0, arrays[0][2].shape[0], batch_size):
             batch: dict = {s: {} for s in streams}
-            for name, array in rows.items():
-                stream, key = name.split("/", 1)
+            for stream, key, array in arrays:
                 batch[stream][key] = array[start:start + batch_size]
             yield batch
 

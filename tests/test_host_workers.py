@@ -148,3 +148,18 @@ def test_a_worker_error_is_raised_here_and_leaves_no_process():
 def test_workers_must_be_a_non_negative_int(arith):
     with pytest.raises(ValueError, match="workers=-1"):
         pipeline.train_batches(arith, task_feature_lengths=LENGTHS["arith"], batch_size=8, workers=-1)
+
+
+def test_train_config_input_workers_reaches_the_input_pipeline(monkeypatch):
+    import types
+
+    from sbs_jax.train import trainer as trainer_lib
+
+    seen = {}
+    monkeypatch.setattr(inputs, "train_batches", lambda task, **kw: seen.update(kw, task=task) or iter(()))
+    config = types.SimpleNamespace(task_feature_lengths=LENGTHS["arith"], batch_size=8, seed=0, num_input_shards=None,
+                                   objective=types.SimpleNamespace(streams=("label",)), pack=False, packed_lengths=None,
+                                   input_workers=3)
+    trainer_lib.Trainer.train_batches(types.SimpleNamespace(config=config, task="arith_sbs"), 4)
+    assert seen["workers"] == 3 and seen["start_batch"] == 4 and seen["task"] == "arith_sbs"
+    assert trainer_lib.TrainConfig.__dataclass_fields__["input_workers"].default == 0

@@ -41,15 +41,15 @@ def small_units(monkeypatch):
 
 
 def _assert_same(reference, candidate, n: int) -> list:
-    got_all = []
-    for i, (want, got) in enumerate(itertools.islice(zip(reference, candidate), n)):
+    # Every batch is taken before any is compared: a batch must stay intact while later ones are produced.
+    got_all = list(itertools.islice(candidate, n))
+    for i, (want, got) in enumerate(zip(itertools.islice(reference, n), got_all)):
         assert sorted(want) == sorted(got), i
         for stream in want:
             assert list(want[stream]) == list(got[stream]), (i, stream)
             for key in want[stream]:
                 assert got[stream][key].dtype == want[stream][key].dtype, (i, stream, key)
                 np.testing.assert_array_equal(got[stream][key], want[stream][key], err_msg=f"batch {i} {stream}/{key}")
-        got_all.append(got)
     assert len(got_all) == n
     return got_all
 

@@ -114,7 +114,8 @@ _ALIGN = 64  # host_worker aligns each array of a slot to 64 bytes
 def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator[np.ndarray], *, workers: int,
            slot_bytes: int) -> Iterator[dict]:
     """`host_kernels.KERNELS[kernel]` over `payloads`, in order: in this thread (workers=0) or in a
-    `host_workers.WorkerPool` (closed when this generator is closed or collected)."""
+    `host_workers.WorkerPool` (closed when this generator is closed or collected). With workers, a result's
+    arrays are only valid until the next one is requested (`_keep` copies them)."""
     if workers < 0:
         raise ValueError(f"workers={workers}: expected 0 (in-thread) or more worker processes")
     if workers == 0:
@@ -128,6 +129,11 @@ def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator
               **{f"lengths/{k}": v for k, v in split.lengths.items()}}
     with host_workers.WorkerPool(arrays, kernel, options, workers=workers, slot_bytes=slot_bytes) as pool:
         yield from pool.map(payloads)
+
+
+def _keep(array: np.ndarray, borrowed: bool) -> np.ndarray:
+    """`array` itself, or a copy of it when it lives in a worker's result slot."""
+    return np.array(array) if borrowed else array
 
 
 def _index_units(order: IndexStream, batch_size: int, batches_per_unit: int) -> Iterator[np.ndarray]:
@@ -157,7 +163,7 @@ def unpacked_batches(split: TokenizedSplit, order: IndexStream, *, streams: tupl
         for start in range(0, arrays[0][2].shape[0], batch_size):
             batch: dict = {s: {} for s in streams}
             for stream, key, array in arrays:
-                batch[stream][key] = array[start:start + batch_size]
+                batch[stream][key] = _keep(array[start:start + batch_size], workers > 0)
             yield batch
 
 
@@ -167,7 +173,7 @@ def _windows(split: TokenizedSplit, order: IndexStream, streams: tuple[str, ...]
     features = {f for s in streams for f in STREAM_FEATURES[s]}
     # seqio's packer keeps the first count_nonzero(tokens) tokens of a segment.
     nonzero = {f: np.count_nonzero(split.tokens[f], axis=1) for f in features}
-    pending = np.zeros((0, 4), np.int64)
+    pending = np.zeros((0, 4), np.int32)
     while True:
         idx = order.take(_ORDER_CHUNK, partial=True)
         if idx is not None:
@@ -189,7 +195,7 @@ def _window_units(windows: Iterator[np.ndarray], per_unit: int) -> Iterator[np.n
         group = [w for _, w in zip(range(per_unit), windows)]
         if not group:
             return
-        yield np.concatenate([np.concatenate([w, np.full((len(w), 1), k, np.int64)], axis=1)
+        yield np.concatenate([np.concatenate([w, np.full((len(w), 1), k, w.dtype)], axis=1)
                               for k, w in enumerate(group)])
 
 
@@ -207,11 +213,18 @@ def packed_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[
     # At most one row per segment, plus one per window (an empty first row, as seqio, if a segment overflows).
     slot_bytes = per_unit * (window + 1) * 4 * (3 * enc_len + 6 * dec_len) + _ALIGN * 9
     units = _window_units(_windows(split, order, tuple(streams), window), per_unit)
-    held: dict | None = None  # rows not yet batched
+    held: dict | None = None  # copies of the rows not yet batched (fewer than batch_size)
     for rows in _units(split, "packed", options, units, workers=workers, slot_bytes=slot_bytes):
-        held = rows if held is None else {k: np.concatenate([held[k], rows[k]]) for k in held}
-        n, start = next(iter(held.values())).shape[0], 0
+        n, start = next(iter(rows.values())).shape[0], 0
+        if held is not None:  # the batch that spans the previous units and this one
+            start = min(n, batch_size - next(iter(held.values())).shape[0])
+            held = {k: np.concatenate([v, rows[k][:start]]) for k, v in held.items()}
+            if next(iter(held.values())).shape[0] < batch_size:
+                continue
+            yield {schema.PACKED: held}
+            held = None
         while n - start >= batch_size:
-            yield {schema.PACKED: {k: v[start:start + batch_size] for k, v in held.items()}}
+            yield {schema.PACKED: {k: _keep(v[start:start + batch_size], workers > 0) for k, v in rows.items()}}
             start += batch_size
-        held = {k: v[start:] for k, v in held.items()}
+        if start < n:
+            held = {k: np.array(v[start:]) for k, v in rows.items()}

@@ -5,7 +5,8 @@ imports numpy only: no fork of a process holding TensorFlow/JAX threads, no Tens
 The tokenized arrays go to them once, as .npy files in a private folder on /dev/shm that they memory-map.
 Each worker owns `depth` result slots (shared-memory files): unit u goes to worker u % workers, slot
 (u // workers) % depth, so at most workers·depth units are in flight and the main process reads results in
-submission order; it copies a result out of its slot before handing the slot to the next unit.
+submission order, straight from the slot (the caller copies rows into its batches, once), before handing the
+slot to the next unit.
 `close()` (also on garbage collection and at interpreter exit) stops the workers and removes the folder; a
 worker's exception is re-raised here as `WorkerError` with the worker's traceback.
 """
@@ -110,7 +111,8 @@ class WorkerPool:
         return body
 
     def map(self, payloads: Iterable) -> Iterator[dict]:
-        """Kernel results (`{name: array}`, owned by the caller) for `payloads`, in order."""
+        """Kernel results (`{name: array}`) for `payloads`, in order. The arrays are views of a result slot,
+        valid until the next result is requested (the slot then takes a new unit): copy what you keep."""
         payloads = iter(payloads)
         in_flight: collections.deque = collections.deque()  # (worker, slot) of each unit, in submission order
         submitted = 0
@@ -131,10 +133,9 @@ class WorkerPool:
             w, s = in_flight.popleft()
             layout = self._reply(w, "done")
             buffer = self._slots[w][s]
-            result = {name: np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=offset).copy()
-                      for name, dtype, shape, offset in layout}
-            submit()  # the slot is free again: the next unit mapped to it may use it
-            yield result
+            yield {name: np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=offset)
+                   for name, dtype, shape, offset in layout}
+            submit()  # the caller is done with the slot: the next unit mapped to it may use it
 
     def close(self) -> None:
         self._finalizer()

@@ -36,8 +36,8 @@ VARIANTS = ("unpacked", "packed", "bucketed")
 # The measurement lengths for CQA (inputs / targets / rationales); the embedded task uses its gin's.
 TASK_LENGTHS = {"cqa": {"inputs": 128, "targets": 8, "rationales": 80},
                 "arith": {"inputs": 48, "targets": 4, "rationales": 20}}
-INPUT_COLUMNS = ("task", "backend", "variant", "cores", "workers", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step", "batches",
-                 "startup s")
+INPUT_COLUMNS = ("task", "backend", "variant", "cores", "workers", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step",
+                 "batches", "startup s")
 
 
 def paper_consumption(mfu: float = 0.35, peak_tflops: float = 989.0) -> dict:
@@ -320,7 +320,8 @@ def main(argv=None) -> int:
         for cores in [int(c) for c in args.cores.split(",") if c]:
             r = {"variant": variant, "cores": cores, "backend": args.backend, "workers": args.workers,
                  **run_child(args, variant, cores)}
-            print(f"{variant} on {cores} core(s), {args.workers} worker(s): epoch 1 {r['epoch1']:,.0f} ex/s, epoch 2 {r['epoch2']:,.0f} "
+            print(f"{variant} on {cores} core(s), {args.workers} worker(s): epoch 1 {r['epoch1']:,.0f} ex/s, "
+                  f"epoch 2 {r['epoch2']:,.0f} "
                   f"ex/s ({r['epoch2'] / consumption['examples_per_s']:.2f}x the paper step)", flush=True)
             results.append(r)
     by = {(r["variant"], r["cores"]): r["epoch2"] for r in results}

@@ -48,7 +48,7 @@ def serve(conn: Connection) -> None:
         with open(path, "r+b") as f:
             slots.append(mmap.mmap(f.fileno(), slot_bytes))
     kernel = host_kernels.KERNELS[kernel_name]
-    conn.send(("ready", sorted(m for m in sys.modules if m.split(".")[0] in HEAVY_MODULES)))
+    conn.send(("ready", sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_MODULES))))
     while True:
         try:
             message = conn.recv()

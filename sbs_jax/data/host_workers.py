@@ -107,7 +107,8 @@ class WorkerPool:
                               "without a reply (see its stderr above)") from None
         if kind == "error":
             raise WorkerError(f"host pipeline worker {w} failed:\n{body}")
-        assert kind == expected, (kind, expected)
+        if kind != expected:
+            raise WorkerError(f"host pipeline worker {w} replied {kind!r}, expected {expected!r} (protocol bug)")
         return body
 
     def map(self, payloads: Iterable) -> Iterator[dict]:

@@ -68,15 +68,25 @@ def _row_plan(segs: np.ndarray, enc_len: int, dec_len: int) -> tuple[np.ndarray,
     """seqio's greedy rule over each window (column 4 of `segs`): a segment that does not fit in the open row
     closes it; a window's last row closes at the window's end. (row, input offset, target offset) per segment,
     and the number of rows."""
-    row_of, a_of, b_of = (np.zeros(len(segs), np.int64) for _ in range(3))
-    r = a = b = 0
-    window = segs[0, 4] if len(segs) else 0
-    for s, (n_in, n_tg, w) in enumerate(zip(segs[:, 2].tolist(), segs[:, 3].tolist(), segs[:, 4].tolist())):
-        if w != window or a + n_in > enc_len or b + n_tg > dec_len:
-            r, a, b, window = r + 1, 0, 0, w
-        row_of[s], a_of[s], b_of[s] = r, a, b
-        a, b = a + n_in, b + n_tg
-    return row_of, a_of, b_of, r + 1
+    n_in, n_tg = segs[:, 2].astype(np.int64), segs[:, 3].astype(np.int64)
+    breaks = []  # segments that open a new row (after the first); the only per-segment Python loop
+    a = b = 0
+    window = int(segs[0, 4]) if len(segs) else 0
+    for s, (i, t, w) in enumerate(zip(n_in.tolist(), n_tg.tolist(), segs[:, 4].tolist())):
+        a, b = a + i, b + t
+        if w != window or a > enc_len or b > dec_len:
+            breaks.append(s)
+            a, b, window = i, t, w
+    opens = np.zeros(len(segs), bool)
+    opens[breaks] = True
+    row_of = np.cumsum(opens)
+    first = np.concatenate([[0], np.asarray(breaks, np.int64)])  # first segment of each row
+
+    def offsets(n: np.ndarray) -> np.ndarray:  # tokens before the segment in its row
+        before = np.cumsum(n) - n
+        return before - before[first][row_of]
+
+    return row_of, offsets(n_in), offsets(n_tg), len(breaks) + 1
 
 
 def _coords(rows: np.ndarray, offsets: np.ndarray, counts: np.ndarray):

@@ -16,6 +16,10 @@ multiple of it.
 
     python -m bench.pipeline_bench --task cqa --data_dir ../shared/datasets --out /tmp/pipe
     python -m bench.pipeline_bench --task arith --variants unpacked --cores 1 --loop
+    python -m bench.pipeline_bench --task cqa --backend numpy --cores 2 --workers 2   # worker processes
+
+`--workers N` runs the numpy back end's unit work in N worker processes (`host_workers`), which share the
+pinned cores with the main process (the child's CPU affinity is inherited); the table's `workers` column.
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ VARIANTS = ("unpacked", "packed", "bucketed")
 # The issue's measurement lengths for CQA (inputs / targets / rationales); the embedded task uses its gin's.
 TASK_LENGTHS = {"cqa": {"inputs": 128, "targets": 8, "rationales": 80},
                 "arith": {"inputs": 48, "targets": 4, "rationales": 20}}
-INPUT_COLUMNS = ("task", "backend", "variant", "cores", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step", "batches",
-                 "startup s")
+INPUT_COLUMNS = ("task", "backend", "variant", "cores", "workers", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step",
+                 "batches", "startup s")
 
 
 def paper_consumption(mfu: float = 0.35, peak_tflops: float = 989.0) -> dict:
@@ -89,14 +93,15 @@ def batch_examples(batch: dict) -> int:
 
 
 def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, seed: int = 0,
-                  backend: str = "auto"):
+                  backend: str = "auto", workers: int = 0):
     """The trainer's host batches for `variant` (what `Trainer.run` feeds `to_global`)."""
     from sbs_jax.train import inputs, length_buckets
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     it = inputs.train_batches(task_name, task_feature_lengths=lengths, batch_size=batch_size, seed=seed,
-                              streams=("label", "rationale"), pack=variant == "packed", backend=backend)
+                              streams=("label", "rationale"), pack=variant == "packed", backend=backend,
+                              workers=workers)
     if variant != "bucketed":
         return it
     cutter = length_buckets.BatchCutter(16)
@@ -104,11 +109,11 @@ def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, 
 
 
 def measure_input(task_name: str, variant: str, lengths: dict, *, batch_size: int, warmup: int,
-                  max_batches: int, backend: str = "auto") -> dict:
+                  max_batches: int, backend: str = "auto", workers: int = 0) -> dict:
     """Examples/s over epoch 1 (after `warmup` batches) and epoch 2 (as many batches as counted in epoch 1,
     at most `max_batches`): epochs split by examples served, since shuffling crosses epoch boundaries."""
     t0 = time.perf_counter()
-    it = input_batches(task_name, variant, lengths, batch_size, backend=backend)
+    it = input_batches(task_name, variant, lengths, batch_size, backend=backend, workers=workers)
     epoch_examples = _train_examples(task_name)
     served, marks = 0, []  # (examples served so far, time) after each batch
     first = None
@@ -212,7 +217,7 @@ def _child(args) -> dict:
             return measure_loop(register_name, lengths, batch_size=args.batch_size, steps=args.loop_steps,
                                 workdir=workdir)
     return measure_input(register_name, args.child, lengths, batch_size=args.batch_size, warmup=args.warmup,
-                         max_batches=args.batches, backend=args.backend)
+                         max_batches=args.batches, backend=args.backend, workers=args.workers)
 
 
 def run_child(args, kind: str, cores: int) -> dict:
@@ -222,7 +227,8 @@ def run_child(args, kind: str, cores: int) -> dict:
         raise ValueError(f"--cores {cores}: only {len(allowed)} CPUs are available")
     cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", kind, "--task", args.task,
            "--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--batches", str(args.batches),
-           "--loop_steps", str(args.loop_steps), "--backend", args.backend]
+           "--loop_steps", str(args.loop_steps), "--backend", args.backend,
+           "--workers", str(args.workers)]
     for flag in ("data_dir", "cache_dir"):
         if getattr(args, flag):
             cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -237,7 +243,8 @@ def run_child(args, kind: str, cores: int) -> dict:
 
 
 def input_rows(task: str, results: list[dict], consumption: float) -> list[dict]:
-    return [{"task": task, "backend": r.get("backend", "auto"), "variant": r["variant"], "cores": r["cores"], "epoch1": r["epoch1"],
+    return [{"task": task, "backend": r.get("backend", "auto"), "variant": r["variant"], "cores": r["cores"],
+             "workers": r.get("workers", 0), "epoch1": r["epoch1"],
              "epoch2": r["epoch2"], "vs_paper": r["epoch2"] / consumption, "batches": r["batches"],
              "startup_s": r["startup_s"]} for r in results]
 
@@ -251,7 +258,8 @@ def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, 
              f"per accelerator**.", "",
              "| " + " | ".join(INPUT_COLUMNS) + " |", "|" + "---|" * len(INPUT_COLUMNS)]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['backend']} | {r['variant']} | {r['cores']} | {r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
+        lines.append(f"| {r['task']} | {r['backend']} | {r['variant']} | {r['cores']} | {r['workers']} | "
+                     f"{r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
                      f"{r['vs_paper']:.2f} | {r['batches']} | {r['startup_s']:.1f} |")
     lines.append("")
     for variant, ratio in scaling.items():
@@ -286,6 +294,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "tf.data"),
                    help="input back end (pipeline.train_batches); tf.data = the path before the numpy back end")
     p.add_argument("--cores", default="1,2")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes of the numpy back end (0 = in the main process); they share the --cores")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20, help="epoch-1 batches not timed")
     p.add_argument("--batches", type=int, default=200, help="at most this many epoch-2 batches are timed")
@@ -308,8 +318,10 @@ def main(argv=None) -> int:
     results = []
     for variant in [v for v in args.variants.split(",") if v]:
         for cores in [int(c) for c in args.cores.split(",") if c]:
-            r = {"variant": variant, "cores": cores, "backend": args.backend, **run_child(args, variant, cores)}
-            print(f"{variant} on {cores} core(s): epoch 1 {r['epoch1']:,.0f} ex/s, epoch 2 {r['epoch2']:,.0f} "
+            r = {"variant": variant, "cores": cores, "backend": args.backend, "workers": args.workers,
+                 **run_child(args, variant, cores)}
+            print(f"{variant} on {cores} core(s), {args.workers} worker(s): epoch 1 {r['epoch1']:,.0f} ex/s, "
+                  f"epoch 2 {r['epoch2']:,.0f} "
                   f"ex/s ({r['epoch2'] / consumption['examples_per_s']:.2f}x the paper step)", flush=True)
             results.append(r)
     by = {(r["variant"], r["cores"]): r["epoch2"] for r in results}

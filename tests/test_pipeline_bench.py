@@ -21,7 +21,7 @@ def test_markdown_table_and_ratios():
     env = {"date_utc": "2026-12-02 06:00", "commit": "abc1234", "cpu": "CPU X", "cpus": 2, "python": "3.11"}
     consumption = pipeline_bench.paper_consumption()
     results = [{"variant": "unpacked", "cores": c, "epoch1": 900.0 * c, "epoch2": 1000.0 * c, "batches": 300,
-                "startup_s": 3.5, "epoch_examples": 9000} for c in (1, 2)]
+                "startup_s": 3.5, "epoch_examples": 9000, "workers": c - 1} for c in (1, 2)]
     rows = pipeline_bench.input_rows("cqa", results, consumption["examples_per_s"])
     loop = {"devices": 1, "steps": 100, "step_alone_ms": 2.0, "trainer_in_memory_ms": 2.5,
             "loop_overhead_ms": 0.5, "trainer_e2e_ms": 2.2, "e2e_vs_step": 2.0 / 2.2, "step_alone_cpu_ms": 3.0,
@@ -31,8 +31,9 @@ def test_markdown_table_and_ratios():
     header = "| " + " | ".join(pipeline_bench.INPUT_COLUMNS) + " |"
     assert header in lines
     body = lines[lines.index(header) + 2:lines.index(header) + 4]
-    assert body[0].startswith("| cqa | auto | unpacked | 1 | 900 | 1,000 | ")
-    ratio = float(body[1].split("|")[7])
+    assert body[0].startswith("| cqa | auto | unpacked | 1 | 0 | 900 | 1,000 | ")
+    ratio = float(body[1].split("|")[8])
+    assert body[1].startswith("| cqa | auto | unpacked | 2 | 1 | 1,800 | 2,000 | ")
     assert ratio == pytest.approx(2000 / consumption["examples_per_s"], abs=0.01)
     assert "2 cores / 1 core = 2.00x" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
     assert "`abc1234`" in text and "paired examples/s per accelerator" in text
@@ -55,4 +56,4 @@ def test_writes_its_table_for_a_short_run(tmp_path):
     payload = json.loads((tmp_path / "pipeline.json").read_text())
     (row,) = payload["inputs"]
     assert row["variant"] == "unpacked" and row["cores"] == 1 and row["epoch2"] > 0 and row["epoch1"] > 0
-    assert "| arith | auto | unpacked | 1 |" in (tmp_path / "pipeline.md").read_text()
+    assert "| arith | auto | unpacked | 1 | 0 |" in (tmp_path / "pipeline.md").read_text()

@@ -11,6 +11,9 @@
     feature_converter   paired encoder-decoder arrays
     packing             packed training rows, one segment per (example, stream)
     pipeline            get_train_dataset / get_eval_examples (arrays) for the trainer and evaluation
+    host_pipeline       the numpy back end of pipeline.train_batches (tokenize once, order, plan units)
+    host_kernels        its numpy row building (unpacked rows, packing windows), in-thread or in workers
+    host_workers        its worker processes (host_worker: numpy only), results in unit order
     metrics             exact-match and equation-value accuracy (safe arithmetic parser)
     vocab               SentencePiece vocabularies, `sbs vocab train`
     report              `sbs data check`

@@ -12,7 +12,10 @@ arrays built once:
    1:1 maps only, and tf.data's shuffle picks by position, never by content, so the same shuffle over
    `range(n)` gives the same order.
 3. `unpacked_batches` / `packed_batches`: the feature converter's and `packing.pack_streams`' layouts, built
-   with vectorised numpy (packing: seqio's greedy rule over windows of max(row lengths) segments).
+   with vectorised numpy (packing: seqio's greedy rule over windows of max(row lengths) segments). This module
+   plans the units (example indices of whole batches; the segment table of one packing window) and the
+   kernels in `host_kernels` build their rows, in this thread or (`workers` > 0) in `host_workers` processes;
+   results come back in unit order, so every worker count gives the same batches.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from sbs_jax.data import schema
-from sbs_jax.data.schema import STREAM_FEATURES, STREAM_IDS
+from sbs_jax.data import host_kernels, schema
+from sbs_jax.data.schema import STREAM_FEATURES
 
 _ORDER_CHUNK = 8192  # indices fetched from tf.data per call (one call per ~8k examples)
 
@@ -83,118 +86,149 @@ class IndexStream:
             ds = ds.repeat(num_epochs)
         if shuffle:
             ds = ds.shuffle(buffer_size, seed=seed)
-        self._chunks = ds.batch(_ORDER_CHUNK).as_numpy_iterator()
+        options = tf.data.Options()
+        # Nothing here runs in parallel; with autotuning on, its background thread used ~0.2 ms of CPU per
+        # batch of the packed path (measured with workers=1, CQA), CPU the workers need.
+        options.autotune.enabled = False
+        self._chunks = ds.batch(_ORDER_CHUNK).with_options(options).as_numpy_iterator()
         self._buffer = np.zeros((0,), np.int64)
 
-    def take(self, n: int) -> np.ndarray | None:
-        """The next `n` indices, or None when fewer remain (finite epochs)."""
+    def take(self, n: int, *, partial: bool = False) -> np.ndarray | None:
+        """The next `n` indices, or None when fewer remain (finite epochs); with `partial`, what remains of
+        them (None only when nothing does)."""
         while self._buffer.shape[0] < n:
             chunk = next(self._chunks, None)
             if chunk is None:
+                if partial and self._buffer.shape[0]:
+                    out, self._buffer = self._buffer, self._buffer[:0]
+                    return out
                 return None
             self._buffer = np.concatenate([self._buffer, chunk])
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
 
 
-def _padded(split: TokenizedSplit, feature: str, idx: np.ndarray, length: int) -> np.ndarray:
-    rows = split.tokens[feature][idx][:, :length]
-    out = np.zeros((idx.shape[0], length), np.int32)
-    out[:, :rows.shape[1]] = rows
-    return out
+# Rows (unpacked) or segments (packed) per unit handed to a worker: enough to amortise the per-unit messages,
+# few enough to keep units flowing.
+_UNIT_ROWS = 2048
+_UNIT_SEGMENTS = 4096
+_ALIGN = 64  # host_worker aligns each array of a slot to 64 bytes
 
 
-def shift_right(targets: np.ndarray, bos_id: int, segment_ids: np.ndarray | None = None) -> np.ndarray:
-    """`seqio.utils.make_autoregressive_inputs` on [rows, length] arrays."""
-    inputs = np.concatenate([np.full_like(targets[:, :1], bos_id), targets[:, :-1]], axis=1)
-    if segment_ids is not None:
-        previous = np.concatenate([np.zeros_like(segment_ids[:, :1]), segment_ids[:, :-1]], axis=1)
-        not_first = (segment_ids == previous).astype(targets.dtype)
-        inputs = inputs * not_first + (1 - not_first) * bos_id
-    return inputs
+def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator[np.ndarray], *, workers: int,
+           slot_bytes: int) -> Iterator[dict]:
+    """`host_kernels.KERNELS[kernel]` over `payloads`, in order: in this thread (workers=0) or in a
+    `host_workers.WorkerPool` (closed when this generator is closed or collected). With workers, a result's
+    arrays are only valid until the next one is requested (`_keep` copies them)."""
+    if workers < 0:
+        raise ValueError(f"workers={workers}: expected 0 (in-thread) or more worker processes")
+    if workers == 0:
+        fn = host_kernels.KERNELS[kernel]
+        for payload in payloads:
+            yield fn(split.tokens, split.lengths, payload, **options)
+        return
+    from sbs_jax.data import host_workers
+
+    arrays = {**{f"tokens/{k}": v for k, v in split.tokens.items()},
+              **{f"lengths/{k}": v for k, v in split.lengths.items()}}
+    with host_workers.WorkerPool(arrays, kernel, options, workers=workers, slot_bytes=slot_bytes) as pool:
+        yield from pool.map(payloads)
+
+
+def _keep(array: np.ndarray, borrowed: bool) -> np.ndarray:
+    """`array` itself, or a copy of it when it lives in a worker's result slot."""
+    return np.array(array) if borrowed else array
+
+
+def _index_units(order: IndexStream, batch_size: int, batches_per_unit: int) -> Iterator[np.ndarray]:
+    """Example indices of `batches_per_unit` whole batches per unit (fewer in a finite stream's last unit)."""
+    while True:
+        parts = []
+        while len(parts) < batches_per_unit and (idx := order.take(batch_size)) is not None:
+            parts.append(idx)
+        if parts:
+            yield np.concatenate(parts)
+        if len(parts) < batches_per_unit:
+            return
 
 
 def unpacked_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[str, ...],
-                     lengths: Mapping[str, int], batch_size: int, bos_id: int = 0) -> Iterator[dict]:
+                     lengths: Mapping[str, int], batch_size: int, bos_id: int = 0, workers: int = 0) -> Iterator[dict]:
     """`{stream: {encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights}}`
-    batches, as `feature_converter` + `batch(drop_remainder=True)` + `nest` give them."""
-    while (idx := order.take(batch_size)) is not None:
-        batch = {}
-        for stream in streams:
-            in_key, tgt_key = STREAM_FEATURES[stream]
-            targets = _padded(split, tgt_key, idx, lengths[tgt_key])
-            weights = (targets > 0).astype(np.int32)
-            if stream == schema.RATIONALE:  # only-EOS rationales: unparsed teacher output, no loss
-                weights *= (split.lengths[tgt_key][idx] > 1).astype(np.int32)[:, None]
-            batch[stream] = {schema.ENCODER_INPUT_TOKENS: _padded(split, in_key, idx, lengths[in_key]),
-                             schema.DECODER_INPUT_TOKENS: shift_right(targets, bos_id),
-                             schema.DECODER_TARGET_TOKENS: targets, schema.DECODER_LOSS_WEIGHTS: weights}
-        yield batch
+    batches, as `feature_converter` + `batch(drop_remainder=True)` + `nest` give them. `workers` > 0 builds
+    them in that many processes (units of several batches); the batches are the same for every count."""
+    per_unit = 1 if workers == 0 else max(1, _UNIT_ROWS // batch_size)
+    options = {"streams": tuple(streams), "feature_lengths": dict(lengths), "bos_id": bos_id}
+    row_bytes = sum(4 * (lengths[STREAM_FEATURES[s][0]] + 3 * lengths[STREAM_FEATURES[s][1]]) for s in streams)
+    slot_bytes = per_unit * batch_size * row_bytes + _ALIGN * 4 * len(streams)
+    for rows in _units(split, "unpacked", options, _index_units(order, batch_size, per_unit), workers=workers,
+                       slot_bytes=slot_bytes):
+        arrays = [(*name.split("/", 1), array) for name, array in rows.items()]
+        for start in range(0, arrays[0][2].shape[0], batch_size):
+            batch: dict = {s: {} for s in streams}
+            for stream, key, array in arrays:
+                batch[stream][key] = _keep(array[start:start + batch_size], workers > 0)
+            yield batch
 
 
-def _segments(split: TokenizedSplit, order: IndexStream, streams: tuple[str, ...]) -> Iterator[tuple]:
-    """(example, stream id, inputs feature, targets feature, inputs length, targets length) per segment, in
-    `packing.stream_examples` order: label_i, rationale_i (if parsed), label_i+1, ..."""
-    features = [(STREAM_IDS[s], *STREAM_FEATURES[s]) for s in streams]
+def _windows(split: TokenizedSplit, order: IndexStream, streams: tuple[str, ...], window: int) -> Iterator[np.ndarray]:
+    """seqio `trim_and_pack_dataset`'s windows: consecutive groups of `window` segments
+    (`host_kernels.segments`), the short last one of finite data kept (as its padded_batch does)."""
+    features = {f for s in streams for f in STREAM_FEATURES[s]}
     # seqio's packer keeps the first count_nonzero(tokens) tokens of a segment.
-    nonzero = {f: np.count_nonzero(split.tokens[f], axis=1) for _, a, b in features for f in (a, b)}
-    while (idx := order.take(_ORDER_CHUNK)) is not None:
-        for i in idx.tolist():
-            for sid, in_key, tgt_key in features:
-                if sid == STREAM_IDS[schema.RATIONALE] and split.lengths[tgt_key][i] <= 1:
-                    continue
-                yield i, sid, in_key, tgt_key, int(nonzero[in_key][i]), int(nonzero[tgt_key][i])
-
-
-def _rows(segments: Iterator[tuple], enc_len: int, dec_len: int) -> Iterator[list[tuple]]:
-    """seqio `trim_and_pack_dataset` (tf ops): windows of max(enc_len, dec_len) segments, each packed greedily
-    (a segment that does not fit in the open row closes it); a window's last row is closed at its end."""
-    window = max(enc_len, dec_len)
+    nonzero = {f: np.count_nonzero(split.tokens[f], axis=1) for f in features}
+    pending = np.zeros((0, 4), np.int32)
     while True:
-        taken = [s for _, s in zip(range(window), segments)]
-        if not taken:
+        idx = order.take(_ORDER_CHUNK, partial=True)
+        if idx is not None:
+            pending = np.concatenate([pending, host_kernels.segments(nonzero, split.lengths, idx, streams)])
+        start = 0
+        while pending.shape[0] - start >= window:
+            yield pending[start:start + window]
+            start += window
+        pending = pending[start:]
+        if idx is None:
+            if pending.shape[0]:
+                yield pending
             return
-        row, n_in, n_tg = [], 0, 0
-        for seg in taken:
-            if n_in + seg[4] > enc_len or n_tg + seg[5] > dec_len:
-                yield row
-                row, n_in, n_tg = [], 0, 0
-            row.append(seg)
-            n_in, n_tg = n_in + seg[4], n_tg + seg[5]
-        yield row
-        if len(taken) < window:  # finite data: seqio's padded_batch keeps the short last window
+
+
+def _window_units(windows: Iterator[np.ndarray], per_unit: int) -> Iterator[np.ndarray]:
+    """`per_unit` consecutive windows per unit: their segment tables stacked, numbered in a 5th column."""
+    while True:
+        group = [w for _, w in zip(range(per_unit), windows)]
+        if not group:
             return
+        yield np.concatenate([np.concatenate([w, np.full((len(w), 1), k, w.dtype)], axis=1)
+                              for k, w in enumerate(group)])
 
 
 def packed_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[str, ...],
-                   packed_lengths: Mapping[str, int], batch_size: int, bos_id: int = 0) -> Iterator[dict]:
-    """`{"packed": rows}` batches in the layout of `packing` (what `pack_streams` + `batch` give)."""
+                   packed_lengths: Mapping[str, int], batch_size: int, bos_id: int = 0,
+                   workers: int = 0) -> Iterator[dict]:
+    """`{"packed": rows}` batches in the layout of `packing` (what `pack_streams` + `batch` give). Each
+    packing window (several per unit with workers) is packed independently (`host_kernels.packed_rows`; in
+    `workers` processes when > 0); rows are concatenated into batches in window order, so the batches are the
+    same for every worker count."""
     enc_len, dec_len = int(packed_lengths["inputs"]), int(packed_lengths["targets"])
-    rows = _rows(_segments(split, order, streams), enc_len, dec_len)
-    while True:
-        batch_rows = [r for _, r in zip(range(batch_size), rows)]
-        if len(batch_rows) < batch_size:
-            return
-        enc = np.zeros((batch_size, enc_len), np.int32)
-        enc_pos = np.zeros_like(enc)
-        tgt = np.zeros((batch_size, dec_len), np.int32)
-        tgt_pos, stream = np.zeros_like(tgt), np.zeros_like(tgt)
-        for r, row in enumerate(batch_rows):
-            a = b = 0
-            for i, sid, in_key, tgt_key, n_in, n_tg in row:
-                enc[r, a:a + n_in] = split.tokens[in_key][i, :n_in]
-                enc_pos[r, a:a + n_in] = np.arange(n_in)
-                tgt[r, b:b + n_tg] = split.tokens[tgt_key][i, :n_tg]
-                tgt_pos[r, b:b + n_tg] = np.arange(n_tg)
-                stream[r, b:b + n_tg] = sid
-                a, b = a + n_in, b + n_tg
-        # As seqio: a segment starts where the position is 0; padding (token 0) gets segment 0.
-        enc_seg = np.cumsum(enc_pos == 0, axis=1, dtype=np.int32) * (enc != 0)
-        tgt_seg = np.cumsum(tgt_pos == 0, axis=1, dtype=np.int32) * (tgt != 0)
-        yield {schema.PACKED: {
-            schema.ENCODER_INPUT_TOKENS: enc, schema.ENCODER_SEGMENT_IDS: enc_seg.astype(np.int32),
-            schema.ENCODER_POSITIONS: enc_pos,
-            schema.DECODER_INPUT_TOKENS: shift_right(tgt, bos_id, tgt_seg),
-            schema.DECODER_TARGET_TOKENS: tgt, schema.DECODER_SEGMENT_IDS: tgt_seg.astype(np.int32),
-            schema.DECODER_POSITIONS: tgt_pos, schema.DECODER_LOSS_WEIGHTS: (tgt > 0).astype(np.int32),
-            schema.DECODER_STREAM_IDS: stream}}
+    window = max(enc_len, dec_len)
+    per_unit = 1 if workers == 0 else max(1, _UNIT_SEGMENTS // window)
+    options = {"streams": tuple(streams), "enc_len": enc_len, "dec_len": dec_len, "bos_id": bos_id}
+    # At most one row per segment, plus one per window (an empty first row, as seqio, if a segment overflows).
+    slot_bytes = per_unit * (window + 1) * 4 * (3 * enc_len + 6 * dec_len) + _ALIGN * 9
+    units = _window_units(_windows(split, order, tuple(streams), window), per_unit)
+    held: dict | None = None  # copies of the rows not yet batched (fewer than batch_size)
+    for rows in _units(split, "packed", options, units, workers=workers, slot_bytes=slot_bytes):
+        n, start = next(iter(rows.values())).shape[0], 0
+        if held is not None:  # the batch that spans the previous units and this one
+            start = min(n, batch_size - next(iter(held.values())).shape[0])
+            held = {k: np.concatenate([v, rows[k][:start]]) for k, v in held.items()}
+            if next(iter(held.values())).shape[0] < batch_size:
+                continue
+            yield {schema.PACKED: held}
+            held = None
+        while n - start >= batch_size:
+            yield {schema.PACKED: {k: _keep(v[start:start + batch_size], workers > 0) for k, v in rows.items()}}
+            start += batch_size
+        if start < n:
+            held = {k: np.array(v[start:]) for k, v in rows.items()}

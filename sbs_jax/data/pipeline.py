@@ -107,12 +107,16 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                   split: str = "train", shuffle: bool = True, seed: int = 0, num_epochs: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, pack: bool = False,
                   packed_lengths: Mapping[str, int] | None = None,
-                  packed_streams: tuple[str, ...] | None = None, backend: str = "auto") -> Iterator[dict]:
+                  packed_streams: tuple[str, ...] | None = None, backend: str = "auto",
+                  workers: int = 0) -> Iterator[dict]:
     """`get_train_dataset`'s batches as numpy (same arguments), from `backend`: "numpy" (`host_pipeline`),
     "tf.data" (`get_train_dataset`), or "auto": numpy wherever `host_pipeline.supports` the task. Both give
-    the same batches for a seed."""
+    the same batches for a seed. `workers`: worker processes of the numpy back end (0: in this thread; the
+    batches are the same for every count); the tf.data path ignores it (tf.data has its own threads)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r}: expected an int >= 0 (0 = in-thread)")
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     supported = host_pipeline.supports(provider)
     if backend == "numpy" and not supported:
@@ -133,9 +137,10 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
         streams = _packed_streams(mixture_or_task_name, paired, packed_streams)
         rows = resolve_packed_lengths(mixture_or_task_name, split, lengths, packed_lengths, streams)
         return host_pipeline.packed_batches(data, order, streams=streams, packed_lengths=rows,
-                                            batch_size=local_batch)
+                                            batch_size=local_batch, workers=workers)
     streams = schema.STREAMS if paired else (schema.LABEL,)
-    return host_pipeline.unpacked_batches(data, order, streams=streams, lengths=lengths, batch_size=local_batch)
+    return host_pipeline.unpacked_batches(data, order, streams=streams, lengths=lengths, batch_size=local_batch,
+                                          workers=workers)
 
 
 @functools.lru_cache(maxsize=8)  # keyed by the Task object: re-registering a name gives a fresh entry

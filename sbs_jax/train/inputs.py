@@ -30,12 +30,14 @@ def owned_shards(num_input_shards: int | None) -> tuple[int, list[int]]:
 def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[str, int], batch_size: int,
                   seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
                   split: str = "train", pack: bool = False,
-                  packed_lengths: Mapping[str, int] | None = None, backend: str = "auto") -> Iterator[dict]:
+                  packed_lengths: Mapping[str, int] | None = None, backend: str = "auto",
+                  workers: int = 0) -> Iterator[dict]:
     """This process's rows of every global batch from `start_batch` on (numpy, nested by stream).
 
     With `pack`, batches are `{"packed": rows}` of `batch_size` packed rows holding `streams`' segments
     (`sbs_jax.data.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
-    skips whole batches. `backend`: as `pipeline.train_batches` (every back end gives the same batches).
+    skips whole batches. `backend`, `workers`: as `pipeline.train_batches` (every back end and worker count
+    gives the same batches; `workers` processes per input shard this process reads).
     """
     import itertools
 
@@ -52,7 +54,8 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
         it = pipeline.train_batches(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
                                     batch_size=batch_size, split=split, shuffle=True, seed=seed,
                                     num_epochs=None, shard_info=shard, pack=pack, packed_lengths=packed_lengths,
-                                    packed_streams=tuple(streams) if pack else None, backend=backend)
+                                    packed_streams=tuple(streams) if pack else None, backend=backend,
+                                    workers=workers)
         iterators.append(itertools.islice(it, start_batch, None))
     keys = (schema.PACKED,) if pack else tuple(streams)
     while True:

@@ -51,7 +51,8 @@ class TrainConfig:
     shapes, compile count and the first step's memory figure stay fixed.
     Incompatible with `pack` (packed rows are full by construction). (Decoding batches are a separate
     matter: `DecodeConfig.length_sorted_batches`.) length_buckets: deprecated old name of `cut_batches`.
-    max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
+    input_workers: worker processes building the numpy back end's batches (`host_pipeline`; 0 = in the main
+    process; the batches are the same for every count). max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
     this fraction of its training examples have no usable teacher rationale (and always when none has one).
     """
     model_dir: str
@@ -68,6 +69,7 @@ class TrainConfig:
     partitioning: str = "data_parallel"
     mesh_model: int = 1
     num_input_shards: int | None = None
+    input_workers: int = 0
     pack: bool = False
     packed_lengths: Mapping[str, int] | None = None
     cut_batches: bool = False
@@ -356,7 +358,7 @@ class Trainer:
         return inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
                                     batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
                                     start_batch=start, num_input_shards=cfg.num_input_shards,
-                                    pack=cfg.pack, packed_lengths=cfg.packed_lengths)
+                                    pack=cfg.pack, packed_lengths=cfg.packed_lengths, workers=cfg.input_workers)
 
     def run(self) -> dict:
         cfg = self.config

@@ -19,7 +19,7 @@ from etils import epath
 from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
-from sbs_jax.train import feeding, progress
+from sbs_jax.train import feeding, loop as loop_lib, progress
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
@@ -360,9 +360,15 @@ class Trainer:
                                     pack=cfg.pack, packed_lengths=cfg.packed_lengths)
 
     def run(self) -> dict:
-        cfg = self.config
+        """Write the run files, restore or create the state, run the step loop, then finish the run."""
         self.write_run_files()
         state, start = self.initial_state()
+        result = self.train_loop(state, start)
+        return self.finish(result)
+
+    def train_loop(self, state, start: int) -> loop_lib.LoopResult:
+        """Steps `start..train_steps` with validation and checkpoints at their cadence (`loop.StepLoop`)."""
+        cfg = self.config
         validate = self._has_split(cfg.validation_split)
         if not validate:
             print(f"note: {', '.join(self.eval_tasks)} {'has' if len(self.eval_tasks) == 1 else 'have'} no "
@@ -370,9 +376,6 @@ class Trainer:
         # Packed rows hold a varying number of examples: the bar counts them from the step's metric.
         bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
                                    log_every=cfg.log_every)
-        logged = progress.AsyncMetrics()  # metrics read without a per-step device->host sync
-        # One compiled step per batch shape: a single one unless length bucketing cuts batches.
-        compiled_steps, last_val = {}, {}
         cutter = batch_cutting.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.cut_batches else None
         sync_each_step = feeding.step_sync_needed()
         # Inline feeding where steps must not overlap collectives: the CPU multi-process case, and the cutter,
@@ -380,57 +383,45 @@ class Trainer:
         inline = sync_each_step or (cutter is not None and jax.process_count() > 1)
         feed = feeding.DevicePrefetcher(self.train_batches(start), lambda b: inputs.to_global(b, self.mesh),
                                         prepare=cutter, depth=0 if inline else 2)
-        timer = _StepTimer(start, cfg.train_steps)
-        for step in range(start, cfg.train_steps):
-            local, batch = next(feed)
-            key = batch_cutting.shape_key(local)
-            compiled = compiled_steps.get(key)
-            if compiled is None:
-                compiled = compiled_steps[key] = self.compile_step(local)
-            state, metrics = compiled(state, batch)
-            if sync_each_step:
-                # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
-                metrics["loss"].block_until_ready()
-            done = step + 1
-            timer.after_step(done, state)
-            if cfg.pack and step > start:  # the first step's time is compilation; the bar's rate starts after it
-                logged.count_examples(metrics["num_examples"])
-            if done % cfg.log_every == 0 or done == cfg.train_steps:
-                logged.submit(done, metrics)
-            self._show(logged.ready(block=done == cfg.train_steps), bar)
-            bar.update(done)
-            evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
-            val = None
-            if evaluate_now:
-                val = self.evaluate(state.params, cfg.validation_split, done)
-                self.writer.write(done, val, cfg.validation_split)
-                last_val = val
-            if evaluate_now or self.checkpointer.should_save(done) or done == cfg.train_steps:
-                self.checkpointer.save(done, state, data_position=done, seed=cfg.seed, metrics=val)
-        feed.close()
+        steps = loop_lib.StepLoop(
+            self.compile_step,
+            cadence=loop_lib.Cadence(end=cfg.train_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                                     save_every=self.checkpointer.save_every, validate=validate),
+            writer=self.writer, bar=bar, validate=self._validate, save=self._save,
+            varying_shapes=cutter is not None, count_examples=cfg.pack, sync_each_step=sync_each_step)
+        try:
+            result = steps.run(state, start, feed)
+        finally:
+            feed.close()
         bar.close()
         if cutter is not None and cutter.padded and jax.process_index() == 0:
-            print(f"length bucketing: {len(compiled_steps)} train step shape(s) compiled; batches kept "
+            print(f"length bucketing: {result.num_compiled} train step shape(s) compiled; batches kept "
                   f"{100.0 * cutter.kept / cutter.padded:.1f} % of the padded token positions", flush=True)
+        return result
+
+    def _validate(self, state, step: int) -> dict:
+        metrics = self.evaluate(state.params, self.config.validation_split, step)
+        self.writer.write(step, metrics, self.config.validation_split)
+        return metrics
+
+    def _save(self, step: int, state, metrics: dict | None) -> None:
+        self.checkpointer.save(step, state, data_position=step, seed=self.config.seed, metrics=metrics)
+
+    def finish(self, result: loop_lib.LoopResult) -> dict:
+        """Waits for the checkpoints, tests the best step and writes `summary.json`."""
         self.checkpointer.wait()
-        summary = {"model_dir": str(self.model_dir), "final_step": int(cfg.train_steps),
-                   "validation": last_val, **timer.summary()}
+        summary = {"model_dir": str(self.model_dir), "final_step": int(self.config.train_steps),
+                   "validation": result.last_validation, **result.timing}
         best = self.checkpointer.best_step()
         if best is not None:
             summary["best_step"] = int(best)
-        if self._has_split(cfg.test_split):
-            summary["test"] = self.evaluate_test(state, best)
+        if self._has_split(self.config.test_split):
+            summary["test"] = self.evaluate_test(result.state, best)
         self.checkpointer.close()
         self.writer.close()
         if jax.process_index() == 0:
             run_dir.atomic_write_text(run_dir.RunDir(self.model_dir).summary_json, json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def _show(self, ready, bar) -> None:
-        """Writes and shows the logged steps whose metrics have reached the host."""
-        for step, shown, examples in ready:
-            self.writer.write(step, shown, "train")
-            bar.note({"loss": shown["loss"]}, examples=examples)
 
     def evaluate_test(self, state, best: int | None) -> dict:
         """The test split with the best checkpoint by validation accuracy (else the final params)."""
@@ -444,29 +435,7 @@ class Trainer:
         return {**metrics, "step": step}
 
 
-class _StepTimer:
-    """Steady-state steps/s of a run: from the end of its first step (compilation) to the end of its last."""
-
-    def __init__(self, start: int, end: int):
-        self.start, self.end, self.t_first, self.t_last = start, end, None, None
-        self.cpu_first = self.cpu_last = None  # process CPU seconds: robust to a busy, shared machine
-
-    def after_step(self, done: int, state) -> None:
-        """Waits on the state twice per run only: after the first step and after the last (before the final
-        evaluation and checkpoint)."""
-        if done == self.start + 1:
-            jax.block_until_ready(state)
-            self.t_first, self.cpu_first = time.perf_counter(), time.process_time()
-        if done == self.end:
-            jax.block_until_ready(state)
-            self.t_last, self.cpu_last = time.perf_counter(), time.process_time()
-
-    def summary(self) -> dict:
-        steps = self.end - self.start - 1
-        if self.t_first is None or self.t_last is None or steps < 1:
-            return {}
-        return {"train_steps_per_s": steps / max(self.t_last - self.t_first, 1e-9),
-                "train_cpu_s_per_step": (self.cpu_last - self.cpu_first) / steps}
+_StepTimer = loop_lib.StepTimer  # the old name
 
 
 def train(config: TrainConfig) -> dict:

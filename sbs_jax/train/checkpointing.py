@@ -48,7 +48,8 @@ class CorruptCheckpointError(RuntimeError):
 
 class Checkpointer:
     """Saves (asynchronously) when the loop's `loop.Cadence` says (every `save_every` steps among others),
-    keeps the last `keep` plus the best by validation accuracy, and restores the newest checkpoint that reads back intact."""
+    keeps the last `keep` plus the best by validation accuracy, and restores the newest checkpoint that reads
+    back intact."""
 
     def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int = 3, async_save: bool = True):
         self.directory = paths.absolute(directory)

@@ -19,7 +19,7 @@ from etils import epath
 from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
-from sbs_jax.train import feeding, loop as loop_lib, progress
+from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
@@ -166,18 +166,8 @@ def check_rationales(config: TrainConfig, task_name: str) -> list[str]:
     return [n for n in notes if n]
 
 
-def eval_task_names(name: str) -> list[str]:
-    """The tasks evaluated for `name`: itself, or each task of a mixture."""
-    import seqio
-
-    provider = seqio.get_mixture_or_task(name)
-    return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
-
-
-def _task_has_split(task: str, split: str) -> bool:
-    import seqio
-
-    return split in seqio.get_mixture_or_task(task).splits
+# The tasks evaluated for a name: itself, or each task of a mixture (used by tests and the sweep).
+eval_task_names = run_evaluation.eval_task_names
 
 
 class Trainer:
@@ -214,9 +204,8 @@ class Trainer:
                                                        keep=config.keep_checkpoints,
                                                        async_save=config.async_checkpointing)
         self.writer = progress.MetricWriter(self.model_dir, tensorboard=config.tensorboard)
-        self.decoder = evaluation.Decoder(self.model, self.mesh, self.rules, config.decode)
-        self.eval_step = evaluation.eval_step_with_shardings(self.model, config.objective, self.mesh, self.rules)
-        self._eval_cache: dict = {}
+        self.evaluator = run_evaluation.RunEvaluator(self.model, self.mesh, self.rules, config, self.vocab,
+                                                     self.model_dir, self.eval_tasks)
 
     # ------------------------------------------------------------------------------------------ setup
     def write_run_files(self) -> None:
@@ -288,67 +277,12 @@ class Trainer:
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _eval_examples(self, task: str, split: str):
-        from sbs_jax.data import pipeline
-
-        key = ("decode", task, split)
-        if key not in self._eval_cache:
-            self._eval_cache[key] = pipeline.get_eval_examples(
-                task, split=split, task_feature_lengths=self.config.task_feature_lengths)
-        return self._eval_cache[key]
-
-    def _eval_batch_size(self) -> int:
-        return partitioning.round_up_to_data(self.config.eval_batch_size, self.mesh)
-
-    def _forced_batches(self, task: str, split: str, num_examples: int):
-        from sbs_jax.data import pipeline
-
-        key = ("forced", task, split)
-        if key not in self._eval_cache:
-            data = self.mesh.shape[partitioning.DATA]
-            bs = min(self._eval_batch_size(), num_examples // data * data)
-            batches = []
-            if bs > 0:
-                ds = pipeline.get_train_dataset(task, task_feature_lengths=self.config.task_feature_lengths,
-                                                batch_size=bs, split=split, shuffle=False, num_epochs=1)
-                streams = self.config.objective.streams
-                batches = [{s: b[s] for s in streams} for b in ds.as_numpy_iterator()]
-            self._eval_cache[key] = batches
-        return self._eval_cache[key]
-
     def evaluate(self, params, split: str, step: int) -> dict[str, float]:
-        """Decode-and-score accuracy plus teacher-forced per-stream losses of every eval task with `split`.
-
-        One task: its metrics, predictions in `predictions/<split>_step<step>.jsonl`. Several (a training
-        mixture): `<task>/<metric>` for each, predictions in `predictions/<task>/...`, and `accuracy` = the
-        mean of the tasks' accuracies (T5X reports per task; the best checkpoint needs one number).
-        """
-        tasks = [t for t in self.eval_tasks if _task_has_split(t, split)]
-        per_task = {t: self._evaluate_task(t, params, split, step, len(tasks) > 1) for t in tasks}
-        if len(tasks) == 1:
-            return per_task[tasks[0]]
-        metrics = {f"{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
-        metrics["accuracy"] = float(np.mean([m["accuracy"] for m in per_task.values()]))
-        metrics["num_examples"] = float(sum(m["num_examples"] for m in per_task.values()))
-        return metrics
-
-    def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
-        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_examples(task, split),
-                                        batch_size=self._eval_batch_size(),
-                                        target_length=self.config.decode.label_length(
-                                            self.config.task_feature_lengths),
-                                        rationale_length=self.config.rationale_length)
-        metrics = evaluation.score_predictions(task, rows)
-        directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"
-        evaluation.write_predictions(directory / f"{split}_step{step}.jsonl", rows)
-        forced = evaluation.teacher_forced_metrics(
-            self.eval_step, params, self._forced_batches(task, split, len(rows)), self.config.objective,
-            lambda b: inputs.replicate_to_global(b, self.mesh))
-        metrics.update({k: v for k, v in forced.items()})
-        return metrics
+        """`RunEvaluator.evaluate`: every eval task's metrics on `split`, predictions written."""
+        return self.evaluator.evaluate(params, split, step)
 
     def _has_split(self, split: str | None) -> bool:
-        return bool(split) and any(_task_has_split(t, split) for t in self.eval_tasks)
+        return self.evaluator.has_split(split)
 
     # ------------------------------------------------------------------------------------------ loop
     def train_batches(self, start: int):

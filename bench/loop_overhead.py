@@ -6,7 +6,8 @@ batches placed beforehand, and `Trainer.run` fed those host batches (prefetcher,
 progress bar, metrics.jsonl, checkpoint cadence; no validation). The two are interleaved `--repeats` times
 (alone, trainer, alone, trainer, ...) so that a change of the machine's load hits both, and the medians of
 wall and process-CPU ms/step are reported; overhead = trainer - alone. Each step is compiled once for all
-repeats. `--profile` prints the loop's per-step Python by cProfile (one extra trainer run).
+repeats. The loop's bookkeeping alone (`StepLoop` with a step that does nothing) is timed too.
+`--profile` prints the loop's per-step Python by cProfile (one extra trainer run).
 
     python -m bench.loop_overhead --repeats 5 --steps 300 --out /tmp/loop_overhead
 """
@@ -102,9 +103,33 @@ def measure(*, repeats: int, steps: int, workdir: str, batch_size: int = 8, log_
               # per-repeat differences: how far the interleaved pairs spread
               "overhead_ms_pairs": [1e3 * (a - b) for a, b in zip(loop_wall, alone_wall)],
               "overhead_cpu_ms_pairs": [1e3 * (a - b) for a, b in zip(loop_cpu, alone_cpu)]}
+    os.makedirs(os.path.join(workdir, "python_only"), exist_ok=True)
+    result["loop_python_ms"], result["loop_python_cpu_ms"] = loop_python_ms(10 * steps, workdir, log_every)
     if profile:
         result["profile"] = profile_run(trainer())
     return result
+
+
+def loop_python_ms(steps: int, workdir: str, log_every: int = 50) -> tuple[float, float]:
+    """(wall, process CPU) ms/step of `loop.StepLoop`'s own Python with a step that does nothing (returns
+    ready arrays) and batches handed over ready: the loop's bookkeeping alone (cadence, timer, async metrics,
+    progress bar, metrics.jsonl), without dispatch or placement."""
+    import io
+
+    import jax.numpy as jnp
+
+    from sbs_jax.train import loop, progress
+
+    state, metrics = jnp.zeros(()), {"loss": jnp.ones(()), "accuracy": jnp.ones(())}
+    feed = iter([({"label": {}}, {})] * steps)
+    steps_loop = loop.StepLoop(
+        lambda local: (lambda s, b: (s, metrics)), cadence=loop.Cadence(end=steps, log_every=log_every),
+        writer=progress.MetricWriter(os.path.join(workdir, "python_only"), tensorboard=False),
+        bar=progress.ProgressBar(steps, 0, 8, log_every=log_every, stream=io.StringIO(), enabled=True),
+        validate=lambda s, d: {}, save=lambda d, s, m: None)
+    t0, c0 = time.perf_counter(), time.process_time()
+    steps_loop.run(state, 0, feed)
+    return 1e3 * (time.perf_counter() - t0) / steps, 1e3 * (time.process_time() - c0) / steps
 
 
 def profile_run(trainer, top: int = 25) -> str:
@@ -134,7 +159,8 @@ def markdown(r: dict, commit: str, date_utc: str) -> str:
             f"({r['trainer_cpu_ms']:.3f} ms CPU) -> **loop overhead {r['overhead_ms']:.3f} ms/step wall, "
             f"{r['overhead_cpu_ms']:.3f} ms/step process CPU** (per-repeat wall "
             f"{', '.join(f'{x:.2f}' for x in r['overhead_ms_pairs'])}; CPU "
-            f"{', '.join(f'{x:.2f}' for x in r['overhead_cpu_ms_pairs'])}).\n")
+            f"{', '.join(f'{x:.2f}' for x in r['overhead_cpu_ms_pairs'])}). The loop's own Python alone (a step "
+            f"that does nothing): {r['loop_python_ms']:.4f} ms/step wall, {r['loop_python_cpu_ms']:.4f} ms CPU.\n")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
-"""The training loop: sharded state, an ahead-of-time compiled step, periodic evaluation and checkpoints.
+"""A training run: its config, setup (sharded state, ahead-of-time compiled step), and `Trainer.run()` =
+write run files -> initial state -> step loop (`loop`) -> finish (checkpoints, test at the best step, summary).
 
-Batches become steps here, and steps become checkpoints (`checkpointing`). Everything a resumed run needs
+Evaluation is `run_evaluation`'s, checkpoints are `checkpointing`'s. Everything a resumed run needs
 (params, optimizer state, step, base RNG, data position) is in the checkpoint, so SIGKILL + restart ends
 bit-identical (on CPU) to an uninterrupted run.
 """

@@ -57,3 +57,17 @@ def test_writes_its_table_for_a_short_run(tmp_path):
     (row,) = payload["inputs"]
     assert row["variant"] == "unpacked" and row["cores"] == 1 and row["epoch2"] > 0 and row["epoch1"] > 0
     assert "| arith | auto | unpacked | 1 | 0 |" in (tmp_path / "pipeline.md").read_text()
+
+
+def test_loop_overhead_line_names_medians_pairs_and_load():
+    from bench import loop_overhead
+
+    r = {"steps": 300, "repeats": 3, "batch_size": 8, "lengths": loop_overhead.LENGTHS, "load_average": (2.0, 1.5, 1.0),
+         "step_alone_ms": 1.5, "trainer_ms": 1.8, "step_alone_cpu_ms": 1.6, "trainer_cpu_ms": 2.1,
+         "overhead_ms": 0.3, "overhead_cpu_ms": 0.5, "overhead_ms_pairs": [0.25, 0.3, 0.4],
+         "overhead_cpu_ms_pairs": [0.5, 0.4, 0.6], "loop_python_ms": 0.02, "loop_python_cpu_ms": 0.019}
+    text = loop_overhead.markdown(r, "abc1234", "2026-12-02 10:00")
+    assert "commit `abc1234`" in text and "load average 2.0, 1.5, 1.0" in text and "lengths 16/4/8" in text
+    assert "**loop overhead 0.300 ms/step wall, 0.500 ms/step process CPU**" in text
+    assert "per-repeat wall 0.25, 0.30, 0.40; CPU 0.50, 0.40, 0.60" in text
+    assert "own Python alone (a step that does nothing): 0.0200 ms/step wall, 0.0190 ms CPU" in text

@@ -31,7 +31,7 @@ def write_atomic(path: epath.Path, text: str) -> None:
 
 
 def prediction_file(cell_dir: epath.Path, split: str, step: int) -> epath.Path:
-    """Where the trainer writes a split's predictions at a step (Trainer._evaluate_task)."""
+    """Where the trainer writes a split's predictions at a step (run_evaluation.RunEvaluator._evaluate_task)."""
     return cell_dir / "predictions" / f"{split}_step{int(step)}.jsonl"
 
 

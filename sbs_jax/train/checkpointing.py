@@ -47,8 +47,9 @@ class CorruptCheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Saves every `save_every` steps (asynchronously), keeps the last `keep` plus the best by validation
-    accuracy, and restores the newest checkpoint that reads back intact."""
+    """Saves (asynchronously) when the loop's `loop.Cadence` says (every `save_every` steps among others),
+    keeps the last `keep` plus the best by validation accuracy, and restores the newest checkpoint that reads
+    back intact."""
 
     def __init__(self, directory: str | os.PathLike, *, save_every: int, keep: int = 3, async_save: bool = True):
         self.directory = paths.absolute(directory)
@@ -73,9 +74,6 @@ class Checkpointer:
     def best_step(self) -> int | None:
         steps = [i.step for i in self._manager._checkpoints if i.metrics]  # noqa: SLF001 (orbax has no getter)
         return self._manager.best_step() if steps else None
-
-    def should_save(self, step: int) -> bool:
-        return self.save_every > 0 and step % self.save_every == 0
 
     def save(self, step: int, state, *, data_position: int, seed: int, metrics: dict | None = None,
              extra: dict | None = None) -> None:

@@ -23,11 +23,14 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressBar:
-    """A one-line bar on stderr; on a non-terminal it prints a plain line every `log_every` steps instead.
+    """A one-line bar on stderr, redrawn at most every `redraw_s` seconds (and at the last step); on a
+    non-terminal it prints a plain line every `log_every` steps instead.
 
     Examples/s is steps/s × `batch_size`, or, with `batch_size=None` (packed batches, whose example count
     varies), the examples passed to `update` since the first step over the time up to the last such update.
     """
+
+    redraw_s = 0.1
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int | None, *, log_every: int = 50,
                  stream=None, enabled: bool | None = None):
@@ -39,6 +42,7 @@ class ProgressBar:
         self.t_first = None  # time after the first step, so that compilation does not skew the rate
         self.examples, self.t_examples = 0.0, None  # counted examples (after the first step) and when
         self.metrics: dict[str, float] = {}  # shown on each line: the latest logged step's
+        self._t_drawn = -math.inf  # when the terminal line was last drawn
 
     def example_rate(self, step: int) -> float:
         if self.batch_size is not None:
@@ -70,6 +74,10 @@ class ProgressBar:
         self.note(metrics, examples)
         if not self.enabled or not (self.tty or step % self.log_every == 0 or step == self.total):
             return
+        now = time.perf_counter()
+        if self.tty and step != self.total and now - self._t_drawn < self.redraw_s:
+            return  # a terminal redraw costs more than a tiny step: at most one per `redraw_s`
+        self._t_drawn = now
         rate = self.rate(step)
         eta = (self.total - step) / rate if rate > 0 else float("nan")
         width = 24
@@ -155,6 +163,11 @@ class AsyncMetrics:
             v.copy_to_host_async()
         self._pending.append((step, local, examples))
         self._examples = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether submitted steps wait to be handed back (lets the loop skip `ready` on most steps)."""
+        return bool(self._pending)
 
     def ready(self, block: bool = False) -> list[tuple[int, dict[str, float], float | None]]:
         """[(step, metrics, examples or None)] of the submitted steps whose values have arrived (all with

@@ -1,6 +1,7 @@
-"""The training loop: sharded state, an ahead-of-time compiled step, periodic evaluation and checkpoints.
+"""A training run: its config, setup (sharded state, ahead-of-time compiled step), and `Trainer.run()` =
+write run files -> initial state -> step loop (`loop`) -> finish (checkpoints, test at the best step, summary).
 
-Batches become steps here, and steps become checkpoints (`checkpointing`). Everything a resumed run needs
+Evaluation is `run_evaluation`'s, checkpoints are `checkpointing`'s. Everything a resumed run needs
 (params, optimizer state, step, base RNG, data position) is in the checkpoint, so SIGKILL + restart ends
 bit-identical (on CPU) to an uninterrupted run.
 """
@@ -19,7 +20,7 @@ from etils import epath
 from sbs_jax import partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
-from sbs_jax.train import feeding, progress
+from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
 from sbs_jax.train import compile as compile_lib, state as state_lib
 
 log = logging.getLogger(__name__)
@@ -167,18 +168,8 @@ def check_rationales(config: TrainConfig, task_name: str) -> list[str]:
     return [n for n in notes if n]
 
 
-def eval_task_names(name: str) -> list[str]:
-    """The tasks evaluated for `name`: itself, or each task of a mixture."""
-    import seqio
-
-    provider = seqio.get_mixture_or_task(name)
-    return [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
-
-
-def _task_has_split(task: str, split: str) -> bool:
-    import seqio
-
-    return split in seqio.get_mixture_or_task(task).splits
+# The tasks evaluated for a name: itself, or each task of a mixture (used by tests and the sweep).
+eval_task_names = run_evaluation.eval_task_names
 
 
 class Trainer:
@@ -215,9 +206,8 @@ class Trainer:
                                                        keep=config.keep_checkpoints,
                                                        async_save=config.async_checkpointing)
         self.writer = progress.MetricWriter(self.model_dir, tensorboard=config.tensorboard)
-        self.decoder = evaluation.Decoder(self.model, self.mesh, self.rules, config.decode)
-        self.eval_step = evaluation.eval_step_with_shardings(self.model, config.objective, self.mesh, self.rules)
-        self._eval_cache: dict = {}
+        self.evaluator = run_evaluation.RunEvaluator(self.model, self.mesh, self.rules, config, self.vocab,
+                                                     self.model_dir, self.eval_tasks)
 
     # ------------------------------------------------------------------------------------------ setup
     def write_run_files(self) -> None:
@@ -289,67 +279,12 @@ class Trainer:
         return compiled
 
     # ------------------------------------------------------------------------------------------ evaluation
-    def _eval_examples(self, task: str, split: str):
-        from sbs_jax.data import pipeline
-
-        key = ("decode", task, split)
-        if key not in self._eval_cache:
-            self._eval_cache[key] = pipeline.get_eval_examples(
-                task, split=split, task_feature_lengths=self.config.task_feature_lengths)
-        return self._eval_cache[key]
-
-    def _eval_batch_size(self) -> int:
-        return partitioning.round_up_to_data(self.config.eval_batch_size, self.mesh)
-
-    def _forced_batches(self, task: str, split: str, num_examples: int):
-        from sbs_jax.data import pipeline
-
-        key = ("forced", task, split)
-        if key not in self._eval_cache:
-            data = self.mesh.shape[partitioning.DATA]
-            bs = min(self._eval_batch_size(), num_examples // data * data)
-            batches = []
-            if bs > 0:
-                ds = pipeline.get_train_dataset(task, task_feature_lengths=self.config.task_feature_lengths,
-                                                batch_size=bs, split=split, shuffle=False, num_epochs=1)
-                streams = self.config.objective.streams
-                batches = [{s: b[s] for s in streams} for b in ds.as_numpy_iterator()]
-            self._eval_cache[key] = batches
-        return self._eval_cache[key]
-
     def evaluate(self, params, split: str, step: int) -> dict[str, float]:
-        """Decode-and-score accuracy plus teacher-forced per-stream losses of every eval task with `split`.
-
-        One task: its metrics, predictions in `predictions/<split>_step<step>.jsonl`. Several (a training
-        mixture): `<task>/<metric>` for each, predictions in `predictions/<task>/...`, and `accuracy` = the
-        mean of the tasks' accuracies (T5X reports per task; the best checkpoint needs one number).
-        """
-        tasks = [t for t in self.eval_tasks if _task_has_split(t, split)]
-        per_task = {t: self._evaluate_task(t, params, split, step, len(tasks) > 1) for t in tasks}
-        if len(tasks) == 1:
-            return per_task[tasks[0]]
-        metrics = {f"{t}/{k}": v for t, m in per_task.items() for k, v in m.items()}
-        metrics["accuracy"] = float(np.mean([m["accuracy"] for m in per_task.values()]))
-        metrics["num_examples"] = float(sum(m["num_examples"] for m in per_task.values()))
-        return metrics
-
-    def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
-        rows = evaluation.predict_split(self.decoder, params, self.vocab, self._eval_examples(task, split),
-                                        batch_size=self._eval_batch_size(),
-                                        target_length=self.config.decode.label_length(
-                                            self.config.task_feature_lengths),
-                                        rationale_length=self.config.rationale_length)
-        metrics = evaluation.score_predictions(task, rows)
-        directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"
-        evaluation.write_predictions(directory / f"{split}_step{step}.jsonl", rows)
-        forced = evaluation.teacher_forced_metrics(
-            self.eval_step, params, self._forced_batches(task, split, len(rows)), self.config.objective,
-            lambda b: inputs.replicate_to_global(b, self.mesh))
-        metrics.update({k: v for k, v in forced.items()})
-        return metrics
+        """`RunEvaluator.evaluate`: every eval task's metrics on `split`, predictions written."""
+        return self.evaluator.evaluate(params, split, step)
 
     def _has_split(self, split: str | None) -> bool:
-        return bool(split) and any(_task_has_split(t, split) for t in self.eval_tasks)
+        return self.evaluator.has_split(split)
 
     # ------------------------------------------------------------------------------------------ loop
     def train_batches(self, start: int):
@@ -361,9 +296,15 @@ class Trainer:
                                     pack=cfg.pack, packed_lengths=cfg.packed_lengths, workers=cfg.input_workers)
 
     def run(self) -> dict:
-        cfg = self.config
+        """Write the run files, restore or create the state, run the step loop, then finish the run."""
         self.write_run_files()
         state, start = self.initial_state()
+        result = self.train_loop(state, start)
+        return self.finish(result)
+
+    def train_loop(self, state, start: int) -> loop_lib.LoopResult:
+        """Steps `start..train_steps` with validation and checkpoints at their cadence (`loop.StepLoop`)."""
+        cfg = self.config
         validate = self._has_split(cfg.validation_split)
         if not validate:
             print(f"note: {', '.join(self.eval_tasks)} {'has' if len(self.eval_tasks) == 1 else 'have'} no "
@@ -371,9 +312,6 @@ class Trainer:
         # Packed rows hold a varying number of examples: the bar counts them from the step's metric.
         bar = progress.ProgressBar(cfg.train_steps, start, None if cfg.pack else cfg.batch_size,
                                    log_every=cfg.log_every)
-        logged = progress.AsyncMetrics()  # metrics read without a per-step device->host sync
-        # One compiled step per batch shape: a single one unless length bucketing cuts batches.
-        compiled_steps, last_val = {}, {}
         cutter = batch_cutting.BatchCutter(cfg.min_bucket_length, cfg.bucket_step) if cfg.cut_batches else None
         sync_each_step = feeding.step_sync_needed()
         # Inline feeding where steps must not overlap collectives: the CPU multi-process case, and the cutter,
@@ -381,57 +319,45 @@ class Trainer:
         inline = sync_each_step or (cutter is not None and jax.process_count() > 1)
         feed = feeding.DevicePrefetcher(self.train_batches(start), lambda b: inputs.to_global(b, self.mesh),
                                         prepare=cutter, depth=0 if inline else 2)
-        timer = _StepTimer(start, cfg.train_steps)
-        for step in range(start, cfg.train_steps):
-            local, batch = next(feed)
-            key = batch_cutting.shape_key(local)
-            compiled = compiled_steps.get(key)
-            if compiled is None:
-                compiled = compiled_steps[key] = self.compile_step(local)
-            state, metrics = compiled(state, batch)
-            if sync_each_step:
-                # Cross-process CPU collectives deadlock without waiting on each step (stack notes, §4).
-                metrics["loss"].block_until_ready()
-            done = step + 1
-            timer.after_step(done, state)
-            if cfg.pack and step > start:  # the first step's time is compilation; the bar's rate starts after it
-                logged.count_examples(metrics["num_examples"])
-            if done % cfg.log_every == 0 or done == cfg.train_steps:
-                logged.submit(done, metrics)
-            self._show(logged.ready(block=done == cfg.train_steps), bar)
-            bar.update(done)
-            evaluate_now = validate and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.train_steps)
-            val = None
-            if evaluate_now:
-                val = self.evaluate(state.params, cfg.validation_split, done)
-                self.writer.write(done, val, cfg.validation_split)
-                last_val = val
-            if evaluate_now or self.checkpointer.should_save(done) or done == cfg.train_steps:
-                self.checkpointer.save(done, state, data_position=done, seed=cfg.seed, metrics=val)
-        feed.close()
+        steps = loop_lib.StepLoop(
+            self.compile_step,
+            cadence=loop_lib.Cadence(end=cfg.train_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                                     save_every=self.checkpointer.save_every, validate=validate),
+            writer=self.writer, bar=bar, validate=self._validate, save=self._save,
+            varying_shapes=cutter is not None, count_examples=cfg.pack, sync_each_step=sync_each_step)
+        try:
+            result = steps.run(state, start, feed)
+        finally:
+            feed.close()
         bar.close()
         if cutter is not None and cutter.padded and jax.process_index() == 0:
-            print(f"length bucketing: {len(compiled_steps)} train step shape(s) compiled; batches kept "
+            print(f"length bucketing: {result.num_compiled} train step shape(s) compiled; batches kept "
                   f"{100.0 * cutter.kept / cutter.padded:.1f} % of the padded token positions", flush=True)
+        return result
+
+    def _validate(self, state, step: int) -> dict:
+        metrics = self.evaluate(state.params, self.config.validation_split, step)
+        self.writer.write(step, metrics, self.config.validation_split)
+        return metrics
+
+    def _save(self, step: int, state, metrics: dict | None) -> None:
+        self.checkpointer.save(step, state, data_position=step, seed=self.config.seed, metrics=metrics)
+
+    def finish(self, result: loop_lib.LoopResult) -> dict:
+        """Waits for the checkpoints, tests the best step and writes `summary.json`."""
         self.checkpointer.wait()
-        summary = {"model_dir": str(self.model_dir), "final_step": int(cfg.train_steps),
-                   "validation": last_val, **timer.summary()}
+        summary = {"model_dir": str(self.model_dir), "final_step": int(self.config.train_steps),
+                   "validation": result.last_validation, **result.timing}
         best = self.checkpointer.best_step()
         if best is not None:
             summary["best_step"] = int(best)
-        if self._has_split(cfg.test_split):
-            summary["test"] = self.evaluate_test(state, best)
+        if self._has_split(self.config.test_split):
+            summary["test"] = self.evaluate_test(result.state, best)
         self.checkpointer.close()
         self.writer.close()
         if jax.process_index() == 0:
             run_dir.atomic_write_text(run_dir.RunDir(self.model_dir).summary_json, json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def _show(self, ready, bar) -> None:
-        """Writes and shows the logged steps whose metrics have reached the host."""
-        for step, shown, examples in ready:
-            self.writer.write(step, shown, "train")
-            bar.note({"loss": shown["loss"]}, examples=examples)
 
     def evaluate_test(self, state, best: int | None) -> dict:
         """The test split with the best checkpoint by validation accuracy (else the final params)."""
@@ -445,29 +371,7 @@ class Trainer:
         return {**metrics, "step": step}
 
 
-class _StepTimer:
-    """Steady-state steps/s of a run: from the end of its first step (compilation) to the end of its last."""
-
-    def __init__(self, start: int, end: int):
-        self.start, self.end, self.t_first, self.t_last = start, end, None, None
-        self.cpu_first = self.cpu_last = None  # process CPU seconds: robust to a busy, shared machine
-
-    def after_step(self, done: int, state) -> None:
-        """Waits on the state twice per run only: after the first step and after the last (before the final
-        evaluation and checkpoint)."""
-        if done == self.start + 1:
-            jax.block_until_ready(state)
-            self.t_first, self.cpu_first = time.perf_counter(), time.process_time()
-        if done == self.end:
-            jax.block_until_ready(state)
-            self.t_last, self.cpu_last = time.perf_counter(), time.process_time()
-
-    def summary(self) -> dict:
-        steps = self.end - self.start - 1
-        if self.t_first is None or self.t_last is None or steps < 1:
-            return {}
-        return {"train_steps_per_s": steps / max(self.t_last - self.t_first, 1e-9),
-                "train_cpu_s_per_step": (self.cpu_last - self.cpu_first) / steps}
+_StepTimer = loop_lib.StepTimer  # the old name
 
 
 def train(config: TrainConfig) -> dict:

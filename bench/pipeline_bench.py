@@ -109,9 +109,10 @@ def input_batches(task_name: str, variant: str, lengths: dict, batch_size: int, 
 
 
 def measure_input(task_name: str, variant: str, lengths: dict, *, batch_size: int, warmup: int,
-                  max_batches: int, backend: str = "auto", workers: int = 0) -> dict:
-    """Examples/s over epoch 1 (after `warmup` batches) and epoch 2 (as many batches as counted in epoch 1,
-    at most `max_batches`): epochs split by examples served, since shuffling crosses epoch boundaries."""
+                  max_batches: int, backend: str = "auto", workers: int = 0, later_epochs: int = 1) -> dict:
+    """Examples/s over epoch 1 (after `warmup` batches) and the later epochs ("epoch2": `later_epochs` times
+    as many batches as counted in epoch 1, at most `max_batches`; several epochs give a window long enough to
+    compare core counts): epochs split by examples served, since shuffling crosses epoch boundaries."""
     t0 = time.perf_counter()
     it = input_batches(task_name, variant, lengths, batch_size, backend=backend, workers=workers)
     epoch_examples = _train_examples(task_name)
@@ -125,7 +126,7 @@ def measure_input(task_name: str, variant: str, lengths: dict, *, batch_size: in
         served += batch_examples(b)
         marks.append((served, now))
         n1 = [i for i, (s, _) in enumerate(marks) if s <= epoch_examples]
-        if served > epoch_examples and len(marks) - len(n1) >= min(max_batches, max(len(n1) - warmup, 1)):
+        if served > epoch_examples and len(marks) - len(n1) >= min(max_batches, later_epochs * max(len(n1) - warmup, 1)):
             break
 
     def rate(lo: int, hi: int) -> float:
@@ -217,7 +218,8 @@ def _child(args) -> dict:
             return measure_loop(register_name, lengths, batch_size=args.batch_size, steps=args.loop_steps,
                                 workdir=workdir)
     return measure_input(register_name, args.child, lengths, batch_size=args.batch_size, warmup=args.warmup,
-                         max_batches=args.batches, backend=args.backend, workers=args.workers)
+                         max_batches=args.batches, backend=args.backend, workers=args.workers,
+                         later_epochs=args.later_epochs)
 
 
 def run_child(args, kind: str, cores: int) -> dict:
@@ -227,7 +229,7 @@ def run_child(args, kind: str, cores: int) -> dict:
         raise ValueError(f"--cores {cores}: only {len(allowed)} CPUs are available")
     cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", kind, "--task", args.task,
            "--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--batches", str(args.batches),
-           "--loop_steps", str(args.loop_steps), "--backend", args.backend,
+           "--later_epochs", str(args.later_epochs), "--loop_steps", str(args.loop_steps), "--backend", args.backend,
            "--workers", str(args.workers)]
     for flag in ("data_dir", "cache_dir"):
         if getattr(args, flag):
@@ -299,6 +301,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20, help="epoch-1 batches not timed")
     p.add_argument("--batches", type=int, default=200, help="at most this many epoch-2 batches are timed")
+    p.add_argument("--later_epochs", type=int, default=1,
+                   help="epochs timed after the first (a longer steady-state window; --batches still caps it)")
     p.add_argument("--loop", action="store_true", help="also measure the loop overhead and the trainer")
     p.add_argument("--loop_steps", type=int, default=200)
     p.add_argument("--mfu", type=float, default=0.35)

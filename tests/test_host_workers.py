@@ -163,3 +163,19 @@ def test_train_config_input_workers_reaches_the_input_pipeline(monkeypatch):
     trainer_lib.Trainer.train_batches(types.SimpleNamespace(config=config, task="arith_sbs"), 4)
     assert seen["workers"] == 3 and seen["start_batch"] == 4 and seen["task"] == "arith_sbs"
     assert trainer_lib.TrainConfig.__dataclass_fields__["input_workers"].default == 0
+
+
+def test_folders_of_dead_pools_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from sbs_jax.data import host_workers
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"sbs_host_pipeline_{dead.pid}_abc").mkdir()
+    (tmp_path / f"sbs_host_pipeline_{os.getpid()}_def").mkdir()
+    (tmp_path / "unrelated_123_x").mkdir()
+    assert host_workers.remove_orphaned_folders(str(tmp_path)) == [f"sbs_host_pipeline_{dead.pid}_abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"sbs_host_pipeline_{os.getpid()}_def", "unrelated_123_x"])

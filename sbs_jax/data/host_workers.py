@@ -55,6 +55,29 @@ def _shutdown(processes: list, conns: list, slots: list, folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+_FOLDER_PREFIX = "sbs_host_pipeline_"
+
+
+def remove_orphaned_folders(root: str) -> list[str]:
+    """Removes the shared folders of pools whose process has died (a SIGKILLed run cannot clean up after
+    itself); the owner's pid is in the folder's name. Returns the folders removed."""
+    removed = []
+    for name in os.listdir(root):
+        if not name.startswith(_FOLDER_PREFIX):
+            continue
+        pid = name[len(_FOLDER_PREFIX):].split("_", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(name)
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
+
+
 class WorkerPool:
     """`workers` processes running the kernel `host_kernels.KERNELS[kernel]` over shared `arrays`."""
 
@@ -64,7 +87,8 @@ class WorkerPool:
             raise ValueError(f"workers={workers}: a WorkerPool needs at least 1 (0 runs in-thread)")
         self.workers, self.depth, self.slot_bytes = int(workers), int(depth), int(slot_bytes)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._folder = tempfile.mkdtemp(prefix="sbs_host_pipeline_", dir=shm)
+        remove_orphaned_folders(shm or tempfile.gettempdir())
+        self._folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}_", dir=shm)
         self.processes: list[subprocess.Popen] = []
         self._conns: list[Connection] = []
         self._slots: list[list[mmap.mmap]] = []

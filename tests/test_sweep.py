@@ -431,3 +431,21 @@ def test_paper_dataset_figures_show_table1_and_the_teachers_data_accuracy(tmp_pa
     assert "Paper (Hsieh et al. 2023" in md and "standard finetuning 62.63 %" in md
     assert "Teacher accuracy computed from the data (test split): 74.00 %" in md
     assert "- t5_1_1_base, step-by-step (gold labels): 50 % (target 60.50 %)" in md
+
+
+def test_teacher_line_is_drawn_in_range_and_noted_when_far_above_the_students():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sbs_jax.sweep import figures
+
+    _, near = plt.subplots()
+    figures._teacher_line(near, 70.0, "test", [55.0, 61.0, 63.5])
+    assert [line.get_ydata()[0] for line in near.get_lines()] == [70.0] and not near.texts
+    _, far = plt.subplots()
+    figures._teacher_line(far, 89.3, "test", [16.4, 20.0, 28.7])
+    low, high = far.get_ylim()
+    assert not far.get_lines() and low < 16.4 and 28.7 < high < 89.3
+    assert [t.get_text() for t in far.texts] == ["teacher, computed from data (test): 89.3 % (above this axis)"]
+    plt.close("all")

@@ -35,6 +35,21 @@ def _title(method: str) -> str:
     return grid.METHOD_TITLES.get(method, method)
 
 
+def _teacher_line(ax, teacher: float, split: str, shown: Sequence[float]) -> None:
+    """The teacher's accuracy as a dashed line; when it lies far above the students' points (a from-scratch
+    student at a few percent of the teacher), the axis stays on the students and the line becomes a note at the
+    top, so that their differences stay readable."""
+    label = f"teacher, computed from data ({split})"
+    lo, hi = (min(shown), max(shown)) if shown else (teacher, teacher)
+    margin = max(hi - lo, 5.0) * 0.25
+    if teacher <= hi + 4 * margin:
+        ax.axhline(teacher, color="gray", ls="--", label=label)
+        return
+    ax.set_ylim(lo - margin, hi + 2 * margin)
+    ax.annotate(f"{label}: {teacher:.1f} % (above this axis)", xy=(0.5, 0.97), xycoords="axes fraction",
+                ha="center", va="top", fontsize=8, color="gray")
+
+
 def data_size(root: epath.Path, model: str, rows: Sequence[dict], groups: Sequence[dict]) -> epath.Path:
     import matplotlib.pyplot as plt
 
@@ -63,7 +78,8 @@ def data_size(root: epath.Path, model: str, rows: Sequence[dict], groups: Sequen
                    edgecolors="black", label=f"paper: {_title(method)} ({paper_results.TABLE1_MODEL})")
     teacher, split = results_lib.teacher_accuracy(rows)
     if teacher is not None:
-        ax.axhline(teacher, color="gray", ls="--", label=f"teacher, computed from data ({split})")
+        shown = [v for s in series for vals in s["test_per_seed"] for v in vals] + list(paper.values())
+        _teacher_line(ax, teacher, split, shown)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({x for s in series for x in s["fraction_percent"]}))
     ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}%"))

@@ -32,6 +32,7 @@ def test_report_lists_every_seed_and_how_sure_it_is():
 
 
 def test_report_says_so_when_seeds_overlap_or_reverse():
+    assert "Verdict: none; one seed per method" in _report([14.0], [17.0])
     assert "the methods' seeds overlap" in _report([14.0, 17.5], [15.0, 16.0])
     assert "contradicts" in _report([18.0, 19.0], [15.0, 16.0])
     # Below the majority-label floor nothing was learned, whatever the order.

@@ -129,6 +129,9 @@ def format_report(cells: dict[str, dict[int, dict]], comparison: seed_comparison
     if majority is not None and max(b.mean, m.mean) <= majority:
         lines.append("Verdict: neither method beats always answering the most frequent label; the students did not "
                      "learn enough to compare the methods (too few steps?).")
+    elif min(len(b.accuracies), len(m.accuracies)) < 2:
+        lines.append("Verdict: none; one seed per method cannot tell the methods apart from seed-to-seed "
+                     "variation (run 3 seeds or more: the default).")
     elif comparison.every_seed_beats_every_seed:
         lines.append(f"Verdict: every step-by-step seed beats every finetuning seed, as the paper predicts for "
                      f"little training data.")

@@ -20,6 +20,9 @@ multiple of it.
 
 `--workers N` runs the numpy back end's unit work in N worker processes (`host_workers`), which share the
 pinned cores with the main process (the child's CPU affinity is inherited); the table's `workers` column.
+`main CPU ms/batch`: the main process's own CPU time per later-epoch batch (its threads, not the workers): all
+of the work at 0 workers, the share workers cannot take over otherwise; other load on the machine moves it
+far less than the rates.
 """
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ multiple of it.
 
 `--workers N` runs the numpy back end's unit work in N worker processes (`host_workers`), which share the
 pinned cores with the main process (the child's CPU affinity is inherited); the table's `workers` column.
+`main CPU ms/batch`: the main process's own CPU time per later-epoch batch (its threads, not the workers): all
+of the work at 0 workers, the share workers cannot take over otherwise; other load on the machine moves it
+far less than the rates.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ VARIANTS = ("unpacked", "packed", "bucketed")
 TASK_LENGTHS = {"cqa": {"inputs": 128, "targets": 8, "rationales": 80},
                 "arith": {"inputs": 48, "targets": 4, "rationales": 20}}
 INPUT_COLUMNS = ("task", "backend", "variant", "cores", "workers", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step",
-                 "batches", "startup s")
+                 "batches", "startup s", "main CPU ms/batch")
 
 
 def paper_consumption(mfu: float = 0.35, peak_tflops: float = 989.0) -> dict:
@@ -116,26 +119,31 @@ def measure_input(task_name: str, variant: str, lengths: dict, *, batch_size: in
     t0 = time.perf_counter()
     it = input_batches(task_name, variant, lengths, batch_size, backend=backend, workers=workers)
     epoch_examples = _train_examples(task_name)
-    served, marks = 0, []  # (examples served so far, time) after each batch
-    first = None
+    served, marks = 0, []  # (examples served so far, time, this process's CPU time) after each batch
+    n1 = 0  # batches served within epoch 1 (a prefix of marks: served only grows); counted, not rescanned, so
+    first = None  # the harness's own cost per batch stays constant (a rescan grew to ~0.2 ms/batch)
     while True:
         b = next(it)
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if first is None:
             first = now - t0
         served += batch_examples(b)
-        marks.append((served, now))
-        n1 = [i for i, (s, _) in enumerate(marks) if s <= epoch_examples]
-        if served > epoch_examples and len(marks) - len(n1) >= min(max_batches, later_epochs * max(len(n1) - warmup, 1)):
+        marks.append((served, now, cpu))
+        n1 += served <= epoch_examples
+        if served > epoch_examples and len(marks) - n1 >= min(max_batches, later_epochs * max(n1 - warmup, 1)):
             break
 
     def rate(lo: int, hi: int) -> float:
         return (marks[hi][0] - marks[lo][0]) / (marks[hi][1] - marks[lo][1])
 
-    end1 = max(i for i, (s, _) in enumerate(marks) if s <= epoch_examples)
+    end1 = max(i for i, (s, _, _) in enumerate(marks) if s <= epoch_examples)
     if end1 <= warmup:
         raise ValueError(f"--warmup {warmup} leaves no batch of epoch 1 to time ({end1 + 1} batches per epoch)")
-    return {"epoch1": rate(warmup, end1), "epoch2": rate(end1, len(marks) - 1),
+    last = len(marks) - 1
+    # CPU of this (the main) process per later-epoch batch, worker processes excluded: the share that workers
+    # cannot take over, and a number the machine's other load barely moves.
+    main_cpu_ms = 1e3 * (marks[last][2] - marks[end1][2]) / (last - end1)
+    return {"epoch1": rate(warmup, end1), "epoch2": rate(end1, last), "main_cpu_ms_per_batch": main_cpu_ms,
             "batches": len(marks), "startup_s": first, "epoch_examples": epoch_examples}
 
 
@@ -248,7 +256,7 @@ def input_rows(task: str, results: list[dict], consumption: float) -> list[dict]
     return [{"task": task, "backend": r.get("backend", "auto"), "variant": r["variant"], "cores": r["cores"],
              "workers": r.get("workers", 0), "epoch1": r["epoch1"],
              "epoch2": r["epoch2"], "vs_paper": r["epoch2"] / consumption, "batches": r["batches"],
-             "startup_s": r["startup_s"]} for r in results]
+             "startup_s": r["startup_s"], "main_cpu_ms": r.get("main_cpu_ms_per_batch")} for r in results]
 
 
 def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, scaling: dict) -> str:
@@ -262,7 +270,8 @@ def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, 
     for r in rows:
         lines.append(f"| {r['task']} | {r['backend']} | {r['variant']} | {r['cores']} | {r['workers']} | "
                      f"{r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
-                     f"{r['vs_paper']:.2f} | {r['batches']} | {r['startup_s']:.1f} |")
+                     f"{r['vs_paper']:.2f} | {r['batches']} | {r['startup_s']:.1f} | "
+                     f"{'-' if r.get('main_cpu_ms') is None else format(r['main_cpu_ms'], '.3f')} |")
     lines.append("")
     for variant, ratio in scaling.items():
         lines.append(f"- {variant}: epoch-2 rate with 2 cores / 1 core = {ratio:.2f}x")

@@ -179,3 +179,42 @@ def test_folders_of_dead_pools_are_removed_and_live_ones_kept(tmp_path):
     assert host_workers.remove_orphaned_folders(str(tmp_path)) == [f"sbs_host_pipeline_{dead.pid}_abc"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"sbs_host_pipeline_{os.getpid()}_def", "unrelated_123_x"])
+
+
+def _pool_folders() -> set[pathlib.Path]:
+    """The shared folders of this process's live pools."""
+    return set(pathlib.Path("/dev/shm").glob(f"sbs_host_pipeline_{os.getpid()}_*"))
+
+
+def _unit_files(ignore: set) -> int:
+    """Unit buffer files in the shared folders of this process's pools, except those in `ignore`."""
+    return sum(1 for folder in _pool_folders() - ignore for f in folder.glob("unit*"))
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
+def test_batches_handed_out_stay_intact_and_unit_buffers_are_recycled(arith, small_units, pack):
+    # Batches are views of unit buffers (no copy): one that is kept must never see a later unit's rows, and
+    # buffers nobody views any more must be reused, so a long iteration leaves a bounded number of files.
+    kw = dict(task_feature_lengths=LENGTHS["arith"], batch_size=16, seed=3, backend="numpy", pack=pack)
+    others = _pool_folders()  # of pools other tests left to the garbage collector
+    it = pipeline.train_batches(arith, workers=2, **kw)
+    kept, copies, most_files = [], [], 0
+    for i, batch in enumerate(itertools.islice(it, 600)):  # ~150-300 units of 2-4 batches
+        if i % 100 == 0:
+            kept.append(batch)
+            copies.append({s: {k: np.array(v) for k, v in rows.items()} for s, rows in batch.items()})
+        most_files = max(most_files, _unit_files(others))
+
+    def assert_kept_intact():
+        for i, (batch, copy) in enumerate(zip(kept, copies)):
+            for stream, rows in copy.items():
+                for key, want in rows.items():
+                    np.testing.assert_array_equal(batch[stream][key], want, err_msg=f"kept batch {i} {stream}/{key}")
+
+    assert_kept_intact()
+    # In flight (2 workers x depth 2), the unit being batched and the next, a packed batch's spanning unit,
+    # and one unit per kept batch; without recycling this would be one file per unit.
+    assert 0 < most_files <= 2 * 2 + 3 + len(kept), most_files
+    it.close()
+    assert _unit_files(others) == 0
+    assert_kept_intact()  # kept batches outlive their pool: the mapping stays while they are referenced

@@ -22,6 +22,7 @@ def test_markdown_table_and_ratios():
     consumption = pipeline_bench.paper_consumption()
     results = [{"variant": "unpacked", "cores": c, "epoch1": 900.0 * c, "epoch2": 1000.0 * c, "batches": 300,
                 "startup_s": 3.5, "epoch_examples": 9000, "workers": c - 1} for c in (1, 2)]
+    results[1]["main_cpu_ms_per_batch"] = 0.0456  # results of older runs lack it
     rows = pipeline_bench.input_rows("cqa", results, consumption["examples_per_s"])
     loop = {"devices": 1, "steps": 100, "step_alone_ms": 2.0, "trainer_in_memory_ms": 2.5,
             "loop_overhead_ms": 0.5, "trainer_e2e_ms": 2.2, "e2e_vs_step": 2.0 / 2.2, "step_alone_cpu_ms": 3.0,
@@ -35,6 +36,7 @@ def test_markdown_table_and_ratios():
     ratio = float(body[1].split("|")[8])
     assert body[1].startswith("| cqa | auto | unpacked | 2 | 1 | 1,800 | 2,000 | ")
     assert ratio == pytest.approx(2000 / consumption["examples_per_s"], abs=0.01)
+    assert body[0].endswith("| 300 | 3.5 | - |") and body[1].endswith("| 300 | 3.5 | 0.046 |")
     assert "2 cores / 1 core = 2.00x" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
     assert "`abc1234`" in text and "paired examples/s per accelerator" in text
 
@@ -46,6 +48,23 @@ def test_batch_examples_counts_rows_and_label_segments():
     packed = {"packed": {"decoder_positions": np.array([[0, 1, 0, 0, 1]]),
                          "decoder_stream_ids": np.array([[1, 1, 2, 1, 1]])}}
     assert pipeline_bench.batch_examples(packed) == 2
+
+
+def test_measure_input_times_epoch_one_and_later_epochs_apart(monkeypatch):
+    import itertools
+
+    import numpy as np
+
+    # 10 examples per batch, 100 per epoch: epoch 1 is 10 batches, 8 of them timed after a warmup of 2, so
+    # later_epochs=3 times 24 more batches.
+    monkeypatch.setattr(pipeline_bench, "input_batches",
+                        lambda *a, **k: itertools.repeat({"label": {"x": np.zeros((10, 1))}}))
+    monkeypatch.setattr(pipeline_bench, "_train_examples", lambda task: 100)
+    r = pipeline_bench.measure_input("t", "unpacked", {}, batch_size=10, warmup=2, max_batches=1000, later_epochs=3)
+    assert r["batches"] == 10 + 24 and r["epoch_examples"] == 100
+    assert r["epoch1"] > 0 and r["epoch2"] > 0 and r["main_cpu_ms_per_batch"] >= 0
+    r = pipeline_bench.measure_input("t", "unpacked", {}, batch_size=10, warmup=2, max_batches=5, later_epochs=3)
+    assert r["batches"] == 10 + 5
 
 
 @pytest.mark.slow  # a child process tokenizes the embedded task (~30 s on 2 shared cores)

@@ -112,14 +112,14 @@ class IndexStream:
 # few enough to keep units flowing.
 _UNIT_ROWS = 2048
 _UNIT_SEGMENTS = 4096
-_ALIGN = 64  # host_worker aligns each array of a slot to 64 bytes
+_ALIGN = 64  # host_worker aligns each array of a unit buffer to 64 bytes
 
 
 def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator[np.ndarray], *, workers: int,
            slot_bytes: int) -> Iterator[dict]:
     """`host_kernels.KERNELS[kernel]` over `payloads`, in order: in this thread (workers=0) or in a
-    `host_workers.WorkerPool` (closed when this generator is closed or collected). With workers, a result's
-    arrays are only valid until the next one is requested (`_keep` copies them)."""
+    `host_workers.WorkerPool` (closed when this generator is closed or collected). Either way a result's arrays
+    are the unit's own (with workers, views of its own buffer): batches may be views of them, no copy."""
     if workers < 0:
         raise ValueError(f"workers={workers}: expected 0 (in-thread) or more worker processes")
     if workers == 0:
@@ -133,11 +133,6 @@ def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator
               **{f"lengths/{k}": v for k, v in split.lengths.items()}}
     with host_workers.WorkerPool(arrays, kernel, options, workers=workers, slot_bytes=slot_bytes) as pool:
         yield from pool.map(payloads)
-
-
-def _keep(array: np.ndarray, borrowed: bool) -> np.ndarray:
-    """`array` itself, or a copy of it when it lives in a worker's result slot."""
-    return np.array(array) if borrowed else array
 
 
 def _index_units(order: IndexStream, batch_size: int, batches_per_unit: int) -> Iterator[np.ndarray]:
@@ -167,7 +162,7 @@ def unpacked_batches(split: TokenizedSplit, order: IndexStream, *, streams: tupl
         for start in range(0, arrays[0][2].shape[0], batch_size):
             batch: dict = {s: {} for s in streams}
             for stream, key, array in arrays:
-                batch[stream][key] = _keep(array[start:start + batch_size], workers > 0)
+                batch[stream][key] = array[start:start + batch_size]
             yield batch
 
 
@@ -217,7 +212,7 @@ def packed_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[
     # At most one row per segment, plus one per window (an empty first row, as seqio, if a segment overflows).
     slot_bytes = per_unit * (window + 1) * 4 * (3 * enc_len + 6 * dec_len) + _ALIGN * 9
     units = _window_units(_windows(split, order, tuple(streams), window), per_unit)
-    held: dict | None = None  # copies of the rows not yet batched (fewer than batch_size)
+    held: dict | None = None  # the rows not yet batched (fewer than batch_size), views of their unit
     for rows in _units(split, "packed", options, units, workers=workers, slot_bytes=slot_bytes):
         n, start = next(iter(rows.values())).shape[0], 0
         if held is not None:  # the batch that spans the previous units and this one
@@ -228,7 +223,7 @@ def packed_batches(split: TokenizedSplit, order: IndexStream, *, streams: tuple[
             yield {schema.PACKED: held}
             held = None
         while n - start >= batch_size:
-            yield {schema.PACKED: {k: _keep(v[start:start + batch_size], workers > 0) for k, v in rows.items()}}
+            yield {schema.PACKED: {k: v[start:start + batch_size] for k, v in rows.items()}}
             start += batch_size
         if start < n:
-            held = {k: np.array(v[start:]) for k, v in rows.items()}
+            held = {k: v[start:] for k, v in rows.items()}

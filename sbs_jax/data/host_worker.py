@@ -1,15 +1,17 @@
-"""A worker process of `host_workers.WorkerPool`: runs `host_kernels` on units, writes results to its slots.
+"""A worker process of `host_workers.WorkerPool`: runs `host_kernels` on units, writes results to unit buffers.
 
 Started as `python -m sbs_jax.data.host_worker FD` (never by fork: no TensorFlow/JAX/seqio state is inherited
 or imported; only numpy). Protocol over the connection FD, in order:
-  <- ("init", {array name: .npy path}, [slot path, ...], slot_bytes, kernel name, kernel options)
+  <- ("init", {array name: .npy path}, pool folder, buffer bytes, kernel name, kernel options)
   -> ("ready", [heavy modules loaded])            # the pool checks that the list is empty
-  <- (slot, payload ndarray) ...  -> ("done", [(name, dtype, shape, offset), ...]) | ("error", traceback text)
+  <- (buffer number i, payload ndarray) ...       # result into the file unit{i} of the pool folder
+  -> ("done", [(name, dtype, shape, offset), ...]) | ("error", traceback text)
   <- None (or EOF: the pool is gone)               -> exit
 """
 from __future__ import annotations
 
 import mmap
+import os
 import signal
 import sys
 import traceback
@@ -23,15 +25,15 @@ HEAVY_MODULES = ("tensorflow", "jax", "seqio", "flax")
 _ALIGN = 64
 
 
-def write_slot(buffer, arrays: dict, capacity: int) -> list[tuple]:
+def write_buffer(buffer, arrays: dict, capacity: int) -> list[tuple]:
     """Copies `arrays` into `buffer` back to back (64-byte aligned); returns their layout."""
     layout, offset = [], 0
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         end = offset + a.nbytes
         if end > capacity:
-            raise ValueError(f"a unit's result needs more than the {capacity} bytes of its slot (array {name!r} "
-                             f"{a.dtype}{list(a.shape)}); this is a bug in the slot size estimate")
+            raise ValueError(f"a unit's result needs more than the {capacity} bytes of its buffer (array {name!r} "
+                             f"{a.dtype}{list(a.shape)}); this is a bug in the buffer size estimate")
         np.ndarray(a.shape, a.dtype, buffer=buffer, offset=offset)[...] = a
         layout.append((name, a.dtype.str, a.shape, offset))
         offset = -(-end // _ALIGN) * _ALIGN
@@ -39,14 +41,11 @@ def write_slot(buffer, arrays: dict, capacity: int) -> list[tuple]:
 
 
 def serve(conn: Connection) -> None:
-    _, array_paths, slot_paths, slot_bytes, kernel_name, options = conn.recv()
+    _, array_paths, folder, buffer_bytes, kernel_name, options = conn.recv()
     arrays = {name: np.load(path, mmap_mode="r") for name, path in array_paths.items()}
     tokens = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("tokens/")}
     lengths = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("lengths/")}
-    slots = []
-    for path in slot_paths:
-        with open(path, "r+b") as f:
-            slots.append(mmap.mmap(f.fileno(), slot_bytes))
+    buffers: dict[int, mmap.mmap] = {}  # mapped on first use, kept: the pool recycles buffer numbers
     kernel = host_kernels.KERNELS[kernel_name]
     conn.send(("ready", sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY_MODULES))))
     while True:
@@ -56,8 +55,12 @@ def serve(conn: Connection) -> None:
             return
         if message is None:
             return
-        slot, payload = message
-        conn.send(("done", write_slot(slots[slot], kernel(tokens, lengths, payload, **options), slot_bytes)))
+        number, payload = message
+        if number not in buffers:
+            with open(os.path.join(folder, f"unit{number}"), "r+b") as f:
+                buffers[number] = mmap.mmap(f.fileno(), buffer_bytes)
+        result = kernel(tokens, lengths, payload, **options)
+        conn.send(("done", write_buffer(buffers[number], result, buffer_bytes)))
 
 
 def main(argv: list[str]) -> int:

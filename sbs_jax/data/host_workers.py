@@ -3,10 +3,12 @@
 `WorkerPool` starts `workers` processes as `python -m sbs_jax.data.host_worker` (a fresh interpreter that
 imports numpy only: no fork of a process holding TensorFlow/JAX threads, no TensorFlow import per worker).
 The tokenized arrays go to them once, as .npy files in a private folder on /dev/shm that they memory-map.
-Each worker owns `depth` result slots (shared-memory files): unit u goes to worker u % workers, slot
-(u // workers) % depth, so at most workers·depth units are in flight and the main process reads results in
-submission order, straight from the slot (the caller copies rows into its batches, once), before handing the
-slot to the next unit.
+Unit u goes to worker u % workers, at most workers·depth units in flight, and the main process reads results in
+submission order. Each unit's result is written into a unit buffer (a shared-memory file in that folder, mapped
+once by the main process and by each worker that uses it) that nothing else holds: the main process hands out
+numpy views of it, no copy, and takes the buffer back for a later unit only once every view of it is garbage
+(`weakref.finalize` on the array all views hang from). Buffers are created as needed, so their number is the
+units in flight plus the units whose batches someone still holds.
 `close()` (also on garbage collection and at interpreter exit) stops the workers and removes the folder; a
 worker's exception is re-raised here as `WorkerError` with the worker's traceback.
 """
@@ -34,7 +36,7 @@ class WorkerError(RuntimeError):
     """A host pipeline worker failed (its traceback is in the message) or exited unexpectedly."""
 
 
-def _shutdown(processes: list, conns: list, slots: list, folder: str) -> None:
+def _shutdown(processes: list, conns: list, buffers: list, folder: str) -> None:
     for conn in conns:
         try:
             conn.send(None)
@@ -47,10 +49,10 @@ def _shutdown(processes: list, conns: list, slots: list, folder: str) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for slot in slots:
+    for buffer in buffers:
         try:
-            slot.close()
-        except BufferError:  # a view is still alive somewhere; the mapping goes with the process
+            buffer.close()
+        except BufferError:  # batches still view it: the mapping stays until they are gone (the file does not)
             pass
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -91,9 +93,10 @@ class WorkerPool:
         self._folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}_", dir=shm)
         self.processes: list[subprocess.Popen] = []
         self._conns: list[Connection] = []
-        self._slots: list[list[mmap.mmap]] = []
-        flat_slots: list[mmap.mmap] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self.processes, self._conns, flat_slots, self._folder)
+        self._buffers: list[mmap.mmap] = []  # unit buffer i is the file unit{i}
+        # Buffers no view holds any more; appended to by finalizers, from whichever thread drops the last view.
+        self._free: collections.deque[int] = collections.deque()
+        self._finalizer = weakref.finalize(self, _shutdown, self.processes, self._conns, self._buffers, self._folder)
         paths = {}
         for i, (name, array) in enumerate(arrays.items()):
             paths[name] = os.path.join(self._folder, f"array{i}.npy")
@@ -101,26 +104,33 @@ class WorkerPool:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))
                                                            if p)}
         for w in range(self.workers):
-            slot_paths = [os.path.join(self._folder, f"slot{w}_{s}") for s in range(self.depth)]
-            mine = []
-            for path in slot_paths:
-                with open(path, "w+b") as f:
-                    f.truncate(self.slot_bytes)
-                    mine.append(mmap.mmap(f.fileno(), self.slot_bytes))
-            self._slots.append(mine)
-            flat_slots.extend(mine)
             ours, theirs = socket.socketpair()
             proc = subprocess.Popen([sys.executable, "-m", "sbs_jax.data.host_worker", str(theirs.fileno())],
                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
             theirs.close()
             self.processes.append(proc)
             self._conns.append(Connection(ours.detach()))
-            self._conns[-1].send(("init", paths, slot_paths, self.slot_bytes, kernel, dict(options)))
+            self._conns[-1].send(("init", paths, self._folder, self.slot_bytes, kernel, dict(options)))
         for w in range(self.workers):
             heavy = self._reply(w, "ready")
             if heavy:
                 self.close()
                 raise WorkerError(f"host pipeline worker {w} imported {heavy}; workers must import numpy only")
+
+    @property
+    def num_buffers(self) -> int:
+        """Unit buffers created so far (each a file in the pool's folder)."""
+        return len(self._buffers)
+
+    def _take_buffer(self) -> int:
+        """A unit buffer no view holds: a recycled one (already mapped here and in the workers), else a new one."""
+        if self._free:
+            return self._free.popleft()
+        path = os.path.join(self._folder, f"unit{len(self._buffers)}")
+        with open(path, "w+b") as f:
+            f.truncate(self.slot_bytes)  # sparse: only the pages results are written to take memory
+            self._buffers.append(mmap.mmap(f.fileno(), self.slot_bytes))
+        return len(self._buffers) - 1
 
     def _reply(self, w: int, expected: str):
         try:
@@ -136,10 +146,10 @@ class WorkerPool:
         return body
 
     def map(self, payloads: Iterable) -> Iterator[dict]:
-        """Kernel results (`{name: array}`) for `payloads`, in order. The arrays are views of a result slot,
-        valid until the next result is requested (the slot then takes a new unit): copy what you keep."""
+        """Kernel results (`{name: array}`) for `payloads`, in order. The arrays are views of the unit's own
+        buffer; they (and views of them) stay valid for as long as they are referenced."""
         payloads = iter(payloads)
-        in_flight: collections.deque = collections.deque()  # (worker, slot) of each unit, in submission order
+        in_flight: collections.deque = collections.deque()  # (worker, buffer) of each unit, in submission order
         submitted = 0
 
         def submit() -> None:
@@ -147,20 +157,26 @@ class WorkerPool:
             payload = next(payloads, None)
             if payload is None:
                 return
-            w, s = submitted % self.workers, (submitted // self.workers) % self.depth
-            self._conns[w].send((s, payload))
-            in_flight.append((w, s))
+            w, b = submitted % self.workers, self._take_buffer()
+            self._conns[w].send((b, payload))
+            in_flight.append((w, b))
             submitted += 1
 
         for _ in range(self.workers * self.depth):
             submit()
         while in_flight:
-            w, s = in_flight.popleft()
+            w, b = in_flight.popleft()
             layout = self._reply(w, "done")
-            buffer = self._slots[w][s]
-            yield {name: np.ndarray(shape, np.dtype(dtype), buffer=buffer, offset=offset)
-                   for name, dtype, shape, offset in layout}
-            submit()  # the caller is done with the slot: the next unit mapped to it may use it
+            # Every view below has `owner` as its base (numpy collapses view chains onto it), so `owner` dies,
+            # and the buffer is free again, exactly when the last view of this unit's result does.
+            owner = np.frombuffer(self._buffers[b], np.uint8)
+            weakref.finalize(owner, self._free.append, b).atexit = False
+            result = {name: np.ndarray(shape, np.dtype(dtype), buffer=owner, offset=offset)
+                      for name, dtype, shape, offset in layout}
+            del owner
+            submit()  # before the caller takes its time with this result: keep the workers busy
+            yield result
+            del result
 
     def close(self) -> None:
         self._finalizer()

@@ -17,9 +17,14 @@ multiple of it.
     python -m bench.pipeline_bench --task cqa --data_dir ../shared/datasets --out /tmp/pipe
     python -m bench.pipeline_bench --task arith --variants unpacked --cores 1 --loop
     python -m bench.pipeline_bench --task cqa --backend numpy --cores 2 --workers 2   # worker processes
+    python -m bench.pipeline_bench --variants unpacked,packed --cores 1,2,2 --workers 0,0,2 --repeats 5 \
+        --later_epochs 30 --batches 100000   # core scaling: interleaved rounds, medians, per-round ratios
 
 `--workers N` runs the numpy back end's unit work in N worker processes (`host_workers`), which share the
 pinned cores with the main process (the child's CPU affinity is inherited); the table's `workers` column.
+`--workers 0,2` gives one count per `--cores` entry. `--repeats R` measures every config R times in interleaved
+rounds; the table gives medians and the epoch-2 range, and each multi-core config's rate over the 1-core one
+(ratio of medians, and per round: configs of a round run back to back, so they see about the same load).
 `main CPU ms/batch`: the main process's own CPU time per later-epoch batch (its threads, not the workers): all
 of the work at 0 workers, the share workers cannot take over otherwise; other load on the machine moves it
 far less than the rates.
@@ -40,7 +45,7 @@ VARIANTS = ("unpacked", "packed", "bucketed")
 TASK_LENGTHS = {"cqa": {"inputs": 128, "targets": 8, "rationales": 80},
                 "arith": {"inputs": 48, "targets": 4, "rationales": 20}}
 INPUT_COLUMNS = ("task", "backend", "variant", "cores", "workers", "epoch 1 ex/s", "epoch 2 ex/s", "x paper step",
-                 "batches", "startup s", "main CPU ms/batch")
+                 "batches", "startup s", "main CPU ms/batch", "epoch 2 range (rounds)")
 
 
 def paper_consumption(mfu: float = 0.35, peak_tflops: float = 989.0) -> dict:
@@ -226,11 +231,65 @@ def _child(args) -> dict:
             return measure_loop(register_name, lengths, batch_size=args.batch_size, steps=args.loop_steps,
                                 workdir=workdir)
     return measure_input(register_name, args.child, lengths, batch_size=args.batch_size, warmup=args.warmup,
-                         max_batches=args.batches, backend=args.backend, workers=args.workers,
+                         max_batches=args.batches, backend=args.backend, workers=int(args.workers),
                          later_epochs=args.later_epochs)
 
 
-def run_child(args, kind: str, cores: int) -> dict:
+def core_configs(cores: str, workers: str) -> list[tuple[int, int]]:
+    """(cores, workers) pairs from `--cores` and `--workers`: one worker count for every core count, or one
+    per core count."""
+    core_list = [int(c) for c in cores.split(",") if c]
+    worker_list = [int(w) for w in workers.split(",") if w]
+    if len(worker_list) == 1:
+        worker_list *= len(core_list)
+    if len(worker_list) != len(core_list) or not core_list or min(core_list) < 1 or min(worker_list) < 0:
+        raise ValueError(f"--cores {cores!r} --workers {workers!r}: expected core counts >= 1 and one worker count "
+                         "(>= 0) for all of them or one per core count")
+    return list(zip(core_list, worker_list))
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return float(statistics.median(values))
+
+
+def medians(measured: list[dict]) -> list[dict]:
+    """One result per (variant, cores, workers): the median of its rounds, with the epoch-2 range."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in measured:
+        groups.setdefault((r["variant"], r["cores"], r["workers"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = {**rs[0], "rounds": len(rs), "epoch2_min": min(r["epoch2"] for r in rs),
+               "epoch2_max": max(r["epoch2"] for r in rs)}
+        for key in ("epoch1", "epoch2", "startup_s", "main_cpu_ms_per_batch"):
+            if all(r.get(key) is not None for r in rs):
+                row[key] = _median([r[key] for r in rs])
+        row.pop("round", None)
+        out.append(row)
+    return out
+
+
+def core_scaling(measured: list[dict]) -> list[dict]:
+    """Per variant and multi-core config, its epoch-2 rate over the variant's 1-core config: the ratio of medians
+    and each round's own ratio (the two ran back to back, so a round's ratio sees about the same machine load)."""
+    out = []
+    for variant in dict.fromkeys(r["variant"] for r in measured):
+        rs = [r for r in measured if r["variant"] == variant]
+        one = [r for r in rs if r["cores"] == 1]
+        if not one or len({r["workers"] for r in one}) > 1:
+            continue  # no single 1-core baseline
+        by_round = {r["round"]: r["epoch2"] for r in one}
+        for cores, workers in dict.fromkeys((r["cores"], r["workers"]) for r in rs if r["cores"] > 1):
+            many = [r for r in rs if (r["cores"], r["workers"]) == (cores, workers)]
+            out.append({"variant": variant, "cores": cores, "workers_1": one[0]["workers"], "workers_n": workers,
+                        "ratio": _median([r["epoch2"] for r in many]) / _median([r["epoch2"] for r in one]),
+                        "per_round": [r["epoch2"] / by_round[r["round"]] for r in many if r["round"] in by_round]})
+    return out
+
+
+def run_child(args, kind: str, cores: int, workers: int = 0) -> dict:
     """One measurement in a fresh process pinned to the first `cores` CPUs it may use."""
     allowed = sorted(os.sched_getaffinity(0))
     if cores > len(allowed):
@@ -238,7 +297,7 @@ def run_child(args, kind: str, cores: int) -> dict:
     cmd = [sys.executable, "-m", "bench.pipeline_bench", "--child", kind, "--task", args.task,
            "--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--batches", str(args.batches),
            "--later_epochs", str(args.later_epochs), "--loop_steps", str(args.loop_steps), "--backend", args.backend,
-           "--workers", str(args.workers)]
+           "--workers", str(workers)]
     for flag in ("data_dir", "cache_dir"):
         if getattr(args, flag):
             cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -256,10 +315,12 @@ def input_rows(task: str, results: list[dict], consumption: float) -> list[dict]
     return [{"task": task, "backend": r.get("backend", "auto"), "variant": r["variant"], "cores": r["cores"],
              "workers": r.get("workers", 0), "epoch1": r["epoch1"],
              "epoch2": r["epoch2"], "vs_paper": r["epoch2"] / consumption, "batches": r["batches"],
-             "startup_s": r["startup_s"], "main_cpu_ms": r.get("main_cpu_ms_per_batch")} for r in results]
+             "startup_s": r["startup_s"], "main_cpu_ms": r.get("main_cpu_ms_per_batch"),
+             "epoch2_min": r.get("epoch2_min", r["epoch2"]), "epoch2_max": r.get("epoch2_max", r["epoch2"]),
+             "rounds": r.get("rounds", 1)} for r in results]
 
 
-def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, scaling: dict) -> str:
+def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, scaling: list[dict]) -> str:
     lines = [f"#### Input pipeline, {env['date_utc']} UTC, commit `{env['commit']}`, CPU: {env['cpu']} "
              f"({env['cpus']} usable)", "",
              f"Paper-shape consumption: {consumption['step_tflop']:.3f} TFLOP/step at "
@@ -271,10 +332,13 @@ def markdown(env: dict, consumption: dict, rows: list[dict], loop: dict | None, 
         lines.append(f"| {r['task']} | {r['backend']} | {r['variant']} | {r['cores']} | {r['workers']} | "
                      f"{r['epoch1']:,.0f} | {r['epoch2']:,.0f} | "
                      f"{r['vs_paper']:.2f} | {r['batches']} | {r['startup_s']:.1f} | "
-                     f"{'-' if r.get('main_cpu_ms') is None else format(r['main_cpu_ms'], '.3f')} |")
+                     f"{'-' if r.get('main_cpu_ms') is None else format(r['main_cpu_ms'], '.3f')} | "
+                     f"{r['epoch2_min']:,.0f}-{r['epoch2_max']:,.0f} ({r['rounds']}) |")
     lines.append("")
-    for variant, ratio in scaling.items():
-        lines.append(f"- {variant}: epoch-2 rate with 2 cores / 1 core = {ratio:.2f}x")
+    for sc in scaling:
+        rounds = ", ".join(f"{x:.2f}" for x in sc["per_round"])
+        lines.append(f"- {sc['variant']}: epoch-2 rate, {sc['cores']} cores ({sc['workers_n']} workers) / 1 core "
+                     f"({sc['workers_1']} workers) = **{sc['ratio']:.2f}x** (ratio of medians; per round: {rounds})")
     if loop is not None:
         lines += ["", f"Loop ({loop['devices']} device(s), {loop['steps']} steps, near-free step): compiled step "
                   f"alone {loop['step_alone_ms']:.2f} ms/step; trainer on in-memory batches "
@@ -305,8 +369,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "tf.data"),
                    help="input back end (pipeline.train_batches); tf.data = the path before the numpy back end")
     p.add_argument("--cores", default="1,2")
-    p.add_argument("--workers", type=int, default=0,
-                   help="worker processes of the numpy back end (0 = in the main process); they share the --cores")
+    p.add_argument("--workers", default="0",
+                   help="worker processes of the numpy back end (0 = in the main process); they share the --cores. "
+                        "One count, or one per --cores entry (e.g. --cores 1,2 --workers 0,2)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every measurement, interleaved; the table gives medians and the epoch-2 range")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--warmup", type=int, default=20, help="epoch-1 batches not timed")
     p.add_argument("--batches", type=int, default=200, help="at most this many epoch-2 batches are timed")
@@ -328,17 +395,20 @@ def main(argv=None) -> int:
         return 0
     consumption = paper_consumption(args.mfu, args.peak_tflops)
     env = environment()  # before the runs: the commit that was measured
-    results = []
-    for variant in [v for v in args.variants.split(",") if v]:
-        for cores in [int(c) for c in args.cores.split(",") if c]:
-            r = {"variant": variant, "cores": cores, "backend": args.backend, "workers": args.workers,
-                 **run_child(args, variant, cores)}
-            print(f"{variant} on {cores} core(s), {args.workers} worker(s): epoch 1 {r['epoch1']:,.0f} ex/s, "
-                  f"epoch 2 {r['epoch2']:,.0f} "
-                  f"ex/s ({r['epoch2'] / consumption['examples_per_s']:.2f}x the paper step)", flush=True)
-            results.append(r)
-    by = {(r["variant"], r["cores"]): r["epoch2"] for r in results}
-    scaling = {v: by[(v, 2)] / by[(v, 1)] for v, c in by if c == 1 and (v, 2) in by}
+    configs = core_configs(args.cores, args.workers)
+    variants = [v for v in args.variants.split(",") if v]
+    measured = []  # one dict per measurement, rounds interleaved so that load changes hit every config alike
+    for round_ in range(args.repeats):
+        for variant in variants:
+            for cores, workers in configs:
+                r = {"variant": variant, "cores": cores, "backend": args.backend, "workers": workers,
+                     "round": round_, **run_child(args, variant, cores, workers)}
+                print(f"round {round_ + 1}/{args.repeats}: {variant} on {cores} core(s), {workers} worker(s): "
+                      f"epoch 1 {r['epoch1']:,.0f} ex/s, epoch 2 {r['epoch2']:,.0f} "
+                      f"ex/s ({r['epoch2'] / consumption['examples_per_s']:.2f}x the paper step)", flush=True)
+                measured.append(r)
+    results = medians(measured)
+    scaling = core_scaling(measured)
     loop = run_child(args, "loop", len(os.sched_getaffinity(0))) if args.loop else None
     rows = input_rows(args.task, results, consumption["examples_per_s"])
     text = markdown(env, consumption, rows, loop, scaling)
@@ -346,7 +416,8 @@ def main(argv=None) -> int:
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        payload = {"env": env, "consumption": consumption, "inputs": rows, "scaling": scaling, "loop": loop}
+        payload = {"env": env, "consumption": consumption, "inputs": rows, "scaling": scaling, "loop": loop,
+                   "measurements": measured}
         (out / "pipeline.json").write_text(json.dumps(payload, indent=1))
         (out / "pipeline.md").write_text(text)
     return 0

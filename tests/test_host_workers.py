@@ -4,6 +4,8 @@ import gc
 import itertools
 import os
 import pathlib
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -114,19 +116,35 @@ def test_trainer_input_shards_and_resume_with_workers(arith):
     _assert_same(inputs.train_batches(arith, **kw), inputs.train_batches(arith, workers=1, **kw), n=30)
 
 
-def test_closing_or_dropping_the_iterator_stops_its_workers(arith):
-    kw = dict(task_feature_lengths=LENGTHS["arith"], batch_size=16, seed=0, backend="numpy", workers=2)
+def _order_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == "sbs-example-order"}
+
+
+def _ended(threads: set, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not any(t.is_alive() for t in threads)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_closing_or_dropping_the_iterator_stops_its_workers_and_order_thread(arith, workers):
+    kw = dict(task_feature_lengths=LENGTHS["arith"], batch_size=16, seed=0, backend="numpy", workers=workers)
+    before = _order_threads()
     it = pipeline.train_batches(arith, **kw)
     next(it)
-    assert len(_worker_pids()) == 2
+    mine = _order_threads() - before
+    assert len(_worker_pids()) == workers and len(mine) == 1
     it.close()
-    assert not _worker_pids()
+    assert not _worker_pids() and _ended(mine)
+    before = _order_threads()
     it = pipeline.train_batches(arith, pack=True, **kw)
     next(it)
-    assert len(_worker_pids()) == 2
+    mine = _order_threads() - before
+    assert len(_worker_pids()) == workers and len(mine) == 1
     del it
     gc.collect()
-    assert not _worker_pids()
+    assert not _worker_pids() and _ended(mine)
 
 
 def test_a_worker_error_is_raised_here_and_leaves_no_process():

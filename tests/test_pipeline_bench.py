@@ -23,11 +23,14 @@ def test_markdown_table_and_ratios():
     results = [{"variant": "unpacked", "cores": c, "epoch1": 900.0 * c, "epoch2": 1000.0 * c, "batches": 300,
                 "startup_s": 3.5, "epoch_examples": 9000, "workers": c - 1} for c in (1, 2)]
     results[1]["main_cpu_ms_per_batch"] = 0.0456  # results of older runs lack it
+    results[1].update(epoch2_min=1800.0, epoch2_max=2200.0, rounds=3)
     rows = pipeline_bench.input_rows("cqa", results, consumption["examples_per_s"])
     loop = {"devices": 1, "steps": 100, "step_alone_ms": 2.0, "trainer_in_memory_ms": 2.5,
             "loop_overhead_ms": 0.5, "trainer_e2e_ms": 2.2, "e2e_vs_step": 2.0 / 2.2, "step_alone_cpu_ms": 3.0,
             "trainer_in_memory_cpu_ms": 3.25, "loop_overhead_cpu_ms": 0.25}
-    text = pipeline_bench.markdown(env, consumption, rows, loop, {"unpacked": 2.0})
+    scaling = [{"variant": "unpacked", "cores": 2, "workers_1": 0, "workers_n": 1, "ratio": 2.0,
+                "per_round": [1.9, 2.1]}]
+    text = pipeline_bench.markdown(env, consumption, rows, loop, scaling)
     lines = text.splitlines()
     header = "| " + " | ".join(pipeline_bench.INPUT_COLUMNS) + " |"
     assert header in lines
@@ -36,9 +39,34 @@ def test_markdown_table_and_ratios():
     ratio = float(body[1].split("|")[8])
     assert body[1].startswith("| cqa | auto | unpacked | 2 | 1 | 1,800 | 2,000 | ")
     assert ratio == pytest.approx(2000 / consumption["examples_per_s"], abs=0.01)
-    assert body[0].endswith("| 300 | 3.5 | - |") and body[1].endswith("| 300 | 3.5 | 0.046 |")
-    assert "2 cores / 1 core = 2.00x" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
+    assert body[0].endswith("| 300 | 3.5 | - | 1,000-1,000 (1) |")
+    assert body[1].endswith("| 300 | 3.5 | 0.046 | 1,800-2,200 (3) |")
+    assert "2 cores (1 workers) / 1 core (0 workers) = **2.00x** (ratio of medians; per round: 1.90, 2.10)" in text and "loop overhead 0.50 ms/step** wall, 0.25 ms/step process CPU" in text and "91% of the step" in text
     assert "`abc1234`" in text and "paired examples/s per accelerator" in text
+
+
+def test_repeated_rounds_give_medians_and_per_round_core_scaling():
+    def m(variant, cores, workers, round_, epoch2):
+        return {"variant": variant, "cores": cores, "workers": workers, "round": round_, "epoch1": epoch2 / 2,
+                "epoch2": epoch2, "startup_s": 1.0, "main_cpu_ms_per_batch": 0.1, "batches": 10}
+
+    measured = [m("unpacked", 1, 0, 0, 100.0), m("unpacked", 2, 2, 0, 180.0),
+                m("unpacked", 1, 0, 1, 50.0), m("unpacked", 2, 2, 1, 100.0),
+                m("unpacked", 1, 0, 2, 90.0), m("unpacked", 2, 2, 2, 200.0),
+                m("packed", 1, 0, 0, 10.0), m("packed", 2, 0, 0, 12.0), m("packed", 2, 2, 0, 20.0)]
+    rows = {(r["variant"], r["cores"], r["workers"]): r for r in pipeline_bench.medians(measured)}
+    one, two = rows[("unpacked", 1, 0)], rows[("unpacked", 2, 2)]
+    assert (one["epoch2"], one["epoch2_min"], one["epoch2_max"], one["rounds"]) == (90.0, 50.0, 100.0, 3)
+    assert (two["epoch2"], two["epoch1"]) == (180.0, 90.0) and "round" not in two
+    scaling = {(s["variant"], s["workers_n"]): s for s in pipeline_bench.core_scaling(measured)}
+    assert sorted(scaling) == [("packed", 0), ("packed", 2), ("unpacked", 2)]
+    assert scaling[("unpacked", 2)]["ratio"] == pytest.approx(2.0)
+    assert scaling[("unpacked", 2)]["per_round"] == pytest.approx([1.8, 2.0, 200 / 90])
+    assert scaling[("packed", 2)]["ratio"] == pytest.approx(2.0) and scaling[("packed", 0)]["per_round"] == [1.2]
+    assert pipeline_bench.core_configs("1,2", "0,2") == [(1, 0), (2, 2)]
+    assert pipeline_bench.core_configs("1,2", "1") == [(1, 1), (2, 1)]
+    with pytest.raises(ValueError, match="one per core count"):
+        pipeline_bench.core_configs("1,2", "0,1,2")
 
 
 def test_batch_examples_counts_rows_and_label_segments():

@@ -19,7 +19,12 @@ arrays built once:
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import itertools
+import queue
+import threading
+import weakref
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -75,12 +80,19 @@ class TokenizedSplit:
 
 class IndexStream:
     """Example indices in the order `ds.repeat(num_epochs).shuffle(buffer_size, seed)` yields a dataset's
-    elements (no shuffle: source order, repeated)."""
+    elements (no shuffle: source order, repeated).
+
+    tf.data's shuffle costs about 1 us per example, as much as building an unpacked batch, and cannot be split
+    across workers (each pick depends on the last). A thread computes it ahead (`ahead` chunks of
+    `_ORDER_CHUNK` indices): the tf.data op releases the GIL, so on a second core it runs beside the batch
+    building instead of before it. The order is the same either way; `ahead=0` computes it in `take`."""
 
     def __init__(self, num_examples: int, *, shuffle: bool, buffer_size: int | None, seed: int | None,
-                 num_epochs: int | None):
+                 num_epochs: int | None, ahead: int = 4):
         import tensorflow as tf
 
+        if ahead < 0:
+            raise ValueError(f"ahead={ahead}: expected 0 (no thread) or more chunks computed ahead")
         ds = tf.data.Dataset.range(num_examples)
         if num_epochs != 1:
             ds = ds.repeat(num_epochs)
@@ -90,14 +102,20 @@ class IndexStream:
         # Nothing here runs in parallel; with autotuning on, its background thread used ~0.2 ms of CPU per
         # batch of the packed path (measured with workers=1, CQA), CPU the workers need.
         options.autotune.enabled = False
-        self._chunks = ds.batch(_ORDER_CHUNK).with_options(options).as_numpy_iterator()
+        chunks = ds.batch(_ORDER_CHUNK).with_options(options).as_numpy_iterator()
         self._buffer = np.zeros((0,), np.int64)
+        self._ahead = None
+        if ahead:
+            self._ahead = _ChunksAhead(chunks, ahead)
+            self._next_chunk = self._ahead.get
+        else:
+            self._next_chunk = lambda: next(chunks, None)
 
     def take(self, n: int, *, partial: bool = False) -> np.ndarray | None:
         """The next `n` indices, or None when fewer remain (finite epochs); with `partial`, what remains of
         them (None only when nothing does)."""
         while self._buffer.shape[0] < n:
-            chunk = next(self._chunks, None)
+            chunk = self._next_chunk()
             if chunk is None:
                 if partial and self._buffer.shape[0]:
                     out, self._buffer = self._buffer, self._buffer[:0]
@@ -106,6 +124,84 @@ class IndexStream:
             self._buffer = np.concatenate([self._buffer, chunk])
         out, self._buffer = self._buffer[:n], self._buffer[n:]
         return out
+
+    def close(self) -> None:
+        """Stops the thread computing ahead (also done when the stream is collected or Python exits)."""
+        if self._ahead is not None:
+            self._ahead.close()
+
+
+class _ChunksAhead:
+    """`chunks` (an iterator) consumed on a daemon thread, at most `depth` items ahead of `get`."""
+
+    _END = object()
+
+    def __init__(self, chunks: Iterator, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, args=(chunks, self._queue, self._stop), daemon=True,
+                                        name="sbs-example-order")
+        self._thread.start()
+        # The thread holds no reference to self, so a dropped stream is collected and this stops the thread.
+        weakref.finalize(self, self._stop.set)
+        _LIVE.add(self)
+
+    @staticmethod
+    def _fill(chunks: Iterator, out: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in itertools.chain(chunks, [_ChunksAhead._END]):
+                if not put(item):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_Failed(e))
+
+    def get(self) -> np.ndarray | None:
+        if self._done:
+            return None
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self._done = True
+                    raise RuntimeError("the thread computing the example order ended without a result") from None
+        if item is self._END:
+            self._done = True
+            return None
+        if isinstance(item, _Failed):
+            self._done = True
+            raise RuntimeError("computing the example order failed") from item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_LIVE: "weakref.WeakSet[_ChunksAhead]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_order_threads() -> None:
+    # A daemon thread left inside a TensorFlow op while the interpreter shuts down can crash it.
+    for ahead in list(_LIVE):
+        ahead.close()
 
 
 # Rows (unpacked) or segments (packed) per unit handed to a worker: enough to amortise the per-unit messages,

@@ -60,7 +60,7 @@ def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: in
     if steps is not None:
         bindings.append(f"TRAIN_STEPS = {steps}")
     gin_utils.parse([GIN_FILES[0], run_gin, *GIN_FILES[1:]], bindings)
-    config = gin_utils.build("TrainConfig")
+    config = gin_utils.build("TrainConfig", "sbs quickstart")
     run = trainer.Trainer(config)  # checks MODEL_DIR before anything is written there
     gin_utils.write_operative_config(model_dir)
     return {**run.run(), "task": config.mixture_or_task_name}

@@ -54,7 +54,7 @@ def main(argv) -> int:
     import jax
 
     gin_utils.parse(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
-    config = gin_utils.build(_CONFIGURABLE[verb])
+    config = gin_utils.build(_CONFIGURABLE[verb], f"sbs {verb}")
     if verb == "train":
         from sbs_jax.train import trainer
 

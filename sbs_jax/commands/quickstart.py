@@ -155,13 +155,10 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     import logging
 
-    import jax
+    from sbs_jax.commands import jax_setup
 
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if not jax.config.jax_compilation_cache_dir:
-        # Compilation is a large share of a CPU quickstart; later runs reuse the compiled steps.
-        cache = pathlib.Path(os.environ.get("SBS_CACHE_DIR", pathlib.Path.home() / ".cache" / "sbs_jax"))
-        jax.config.update("jax_compilation_cache_dir", str(cache / "jax_compilation_cache"))
+    jax_setup.enable_compilation_cache()  # compilation is a large share of a CPU quickstart
     n_runs = len(seeds) * len(METHODS)
     print(f"sbs quickstart: {n_runs} tiny students on the embedded arithmetic task ({len(METHODS)} methods x "
           f"seeds {', '.join(map(str, seeds))}) in {workdir}", flush=True)

@@ -25,7 +25,7 @@ _SHELL_LANGS = ("bash", "sh", "shell", "console")
 @dataclasses.dataclass
 class Snippet:
     where: str  # file:line of its first line
-    kind: str  # "shell", "python" or "inline"
+    kind: str  # "shell", "python", "inline" (a command in prose) or "inline_python" (a call in prose)
     text: str
     run: bool = True  # False: checked, not run
     problems: list[str] = dataclasses.field(default_factory=list)  # found while extracting (a broken wrap)
@@ -87,9 +87,11 @@ def inline_snippets(path: pathlib.Path, numbered_lines) -> list[Snippet]:
     out = []
     for m in re.finditer(r"`([^`]+)`", text):
         span = " ".join(m.group(1).split())
+        line = max(n for p, n in starts if p <= m.start())
         if re.match(r"(sbs \w+|python -m [\w.]+)\b.*--", span):
-            line = max(n for p, n in starts if p <= m.start())
-            out.append(Snippet(f"{rel(path)}:{line}", "inline", span, run=False))
+            out.append(Snippet(f"{rel(path)}:{line}", "inline", span))
+        elif re.match(r"^[a-z_][\w.]*\.\w+\(.*\)", span):  # a call of our API: `pipeline.get_eval_examples(...)`
+            out.append(Snippet(f"{rel(path)}:{line}", "inline_python", re.sub(r"\)\s*->.*$", ")", span)))
     return out
 
 

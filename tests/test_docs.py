@@ -37,7 +37,7 @@ def _ids(snippets):
 
 def test_the_docs_hold_commands_of_every_kind():
     kinds = {s.kind for s in SNIPPETS}
-    assert kinds == {"shell", "inline", "python"} and len(SHELL) > 30, kinds
+    assert kinds == {"shell", "inline", "python", "inline_python"} and len(SHELL) > 30, kinds
 
 
 @pytest.mark.parametrize("snippet", [s for s in SHELL if s.problems], ids=_ids([s for s in SHELL if s.problems]))
@@ -247,12 +247,23 @@ def _import(name):
     return None
 
 
-def python_problems(snippet) -> list[str]:
+@functools.cache
+def _our_modules() -> dict[str, list[str]]:
+    """Last name -> full names of the modules and packages of sbs_jax, from the files (nothing imported)."""
+    names: dict[str, list[str]] = {}
+    for path in (docs.REPO / "sbs_jax").rglob("*.py"):
+        parts = path.relative_to(docs.REPO).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        names.setdefault(parts[-1], []).append(".".join(parts))
+    return names
+
+
+def python_problems(snippet, namespace=None) -> list[str]:
     try:
         tree = ast.parse(snippet.text)
     except SyntaxError as e:
         return [f"{snippet.where}: not valid Python: {e}"]
-    namespace, problems = {}, []
+    namespace, problems = dict(namespace or {}), []
     for node in ast.walk(tree):
         try:
             if isinstance(node, ast.Import):
@@ -297,6 +308,44 @@ def test_every_python_name_and_keyword_exists(snippet):
     assert not problems, "\n".join(problems)
 
 
+INLINE_PYTHON = [s for s in SNIPPETS if s.kind == "inline_python"]
+
+
+@pytest.mark.parametrize("snippet", INLINE_PYTHON, ids=_ids(INLINE_PYTHON))
+def test_calls_named_in_the_prose_exist(snippet):
+    """`pipeline.get_eval_examples(task, split=...)` in a sentence: the function and its keywords exist. A short
+    first name is the sbs_jax module of that name when there is exactly one; signature notation that is not
+    Python (`f(a, *, b)`) and names of other libraries are left alone."""
+    try:
+        call = ast.parse(snippet.text, mode="eval").body
+    except SyntaxError:
+        pytest.skip("signature notation, not a call")
+    head = call.func
+    while isinstance(head, (ast.Attribute, ast.Call)):
+        head = head.value if isinstance(head, ast.Attribute) else head.func
+    if not isinstance(head, ast.Name):
+        pytest.skip("not a name")
+    if head.id == "sbs_jax":
+        namespace = {"sbs_jax": importlib.import_module("sbs_jax")}
+        dotted = ast.unparse(call.func).split(".")
+        for i in range(2, len(dotted)):  # import the submodules the dotted name walks through
+            with contextlib.suppress(ImportError):
+                importlib.import_module(".".join(dotted[:i]))
+    elif len(_our_modules().get(head.id, [])) == 1:
+        module = importlib.import_module(_our_modules()[head.id][0])
+        first = call.func
+        while isinstance(first, ast.Attribute) and isinstance(first.value, ast.Attribute):
+            first = first.value
+        if isinstance(first, ast.Attribute) and not hasattr(module, first.attr):
+            # `model.apply(...)`, `config.replace(...)`: a variable named like a module, not the module.
+            pytest.skip(f"{head.id}.{first.attr}: {head.id} is a variable here, not {module.__name__}")
+        namespace = {head.id: module}
+    else:
+        pytest.skip(f"{head.id} is not one module of sbs_jax")
+    problems = python_problems(snippet, namespace)
+    assert not problems, "\n".join(problems)
+
+
 # ---- the cheap commands, run ----
 
 def _runnable(kind):
@@ -312,7 +361,15 @@ def _runnable(kind):
 
 
 SCRIPTS = _runnable("script")
-SWEEPS = [c for c in _runnable("sbs") if c[2][:1] == ["sweep"] and c[2][1:2] != ["report"]]
+# Whole sweep commands (a gin file given; `sbs sweep --in_process` in a sentence is a fragment).
+SWEEPS = [c for c in _runnable("sbs") if c[2][:1] == ["sweep"] and c[2][1:2] != ["report"]
+          and any(a.startswith("--gin_file") for a in c[2])]
+# The documented training commands that need no data (the embedded task), given alone or after a launch
+# script's `--`: the first is trained for 2 steps.
+TRAININGS = [(where, (args[args.index("--") + 1:] if kind == "script" else args[1:]))
+             for where, kind, args, _ in _runnable("script") + _runnable("sbs")
+             if (kind == "script" and "--" in args or args[:1] == ["train"])
+             and "--gin_file=datasets/arith.gin" in args]
 
 
 @pytest.mark.parametrize("where,kind,args,env", SCRIPTS, ids=[c[0] for c in SCRIPTS])
@@ -333,3 +390,21 @@ def test_sweep_commands_dry_run(where, kind, args, env, tmp_path, monkeypatch):
     code, text = _captured(cli.main, [*args, "--dry_run"])
     assert code == 0, f"{where}: sbs {' '.join(args)} --dry_run: exit {code}\n{text}"
     assert "files [" in text, text
+
+
+@pytest.mark.slow
+def test_a_documented_training_command_trains_two_steps(tmp_path):
+    """The first documented embedded-task training, as `sbs train` in one process, 2 steps, without the
+    evaluations (decoding 3,000 problems on a CPU is what the other slow tests cover); it also writes the
+    persistent compilation cache that `sbs train` now sets up."""
+    assert TRAININGS, "no documented sbs train command on the embedded task"
+    where, args = TRAININGS[0]
+    args = [a for a in args if not a.startswith(("--gin.MODEL_DIR=", "--gin.TRAIN_STEPS="))]
+    args += [f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=2", "--gin.VALIDATION_SPLIT=None",
+             "--gin.TEST_SPLIT=None"]
+    env = {**os.environ, "SBS_CACHE_DIR": str(tmp_path / "cache"), "JAX_COMPILATION_CACHE_DIR": ""}
+    done = subprocess.run([sys.executable, "-m", "sbs_jax.cli", "train", *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env=env)
+    assert done.returncode == 0, f"{where}: sbs train {' '.join(args)}: exit {done.returncode}\n{done.stderr[-3000:]}"
+    assert '"final_step": 2' in done.stdout, done.stdout[-2000:]
+    assert any((tmp_path / "cache" / "jax_compilation_cache").iterdir()), "sbs train cached no compilation"

@@ -180,4 +180,4 @@ def commands(snippet: Snippet) -> list[list[str]]:
 
 def gin_flags(text: str) -> list[tuple[str, str | None]]:
     """(NAME, VALUE or None) of every `--gin.NAME=VALUE` in a text."""
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"--gin\.([A-Za-z_][\w./]*)(?:=(\S+))?", text)]
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"--gin\.([A-Za-z_][\w/]*(?:\.[A-Za-z_]\w*)*)(?:=(\S+))?", text)]

@@ -3,6 +3,7 @@
 import pytest
 from etils import epath
 
+from sbs_jax import errors
 from sbs_jax.commands import gin_utils, jax_setup, train as train_cmd
 from sbs_jax.sweep import runner
 from sbs_jax.train import evaluation, trainer
@@ -117,3 +118,15 @@ def test_sweep_cell_runs_from_a_directory_holding_runs_and_models(tmp_path, monk
         runner.launch_subprocess(spec, epath.Path(tmp_path / "cell"))
     log = (tmp_path / "cell" / "cell.log").read_text()
     assert "gin macro MODEL_DIR is required" in log, log
+
+
+def test_sweep_cells_warn_where_sbs_train_stops(capsys, tmp_path):
+    """A binding a sweep gives every cell may be meant for some methods only: a finetuning cell warns."""
+    files = ["models/t5_1_1_tiny.gin", "runs/finetune.gin", "datasets/arith.gin"]
+    bindings = [f"MODEL_DIR = '{tmp_path}'", "RATIONALE_WEIGHT = 2.0"]
+    gin_utils.parse(files, bindings)
+    with pytest.raises(errors.UsageError, match=r"RATIONALE_WEIGHT \(--gin.RATIONALE_WEIGHT=2.0\).*step_by_step.gin"):
+        gin_utils.build("TrainConfig", "sbs train")
+    gin_utils.parse(files, bindings)
+    gin_utils.build("TrainConfig", "sweep cell", strict=False)
+    assert "sweep cell: warning: gin binding not used by this run: RATIONALE_WEIGHT" in capsys.readouterr().err

@@ -201,13 +201,15 @@ def unused() -> list[tuple[str, Source | None, list[str]]]:
     return sorted(out, key=lambda item: item[0])
 
 
-def check_unused(command: str = "this command") -> None:
-    """UsageError for unused bindings the user wrote; a warning on stderr for those of shipped gin files."""
+def check_unused(command: str = "this command", strict: bool = True) -> None:
+    """UsageError for unused bindings the user wrote; a warning on stderr for those of shipped gin files, and
+    for every one with `strict=False` (sweep cells: a binding given to every cell of a grid may be meant for
+    some of its methods only, e.g. RATIONALE_WEIGHT with finetune and step-by-step cells)."""
     found = unused()
     lines = {True: [], False: []}
     for name, source, readers in found:
         where = source.where if source else "unknown origin"
-        lines[bool(source is None or source.user)].append(f"{name} ({where}): {'; '.join(readers)}")
+        lines[strict and bool(source is None or source.user)].append(f"{name} ({where}): {'; '.join(readers)}")
     for line in lines[False]:
         print(f"{command}: warning: gin binding not used by this run: {line}", file=sys.stderr)
     if lines[True]:

@@ -207,7 +207,7 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
     return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
 
 
-def build(configurable: str, command: str = "this command"):
+def build(configurable: str, command: str = "this command", strict: bool = True):
     """Register the tasks the gin files list, then call a registered configurable with its gin bindings; a
     value left at %gin.REQUIRED is named, and a binding no configurable read is an error or a warning
     (`gin_bindings.check_unused`).
@@ -234,7 +234,7 @@ def build(configurable: str, command: str = "this command"):
             raise errors.UsageError(_required_message(match.group(1))) from None
         raise errors.UsageError(f"gin config for {configurable}: {e}") from None
     _check_required(value, configurable)
-    gin_bindings.check_unused(command)
+    gin_bindings.check_unused(command, strict)
     return value
 
 

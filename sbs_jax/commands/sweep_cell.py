@@ -42,7 +42,7 @@ def run_cell(spec: dict) -> dict:
 
     cell = spec["cell"]
     gin_utils.parse(spec["gin_files"], spec["bindings"])
-    config = gin_utils.build("TrainConfig", "sweep cell")  # runs the task registrations
+    config = gin_utils.build("TrainConfig", "sweep cell", strict=False)  # runs the task registrations
     task = config.mixture_or_task_name
     check_fraction(task, cell["fraction"], spec["fraction_binding"])
     info = register.get_task_info(task)

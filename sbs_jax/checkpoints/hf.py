@@ -88,7 +88,7 @@ def read_hf_config_dict(directory: epath.Path) -> dict:
 
 
 def config_from_hf_dict(d: dict, source):
-    from sbs_jax.model.config import T5Config
+    from sbs_jax.model.t5.config import T5Config
 
     try:
         return T5Config.from_hf_dict(d)

@@ -35,7 +35,7 @@ def register_configurables() -> None:
         return
     import sbs_jax.tasks  # noqa: F401 - registers sbs_jax.tasks.register_* with gin
     from sbs_jax.data import register  # noqa: F401 - registers sbs_jax.data.register_* with gin
-    from sbs_jax.model import config as model_config
+    from sbs_jax.model.t5 import config as model_config
     from sbs_jax.train import evaluation, infer, objective, optim, trainer
 
     gin.external_configurable(model_config.get_config, "model_config")

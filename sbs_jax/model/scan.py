@@ -9,19 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbs_jax.model.config import T5Config
-
-_STACKS = ("encoder", "decoder")
-
 
 def remat_policy(name: str):
-    """`jax.checkpoint` policy for `T5Config.remat_policy` ("full" saves nothing, recomputes everything)."""
+    """`jax.checkpoint` policy for a config's `remat_policy` ("full" saves nothing, recomputes everything)."""
     if name in ("full", "nothing_saveable"):
         return jax.checkpoint_policies.nothing_saveable
     return getattr(jax.checkpoint_policies, name)
 
 
-def apply_layer_stack(layer_cls, config: T5Config, num_layers: int, x, *args, **attrs):
+def apply_layer_stack(layer_cls, config, num_layers: int, x, *args, **attrs):
     """Run `num_layers` copies of `layer_cls(config, **attrs)` on `x`; each layer maps (x, *args) -> (x, None).
 
     Must be called from inside a compact method: the layers become children of the caller, named
@@ -49,10 +45,6 @@ def apply_layer_stack(layer_cls, config: T5Config, num_layers: int, x, *args, **
     return x
 
 
-def _num_layers(config: T5Config, stack: str) -> int:
-    return config.num_layers if stack == "encoder" else config.decoder_layers
-
-
 def _stack(trees):
     def stack_leaves(*leaves):
         if all(isinstance(l, np.ndarray) for l in leaves):
@@ -61,17 +53,16 @@ def _stack(trees):
     return jax.tree.map(stack_leaves, *trees)
 
 
-def scan_params(params: Mapping[str, Any], config: T5Config) -> dict:
+def scan_params(params: Mapping[str, Any], config) -> dict:
     """Unscanned (`encoder/layers_{i}/...`) -> scanned (`encoder/layers/...`, leading `layers` axis).
 
     Params already in the scanned layout are returned unchanged.
     """
     out = dict(params)
-    for stack in _STACKS:
+    for stack, n in config.layer_stacks.items():
         tree = dict(params[stack])
         if "layers" in tree:
             continue
-        n = _num_layers(config, stack)
         missing = [f"{stack}/layers_{i}" for i in range(n) if f"layers_{i}" not in tree]
         if missing:
             raise ValueError(f"scan_params: params lack {missing} (config has {n} {stack} layers)")
@@ -84,14 +75,13 @@ def scan_params(params: Mapping[str, Any], config: T5Config) -> dict:
     return out
 
 
-def unscan_params(params: Mapping[str, Any], config: T5Config) -> dict:
+def unscan_params(params: Mapping[str, Any], config) -> dict:
     """Scanned (`encoder/layers/...`) -> unscanned (`encoder/layers_{i}/...`); unscanned input is returned as is."""
     out = dict(params)
-    for stack in _STACKS:
+    for stack, n in config.layer_stacks.items():
         tree = dict(params[stack])
         if "layers" not in tree:
             continue
-        n = _num_layers(config, stack)
         stacked = tree.pop("layers")
         for path, leaf in jax.tree_util.tree_leaves_with_path(stacked):
             if leaf.shape[0] != n:

@@ -14,7 +14,7 @@ from etils import epath
 
 from sbs_jax import partitioning
 from sbs_jax.data import codec, schema
-from sbs_jax.model import decoding
+from sbs_jax.model.t5 import decoding
 from sbs_jax.train import decode_batching, objective as objective_lib
 
 

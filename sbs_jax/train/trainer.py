@@ -229,7 +229,7 @@ class Trainer:
 
     def run_info(self) -> dict:
         from sbs_jax.data import register
-        from sbs_jax.model import config as model_config_lib
+        from sbs_jax.model.t5 import config as model_config_lib
 
         fractions = set()
         for task in eval_task_names(self.task):

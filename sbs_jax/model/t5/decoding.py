@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from sbs_jax.model.t5 import Transformer, init_decode_cache
+from sbs_jax.model.t5.model import Transformer, init_decode_cache
 
 # HF's "minus infinity" for beams that may not be chosen. Finite and in float32, so -1e9 + a log-prob
 # rounds to -1e9 exactly as it does in torch: keeping the same constant keeps tie-breaking the same.

@@ -17,13 +17,16 @@ def remat_policy(name: str):
     return getattr(jax.checkpoint_policies, name)
 
 
-def apply_layer_stack(layer_cls, config, num_layers: int, x, *args, **attrs):
+def apply_layer_stack(layer_cls, config, num_layers: int, x, *args, per_layer=None, **attrs):
     """Run `num_layers` copies of `layer_cls(config, **attrs)` on `x`; each layer maps (x, *args) -> (x, None).
 
     Must be called from inside a compact method: the layers become children of the caller, named
     `layers_{i}` (unrolled) or `layers` (scanned, params stacked on axis 0 with logical name `layers`, the
     decode cache stacked on axis 1 so every cache leaf keeps batch as its leading axis). Remat is skipped
     in decode mode (`attrs["decode"]`), where there is no backward pass.
+
+    `per_layer` (an array with a leading `num_layers` axis, e.g. which layers use a sliding window) is
+    passed to layer i as its entry i, right after `x`; the other args are the same for every layer.
     """
     decode = attrs.get("decode", False)
     if config.remat_policy != "none" and not decode:
@@ -34,14 +37,16 @@ def apply_layer_stack(layer_cls, config, num_layers: int, x, *args, **attrs):
             layer_cls,
             variable_axes={"params": 0, "cache": 1},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
+            in_axes=((0,) if per_layer is not None else ()) + (nn.broadcast,) * len(args),
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = scanned(config, name="layers", **attrs)(x, *args)
+        layer_args = ((per_layer,) if per_layer is not None else ()) + args
+        x, _ = scanned(config, name="layers", **attrs)(x, *layer_args)
         return x
     for i in range(num_layers):
-        x, _ = layer_cls(config, name=f"layers_{i}", **attrs)(x, *args)
+        layer_args = ((per_layer[i],) if per_layer is not None else ()) + args
+        x, _ = layer_cls(config, name=f"layers_{i}", **attrs)(x, *layer_args)
     return x
 
 

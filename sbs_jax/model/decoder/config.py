@@ -198,7 +198,9 @@ class DecoderConfig:
         else:
             d.update(attention_bias=self.attention_bias)
         if self.model_type in ("gemma2", "gemma3_text"):
-            d.update(query_pre_attn_scalar=self.query_pre_attn_scalar, sliding_window=self.sliding_window,
+            scalar = self.query_pre_attn_scalar
+            d.update(query_pre_attn_scalar=int(scalar) if float(scalar).is_integer() else scalar,
+                     sliding_window=self.sliding_window,
                      final_logit_softcapping=self.final_logit_softcapping,
                      attn_logit_softcapping=self.attn_logit_softcapping)
         if self.model_type == "gemma3_text":

@@ -26,10 +26,10 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
     """A `seqio.SentencePieceVocabulary` from a vocabulary object or a spiece.model path (checked)."""
     import seqio
 
-    from sbs_jax.data.t5_vocabulary import T5Vocabulary
+    from sbs_jax.data.vocab.t5_vocabulary import T5Vocabulary
 
     if type(vocabulary) is seqio.SentencePieceVocabulary:  # noqa: E721 - subclasses keep their own encoding
-        # Same model, but `</s>` in a text encodes as EOS like HF's T5 tokenizer (sbs_jax/data/eos_marker.py).
+        # Same model, but `</s>` in a text encodes as EOS like HF's T5 tokenizer (sbs_jax/data/vocab/eos_marker.py).
         vocabulary = T5Vocabulary(vocabulary.sentencepiece_model_file, extra_ids=vocabulary.extra_ids)
     if isinstance(vocabulary, seqio.Vocabulary):
         return vocabulary

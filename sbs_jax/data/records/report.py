@@ -9,7 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from sbs_jax.data.schema import PREDICT_PREFIX
-from sbs_jax.data.records import SplitData
+from sbs_jax.data.records.data_dir import SplitData
 
 PERCENTILES = (50, 90, 95, 99, 100)
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from sbs_jax.data.records import DataError, Example
+from sbs_jax.data.records.data_dir import DataError, Example
 
 SOURCE_FIELDS = ("input", "label", "rationale", "teacher_label")
 

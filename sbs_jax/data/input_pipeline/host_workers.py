@@ -1,6 +1,6 @@
 """Worker processes for the host pipeline: run `host_kernels` on units in parallel, results in submission order.
 
-`WorkerPool` starts `workers` processes as `python -m sbs_jax.data.host_worker` (a fresh interpreter that
+`WorkerPool` starts `workers` processes as `python -m sbs_jax.data.input_pipeline.host_worker` (a fresh interpreter that
 imports numpy only: no fork of a process holding TensorFlow/JAX threads, no TensorFlow import per worker).
 The tokenized arrays go to them once, as .npy files in a private folder on /dev/shm that they memory-map.
 Unit u goes to worker u % workers, at most workers·depth units in flight, and the main process reads results in
@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
-_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # so `-m sbs_jax.data.host_worker` resolves
+_PACKAGE_ROOT = str(pathlib.Path(__file__).resolve().parents[3])  # so `-m sbs_jax.data.input_pipeline.host_worker` resolves
 
 
 class WorkerError(RuntimeError):
@@ -105,7 +105,7 @@ class WorkerPool:
                                                            if p)}
         for w in range(self.workers):
             ours, theirs = socket.socketpair()
-            proc = subprocess.Popen([sys.executable, "-m", "sbs_jax.data.host_worker", str(theirs.fileno())],
+            proc = subprocess.Popen([sys.executable, "-m", "sbs_jax.data.input_pipeline.host_worker", str(theirs.fileno())],
                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
             theirs.close()
             self.processes.append(proc)

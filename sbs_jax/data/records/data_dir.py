@@ -15,9 +15,9 @@ from typing import Iterable, Sequence
 from sbs_jax import paths
 from etils import epath
 
-from sbs_jax.data import formats as formats_lib
-from sbs_jax.data import metrics
-from sbs_jax.data.formats import DataError  # noqa: F401  (re-exported: the data package's error type)
+from sbs_jax.data.records import formats as formats_lib
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.records.formats import DataError  # noqa: F401  (re-exported: the data package's error type)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The one teacher-output parser: a raw completion -> (rationale, label), driven by a parse spec (data).
 
 The teacher templates (`sbs_jax/teacher/templates/*.json`, their `parse` block) hold the specs; the dataset
-formats (`sbs_jax.data.formats`) parse the paper's teacher outputs with the built-in templates' specs and
+formats (`sbs_jax.data.records.formats`) parse the paper's teacher outputs with the built-in templates' specs and
 `sbs teacher generate` parses new completions with its template's, so both split text the same way. Pure
 Python: the data layer owns it, the teacher package re-exports it.
 """

@@ -11,8 +11,8 @@ import ast
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
-from sbs_jax.data import output_parsing
-from sbs_jax.data.eos_marker import EOS_MARKER
+from sbs_jax.data.records import output_parsing
+from sbs_jax.data.vocab.eos_marker import EOS_MARKER
 from sbs_jax.errors import InputError
 
 class DataError(InputError):
@@ -37,11 +37,11 @@ class DatasetFormat:
     format_input: Callable[[dict], str]
     gold_label: Callable[[dict], str]
     parse_teacher: Callable[[str], TeacherOutput | None]
-    metric: str  # key of sbs_jax.data.metrics.METRICS
+    metric: str  # key of sbs_jax.data.scoring.metrics.METRICS
 
 
 class TemplateParser:
-    """`parse_teacher` of a paper dataset: the one spec-driven parser (`sbs_jax.data.output_parsing`) with the
+    """`parse_teacher` of a paper dataset: the one spec-driven parser (`sbs_jax.data.records.output_parsing`) with the
     parse spec of the dataset's built-in teacher template, so tasks and `sbs teacher generate` agree."""
 
     def __init__(self, template: str):

@@ -1,6 +1,6 @@
 """A worker process of `host_workers.WorkerPool`: runs `host_kernels` on units, writes results to unit buffers.
 
-Started as `python -m sbs_jax.data.host_worker FD` (never by fork: no TensorFlow/JAX/seqio state is inherited
+Started as `python -m sbs_jax.data.input_pipeline.host_worker FD` (never by fork: no TensorFlow/JAX/seqio state is inherited
 or imported; only numpy). Protocol over the connection FD, in order:
   <- ("init", {array name: .npy path}, pool folder, buffer bytes, kernel name, kernel options)
   -> ("ready", [heavy modules loaded])            # the pool checks that the list is empty
@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from sbs_jax.data import host_kernels
+from sbs_jax.data.input_pipeline import host_kernels
 
 HEAVY_MODULES = ("tensorflow", "jax", "seqio", "flax")
 _ALIGN = 64

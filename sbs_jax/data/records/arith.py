@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
-from sbs_jax.data import formats
-from sbs_jax.data.records import Example, SplitData, attach_teacher
+from sbs_jax.data.records import formats
+from sbs_jax.data.records.data_dir import Example, SplitData, attach_teacher
 
 DEFAULT_SIZES: Mapping[str, int] = {"train": 4000, "validation": 1000, "test": 2000}
 TEACHER_SLIP_RATE = 0.10

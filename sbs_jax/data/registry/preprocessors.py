@@ -12,7 +12,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from sbs_jax.data.prefixes import EXPLAIN_PREFIX, PREDICT_PREFIX, PREFIX_STYLES, stream_prefixes  # noqa: F401
+from sbs_jax.data.registry.prefixes import EXPLAIN_PREFIX, PREDICT_PREFIX, PREFIX_STYLES, stream_prefixes  # noqa: F401
 
 LABEL_SOURCES = ("gold", "teacher")
 # What each task variant trains on: (paired streams?, label source of the label stream).

@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import run_dir
-from sbs_jax.data.records import DataError, Example
+from sbs_jax.data.records.data_dir import DataError, Example
 
 SELECTION_MODES = ("ours", "official")
 OFFICIAL_VALIDATION_SEED = 0  # the official code carves validation with seed 0 whatever the run
@@ -85,7 +85,7 @@ def _write(model_dir, record: dict) -> epath.Path:
 
 
 def _task_manifest(task_name: str) -> dict | None:
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     try:
         info = register.get_task_info(task_name)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from sbs_jax.data import arith, formats, records
-from sbs_jax.data.records import DataError, SplitData
+from sbs_jax.data.records import arith
+from sbs_jax.data.records import formats
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.records.data_dir import DataError, SplitData
 
 # name -> generator(seed) of every split; no files, no data dir.
 GENERATED: Mapping[str, Callable[[int], dict[str, SplitData]]] = {

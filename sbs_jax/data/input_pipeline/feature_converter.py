@@ -2,9 +2,9 @@
 
 Both converters are `seqio.FeatureConverter`s, so `seqio.get_dataset(..., feature_converter=...)` works too.
 Their flat output keys `label/<feature>` and `rationale/<feature>` become the nested batch
-`{"label": {...}, "rationale": {...}}` in `sbs_jax.data.pipeline`. These converters do not pack (packing
+`{"label": {...}, "rationale": {...}}` in `sbs_jax.data.input_pipeline.pipeline`. These converters do not pack (packing
 rows would break the row-by-row pairing of the two streams); packed training rows, where each (example,
-stream) pair is its own segment, come from `sbs_jax.data.packing`.
+stream) pair is its own segment, come from `sbs_jax.data.input_pipeline.packing`.
 
 A rationale target that holds only EOS comes from an example whose teacher output did not parse (the source
 stores ""); its rationale-stream loss weights are all zero, so no empty target is ever trained on, while its
@@ -49,7 +49,7 @@ class _StreamsConverter(seqio.FeatureConverter):
     def __init__(self, pack: bool = False, **kwargs):
         if pack:
             raise ValueError(f"{type(self).__name__} does not pack rows (that would break stream pairing); "
-                             "use sbs_jax.data.packing (get_train_dataset(..., pack=True))")
+                             "use sbs_jax.data.input_pipeline.packing (get_train_dataset(..., pack=True))")
         super().__init__(pack=False, **kwargs)
 
     def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:

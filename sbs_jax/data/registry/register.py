@@ -18,8 +18,13 @@ import seqio
 from etils import epath
 from absl import logging
 
-from sbs_jax.data import metrics, preprocessors, records, sources, splits as splits_lib, vocab as vocab_lib
-from sbs_jax.data.records import DataError, Example, SplitData
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.registry import preprocessors
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.registry import memory_source as sources
+from sbs_jax.data.registry import splits as splits_lib
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
+from sbs_jax.data.records.data_dir import DataError, Example, SplitData
 
 VARIANT_NAMES: tuple[str, ...] = tuple(preprocessors.VARIANTS)
 DEFAULT_SHUFFLE_BUFFER = 10_000

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import seqio
 
-from sbs_jax.data import eos_marker
+from sbs_jax.data.vocab import eos_marker
 
 
 class T5Vocabulary(seqio.SentencePieceVocabulary):

@@ -3,7 +3,7 @@
 `get_train_dataset` yields `{"label": {...}, "rationale": {...}}` (only `label` for ft/distill tasks) of
 int32 arrays padded to the feature lengths; both streams hold the same examples in the same rows. With
 `pack=True` it yields `{"packed": {...}}` instead: rows holding several (example, stream) segments
-(`sbs_jax.data.packing`).
+(`sbs_jax.data.input_pipeline.packing`).
 `train_batches` yields the same batches as numpy arrays, from the numpy back end (`host_pipeline`: tokenized
 once, shuffled, packed and batched in numpy) where the task allows it, else from `get_train_dataset`.
 `get_eval_examples` gives every example of a split exactly once, in order, as arrays with its raw strings.
@@ -19,9 +19,12 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from sbs_jax.data import feature_converter as fc
-from sbs_jax.data import host_pipeline, packing, register, schema
-from sbs_jax.data.records import DataError
+from sbs_jax.data.input_pipeline import feature_converter as fc
+from sbs_jax.data.input_pipeline import host_pipeline
+from sbs_jax.data.input_pipeline import packing
+from sbs_jax.data.registry import register
+from sbs_jax.data import schema
+from sbs_jax.data.records.data_dir import DataError
 
 
 def _tasks(name: str) -> list[seqio.Task]:

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sbs_jax.data.records import DataError, Example
+from sbs_jax.data.records.data_dir import DataError, Example
 
 CARVED_VALIDATION = "validation"
 
@@ -39,7 +39,7 @@ def plan_splits(splits: Mapping[str, Sequence[Example]], *, valid_from_train: fl
       for one seed (the first k of one fixed permutation), so 25% contains 12.5%.
     Kept examples stay in their file order; shuffling happens in the pipeline.
     """
-    from sbs_jax.data import selection as selection_lib
+    from sbs_jax.data.registry import selection as selection_lib
 
     if selection not in selection_lib.SELECTION_MODES:
         raise ValueError(f"selection must be one of {selection_lib.SELECTION_MODES}, got {selection!r}")

@@ -29,7 +29,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from sbs_jax.data import host_kernels, schema
+from sbs_jax.data.input_pipeline import host_kernels
+from sbs_jax.data import schema
 from sbs_jax.data.schema import STREAM_FEATURES
 
 _ORDER_CHUNK = 8192  # indices fetched from tf.data per call (one call per ~8k examples)
@@ -40,7 +41,7 @@ def supports(provider) -> bool:
     (mixtures sample across tasks in tf.data; other sources may shuffle files or not know their size)."""
     import seqio
 
-    from sbs_jax.data.sources import InMemoryDataSource
+    from sbs_jax.data.registry.memory_source import InMemoryDataSource
 
     return isinstance(provider, seqio.Task) and isinstance(provider.source, InMemoryDataSource)
 
@@ -223,7 +224,7 @@ def _units(split: TokenizedSplit, kernel: str, options: dict, payloads: Iterator
         for payload in payloads:
             yield fn(split.tokens, split.lengths, payload, **options)
         return
-    from sbs_jax.data import host_workers
+    from sbs_jax.data.input_pipeline import host_workers
 
     arrays = {**{f"tokens/{k}": v for k, v in split.tokens.items()},
               **{f"lengths/{k}": v for k, v in split.lengths.items()}}

@@ -66,3 +66,26 @@ def test_sharded_forward_equals_unsharded(preset, model_axis, scan):
     with jax.set_mesh(mesh):
         sharded, _ = partitioning.sharded_init(model, mesh, rules, jax.random.key(1), tokens[:1])
     assert jax.tree.structure(sharded) == jax.tree.structure(placed)
+
+
+def test_gin_model_files_parse_and_build_their_config():
+    import pathlib
+
+    import gin
+
+    from sbs_jax.commands import gin_utils
+    from sbs_jax.model.decoder import presets
+
+    gin_utils.register_configurables()
+    files = sorted(pathlib.Path(__file__).parents[1].glob("gin/models/*.gin"))
+    decoder_files = [f for f in files if not f.name.startswith("t5_")]
+    assert {f.stem for f in decoder_files} == set(presets.PRESETS)
+    for f in decoder_files:
+        with gin.unlock_config():
+            gin.clear_config()
+            gin.parse_config_file(str(f))
+            config = gin.query_parameter("%DECODER_CONFIG").scoped_configurable_fn()
+        assert isinstance(config, DecoderConfig) and config.dtype == "bfloat16", f
+    gin.clear_config()
+    assert presets.get_config("llama3_2_1b").rope_factor == 32.0 and presets.get_config("gemma3_1b").layer_types[5] \
+        == "full_attention"

@@ -199,7 +199,7 @@ def test_stablehlo_bfloat16_stores_bfloat16(student, tmp_path):
     import sentencepiece as spm
 
     from sbs_jax.export import serving
-    from sbs_jax.model import Transformer, decoding
+    from sbs_jax.model.t5 import Transformer, decoding
 
     rounded = jax.tree.map(lambda p: np.asarray(p, np.float32),
                            serving.cast_params(student["params"], "bfloat16"))

@@ -35,10 +35,12 @@ def register_configurables() -> None:
         return
     import sbs_jax.tasks  # noqa: F401 - registers sbs_jax.tasks.register_* with gin
     from sbs_jax.data.registry import register  # noqa: F401 - registers sbs_jax.data.register_* with gin
-    from sbs_jax.model import config as model_config
+    from sbs_jax.model.decoder import presets as decoder_presets
+    from sbs_jax.model.t5 import config as model_config
     from sbs_jax.train import evaluation, infer, objective, optim, trainer
 
     gin.external_configurable(model_config.get_config, "model_config")
+    gin.external_configurable(decoder_presets.get_config, "decoder_config")
     gin.external_configurable(optim.OptimizerConfig, "OptimizerConfig")
     gin.external_configurable(objective.ObjectiveConfig, "ObjectiveConfig")
     gin.external_configurable(trainer.TrainConfig, "TrainConfig")

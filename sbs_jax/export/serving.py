@@ -81,7 +81,7 @@ def make_decode_fn(config, spec: ServingSpec, stream: str) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    from sbs_jax.model import decoding
+    from sbs_jax.model.t5 import decoding
     from sbs_jax.model.t5 import Transformer
 
     model = Transformer(config)

@@ -15,7 +15,7 @@ from etils import epath
 from sbs_jax import partitioning
 from sbs_jax.data.vocab import codec
 from sbs_jax.data import schema
-from sbs_jax.model import decoding
+from sbs_jax.model.t5 import decoding
 from sbs_jax.train import decode_batching, objective as objective_lib
 
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from sbs_jax import partitioning, run_dir
+from sbs_jax import errors, partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
 from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
@@ -123,6 +123,10 @@ def resolve_model_config(config: TrainConfig, vocab_size: int):
         from sbs_jax.checkpoints import load_pretrained
 
         ckpt_config, params = load_pretrained(config.initial_checkpoint_path)
+        if not isinstance(ckpt_config, T5Config):
+            raise errors.UsageError(f"INITIAL_CHECKPOINT_PATH {config.initial_checkpoint_path} holds a "
+                                    f"{ckpt_config.model_type} decoder-only model; training takes T5 students only "
+                                    "for now (decoder-only training is issue #23)")
         runtime = {f: getattr(model_config, f) for f in _RUNTIME_FIELDS}
         differ = [f.name for f in dataclasses.fields(T5Config) if f.name not in _RUNTIME_FIELDS
                   and getattr(ckpt_config, f.name) != getattr(model_config, f.name)]
@@ -231,7 +235,7 @@ class Trainer:
 
     def run_info(self) -> dict:
         from sbs_jax.data.registry import register
-        from sbs_jax.model import config as model_config_lib
+        from sbs_jax.model.t5 import config as model_config_lib
 
         fractions = set()
         for task in eval_task_names(self.task):

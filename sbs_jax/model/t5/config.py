@@ -4,16 +4,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-import jax.numpy as jnp
+from sbs_jax.model.runtime import DTYPES as _DTYPES
+from sbs_jax.model.runtime import REMAT_POLICIES as _REMAT_POLICIES
 
 # Activation names as HF spells them in `feed_forward_proj` ("relu", "gated-gelu", ...). HF maps the legacy
 # "gated-gelu" to the tanh approximation (`gelu_new`), which is what T5 v1.1 was trained with.
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_REMAT_POLICIES = (
-    "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
-    "everything_saveable",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +67,11 @@ class T5Config:
     @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def layer_stacks(self) -> dict[str, int]:
+        """Layer stack name -> number of layers (what `scan_params` / `unscan_params` convert)."""
+        return {"encoder": self.num_layers, "decoder": self.decoder_layers}
 
     @property
     def is_gated(self) -> bool:

@@ -4,7 +4,7 @@ Training / teacher forcing:
     logits = model.apply({"params": params}, encoder_input_tokens, decoder_input_tokens,
                          decoder_target_tokens, enable_dropout=True, rngs={"dropout": rng})
 
-Autoregressive decoding with a key/value cache (what `sbs_jax.model.decoding` builds on):
+Autoregressive decoding with a key/value cache (what `sbs_jax.model.t5.decoding` builds on):
     cache = init_decode_cache(model, batch_size, max_decode_length, encoder_length)
     encoded = model.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
     logits, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_input_tokens,
@@ -23,12 +23,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sbs_jax.model.config import T5Config
-from sbs_jax.model.layers import (Dense, Embed, MlpBlock, MultiHeadAttention, RelativePositionBiases, RMSNorm,
-                                  attention_mask, default_positions)
+from sbs_jax.model.layers import Dense, Embed, MlpBlock, RMSNorm, attention_mask, default_positions
 from sbs_jax.model.scan import apply_layer_stack
+from sbs_jax.model.t5.config import T5Config
+from sbs_jax.model.t5.layers import MultiHeadAttention, RelativePositionBiases
 
 _EMBED_AXES = ("batch", "length", "embed")
+
+
+def _mlp(cfg: T5Config, deterministic: bool) -> MlpBlock:
+    return MlpBlock(cfg.d_ff, cfg.activation, cfg.is_gated, cfg.compute_dtype, cfg.dropout_rate, deterministic,
+                    name="mlp")
 
 
 class EncoderLayer(nn.Module):
@@ -38,11 +43,11 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, mask, bias):  # x [batch, length, embed]
         cfg = self.config
-        h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="pre_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, self.deterministic, name="attention")(h, h, mask, bias)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
-        h = MlpBlock(cfg, self.deterministic, name="mlp")(h)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="pre_mlp_layer_norm")(x)
+        h = _mlp(cfg, self.deterministic)(h)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
         return nn.with_logical_constraint(x, _EMBED_AXES), None
 
@@ -56,17 +61,17 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, encoded, self_mask, cross_mask, self_bias, decode_position):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
-        h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="pre_self_attention_layer_norm")(x)
         h = MultiHeadAttention(cfg, self.deterministic, self.decode, name="self_attention")(
             h, h, self_mask, self_bias, decode_position)
         x = x + drop(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="pre_cross_attention_layer_norm")(x)
         # T5 has no position bias in cross-attention.
         h = MultiHeadAttention(cfg, self.deterministic, self.decode, cross_attention=True,
                                name="encoder_decoder_attention")(h, encoded, cross_mask, None, decode_position)
         x = x + drop(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
-        h = MlpBlock(cfg, self.deterministic, name="mlp")(h)
+        h = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="pre_mlp_layer_norm")(x)
+        h = _mlp(cfg, self.deterministic)(h)
         x = x + drop(h, deterministic=self.deterministic)
         return nn.with_logical_constraint(x, _EMBED_AXES), None
 
@@ -86,7 +91,7 @@ class Encoder(nn.Module):
         valid = tokens != cfg.pad_id
         mask = attention_mask(valid, valid, segment_ids, segment_ids)
         x = apply_layer_stack(EncoderLayer, cfg, cfg.num_layers, x, mask, bias, deterministic=deterministic)
-        x = RMSNorm(cfg, name="encoder_norm")(x)
+        x = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -131,7 +136,7 @@ class Decoder(nn.Module):
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         y = apply_layer_stack(DecoderLayer, cfg, cfg.decoder_layers, y, encoded, self_mask, cross_mask,
                               self_bias, decode_position, deterministic=deterministic, decode=decode)
-        y = RMSNorm(cfg, name="decoder_norm")(y)
+        y = RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(y)
         y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         if cfg.tie_word_embeddings:
             # v1.0 / HF: (y * d_model**-0.5) @ E.T; scaled after the float32 matmul (same value, less rounding).
@@ -148,7 +153,7 @@ class Transformer(nn.Module):
     config: T5Config
 
     def setup(self):
-        self.token_embedder = Embed(self.config)
+        self.token_embedder = Embed(self.config.vocab_size, self.config.d_model, self.config.compute_dtype)
         self.encoder = Encoder(self.config, self.token_embedder)
         self.decoder = Decoder(self.config, self.token_embedder)
 

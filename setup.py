@@ -9,7 +9,9 @@ setup(
     description="Distilling Step-by-Step (Hsieh et al., 2023): T5 students in JAX/Flax on TPU and GPU",
     python_requires=">=3.11",
     packages=[
-        "sbs_jax", "sbs_jax.model", "sbs_jax.checkpoints", "sbs_jax.data", "sbs_jax.train",
+        "sbs_jax", "sbs_jax.model", "sbs_jax.model.t5", "sbs_jax.model.decoder", "sbs_jax.checkpoints",
+        "sbs_jax.data", "sbs_jax.data.records", "sbs_jax.data.registry", "sbs_jax.data.vocab",
+        "sbs_jax.data.input_pipeline", "sbs_jax.data.scoring", "sbs_jax.train",
         "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.commands", "sbs_jax.tasks",
         "sbs_jax.gin_configs",
     ],

@@ -3,7 +3,7 @@
     python -m bench.infer_bench --shape paper --hf fp32,bf16 --ours fp32,bf16 --out /tmp/bench
 
 Both decode `targets` tokens (the label stream's padded length) greedily from `inputs`-token inputs, with
-early stop once every row has produced EOS (HF's default; `sbs_jax.model.decoding.greedy_decode`'s
+early stop once every row has produced EOS (HF's default; `sbs_jax.model.t5.decoding.greedy_decode`'s
 while-loop). Randomly initialised models seldom emit EOS, so both run all steps: equal work. Writes
 `<out>/infer_<shape>.{md,json}`.
 """
@@ -88,7 +88,7 @@ def run_ours(shape, precision: str, **timing) -> dict:
 
     from bench.ours import executable_memory_bytes, model_config
     from sbs_jax.model import Transformer
-    from sbs_jax.model.decoding import greedy_decode
+    from sbs_jax.model.t5.decoding import greedy_decode
 
     on_cpu = jax.local_devices()[0].platform == "cpu"
     reset_host_peak()

@@ -56,7 +56,7 @@ def measure(*, repeats: int, steps: int, workdir: str, batch_size: int = 8, log_
     import jax
 
     from bench import pipeline_bench
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
     from sbs_jax.train import trainer as trainer_lib
 
     task = pipeline_bench.register_task("arith", None, os.path.join(workdir, "vocab"))

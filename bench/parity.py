@@ -57,7 +57,7 @@ def random_batches(num: int, batch: int, vocab: int, lengths=(24, 12, 20), seed:
 
 def task_batches(task: str, num: int, batch: int, lengths: dict, seed: int = 0) -> list[dict]:
     """The first `num` training batches our pipeline gives for a registered task (padded to `lengths`)."""
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
 
     ds = pipeline.get_train_dataset(task, task_feature_lengths=lengths, batch_size=batch, seed=seed)
     return [jax_free(b) for b in ds.take(num).as_numpy_iterator()]

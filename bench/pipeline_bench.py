@@ -70,7 +70,8 @@ def register_task(task: str, data_dir: str | None, cache_dir: str | None) -> str
         register_arith_tasks(vocab_cache_dir=cache_dir, variants=("sbs",))
         return "arith_sbs"
     if task == "cqa":
-        from sbs_jax.data import records, vocab as vocab_lib
+        from sbs_jax.data.records import data_dir as records
+        from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
         from sbs_jax.tasks import register_paper_tasks
 
         if not data_dir:
@@ -166,7 +167,7 @@ def measure_loop(task_name: str, lengths: dict, *, batch_size: int, steps: int, 
     (2) the trainer end to end on the real pipeline vs the compiled step alone on the same batches."""
     import jax
 
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
     from sbs_jax.train import trainer as trainer_lib
 
     model = tiny_model().replace(vocab_size=max(512, register.get_vocabulary(task_name).vocab_size))

@@ -5,7 +5,9 @@ from typing import Sequence
 
 import gin
 
-from sbs_jax.data import arith, register, vocab as vocab_lib
+from sbs_jax.data.records import arith
+from sbs_jax.data.registry import register
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
 ARITH_VOCAB_SIZE = 400
 

@@ -7,7 +7,10 @@ from typing import Sequence
 import gin
 from etils import epath
 
-from sbs_jax.data import formats, metrics, records, register
+from sbs_jax.data.records import formats
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.registry import register
 
 
 @gin.configurable(module="sbs_jax.tasks")

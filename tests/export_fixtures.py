@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from sbs_jax.data import arith
+from sbs_jax.data.records import arith
 
 # Inputs the tests serve: arithmetic word problems of the embedded task, plus edge cases (empty, long).
 def sample_inputs(n: int = 10) -> list[str]:
@@ -20,7 +20,7 @@ def sample_inputs(n: int = 10) -> list[str]:
 
 
 def train_vocab(directory: pathlib.Path, model_type: str = "unigram") -> pathlib.Path:
-    from sbs_jax.data.vocab import model_texts, train_vocabulary
+    from sbs_jax.data.vocab.sentencepiece_vocab import model_texts, train_vocabulary
 
     examples = arith.generate_splits(seed=0)["train"][:500]  # enough text for 200 pieces, and quick
     return train_vocabulary(model_texts(examples), directory, vocab_size=200, model_type=model_type)

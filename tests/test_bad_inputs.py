@@ -93,7 +93,8 @@ def data(small_data, tmp_path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def spm(small_data, tmp_path_factory) -> pathlib.Path:
-    from sbs_jax.data import records, vocab as vocab_lib
+    from sbs_jax.data.records import data_dir as records
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
     examples = records.read_split(small_data, "svamp", "train").examples
     return vocab_lib.train_vocabulary(vocab_lib.model_texts(examples), tmp_path_factory.mktemp("spm"),
@@ -265,7 +266,7 @@ def test_step_by_step_with_too_many_unparsed_outputs_stops_with_the_counts(data,
     message = assert_error(code, err, 2, "svamp_sbs", "of 72 teacher outputs", "max_unparsed_fraction")
     assert tree_hashes(data) == before and not (tmp_path / "new").exists()
     # Below the limit the same data trains, with the count reported (the limit is TrainConfig's, gin-settable).
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     missing = int(message.split("': ")[1].split(" of 72")[0])
     assert 25 <= missing <= 40  # 30 broken outputs, minus those carved into validation, plus natural failures
@@ -393,7 +394,7 @@ def test_quickstart_with_an_unparsable_binding(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ the boundary itself
 def test_internal_failure_is_one_line_exit_1_and_traceback_only_when_asked(monkeypatch, tmp_path, capsys):
-    from sbs_jax.data import datasets
+    from sbs_jax.data.records import datasets
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("simulated bug")

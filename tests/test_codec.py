@@ -2,7 +2,8 @@
 decoding up to the first EOS."""
 import numpy as np
 
-from sbs_jax.data import codec, schema
+from sbs_jax.data.vocab import codec
+from sbs_jax.data import schema
 
 
 class _Vocab:

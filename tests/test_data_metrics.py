@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from sbs_jax.data import metrics
+from sbs_jax.data.scoring import metrics
 
 TABLE = [
     ("( 84.0 / 2.0 )", 42.0),

@@ -6,14 +6,17 @@ import pytest
 import seqio
 
 from sbs_jax import tasks
-from sbs_jax.data import metrics, pipeline, register, vocab
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.input_pipeline import pipeline
+from sbs_jax.data.registry import register
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 
 LENGTHS = {"inputs": 128, "targets": 48, "rationales": 128}
 
 
 @pytest.fixture(scope="module")
 def spiece(tmp_path_factory, datasets_dir):
-    from sbs_jax.data import records
+    from sbs_jax.data.records import data_dir as records
     texts = vocab.model_texts(records.read_split(datasets_dir, "svamp", "train").examples)
     return vocab.train_vocabulary(texts, tmp_path_factory.mktemp("vocab"), vocab_size=600, seed=0)
 

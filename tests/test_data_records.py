@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from sbs_jax.data import records
-from sbs_jax.data.records import DataError
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.records.data_dir import DataError
 
 SPLITS = [("cqa", "train", "CQA train"), ("esnli", "valid", "e-SNLI valid"), ("anli1", "valid", "ANLI-R1 valid"),
           ("svamp", "train", "SVAMP train"), ("svamp", "test", "SVAMP test")]

@@ -8,8 +8,10 @@ import pytest
 import seqio
 
 from sbs_jax import tasks
-from sbs_jax.data import arith, register, vocab
-from sbs_jax.data.records import DataError
+from sbs_jax.data.records import arith
+from sbs_jax.data.registry import register
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
+from sbs_jax.data.records.data_dir import DataError
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_paper_tasks_bad_data_dir_and_dataset(tmp_path, spiece, datasets_dir):
 
 
 def test_missing_split_at_pipeline_time(tmp_path, spiece):
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
     path = _jsonl(tmp_path / "ok.jsonl", [{"input": "a b", "label": "b", "rationale": "c"}] * 4)
     register.register_jsonl_task("onesplit", {"train": path}, vocabulary=spiece, variants=("ft",))
     with pytest.raises(ValueError, match="has no split 'test'"):
@@ -134,7 +136,7 @@ def test_any_seqio_source_with_renamed_fields_and_int_labels(spiece):
     import numpy as np
     import tensorflow as tf
 
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
 
     premises = [f"Tom has {i} apples." for i in range(12)]
 
@@ -178,7 +180,7 @@ def test_tfds_task_end_to_end(tmp_path, spiece):
     """A TFDS dataset prepared on disk (a user's own builder) trains through the same paired pipeline."""
     import tensorflow_datasets as tfds
 
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
 
     class UserRationales(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")

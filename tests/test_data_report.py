@@ -5,7 +5,8 @@ import numpy as np
 import sentencepiece as spm
 
 from sbs_jax.commands import data as data_cmd
-from sbs_jax.data import records, vocab
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 
 
 def test_json_report_on_svamp(datasets_dir, tmp_path, capsys):
@@ -38,7 +39,8 @@ def test_errors_exit_2_with_one_message(datasets_dir, tmp_path, capsys):
 
 
 def test_generated_dataset_goes_through_the_same_registry_as_the_paper_formats(datasets_dir, tmp_path, capsys):
-    from sbs_jax.data import arith, datasets
+    from sbs_jax.data.records import arith
+    from sbs_jax.data.records import datasets
 
     assert datasets.names() == sorted(["cqa", "esnli", "anli1", "svamp"]) + ["arith"]
     generated = datasets.load_splits("arith", seed=3)

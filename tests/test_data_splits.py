@@ -1,8 +1,9 @@
 """Seeded validation carve-out and nested training fractions."""
 import pytest
 
-from sbs_jax.data import records, splits
-from sbs_jax.data.records import DataError
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.registry import splits
+from sbs_jax.data.records.data_dir import DataError
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 import pytest
 
 from sbs_jax.commands import vocab as vocab_cmd
-from sbs_jax.data import arith, vocab
+from sbs_jax.data.records import arith
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 
 
 def test_training_is_reproducible_with_t5_ids(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sbs_jax.model import T5Config, Transformer
-from sbs_jax.model import decoding
+from sbs_jax.model.t5 import decoding
 
 VOCAB, LENGTH = 48, 8
 

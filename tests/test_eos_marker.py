@@ -6,7 +6,10 @@ import pytest
 import sentencepiece as spm
 
 from sbs_jax import tasks
-from sbs_jax.data import arith, eos_marker, records, vocab
+from sbs_jax.data.records import arith
+from sbs_jax.data.vocab import eos_marker
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 from sbs_jax.export import serving
 
 TEXTS = ["predict: 3 apples</s>2 more", "a </s> b", "a</s>", "</s>b", "no marker at all", "x</s></s>y",

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from sbs_jax.data import host_pipeline
+from sbs_jax.data.input_pipeline import host_pipeline
 
 
 def _wait_until(condition, timeout_s: float = 5.0) -> bool:

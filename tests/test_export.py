@@ -109,9 +109,9 @@ def test_hf_tokenizer_encodes_like_training_on_every_arith_test_input(model_type
     """AutoTokenizer ids == our training tokenisation (SentencePiece via T5Vocabulary, EOS appended)."""
     from transformers import AutoTokenizer
 
-    from sbs_jax.data import arith
-    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
-    from sbs_jax.data.vocab import load_vocabulary
+    from sbs_jax.data.records import arith
+    from sbs_jax.data.registry.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+    from sbs_jax.data.vocab.sentencepiece_vocab import load_vocabulary
     from sbs_jax.export.hf_tokenizer import write_tokenizer_files
 
     vocab = fx.train_vocab(tmp_path / "vocab", model_type)
@@ -199,7 +199,7 @@ def test_stablehlo_bfloat16_stores_bfloat16(student, tmp_path):
     import sentencepiece as spm
 
     from sbs_jax.export import serving
-    from sbs_jax.model import Transformer, decoding
+    from sbs_jax.model.t5 import Transformer, decoding
 
     rounded = jax.tree.map(lambda p: np.asarray(p, np.float32),
                            serving.cast_params(student["params"], "bfloat16"))
@@ -248,7 +248,7 @@ def test_incompatible_checkpoint_is_one_clear_error(student, datasets_dir, tmp_p
     err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--step=99", "--format=hf",
                           f"--output={tmp_path / 'o'}"])
     assert "99" in err and "no such checkpoint" in err
-    from sbs_jax.data.vocab import train_vocabulary
+    from sbs_jax.data.vocab.sentencepiece_vocab import train_vocabulary
 
     svamp = [json.loads(line)["input"] for line in (datasets_dir / "svamp" / "svamp_train.json").open()]
     big_vocab = train_vocabulary(svamp, tmp_path / "big", vocab_size=400)
@@ -274,7 +274,7 @@ def test_unusable_vocab_and_output_are_clear_errors(student, tmp_path, capsys):
 
 
 def test_serving_prefixes_are_the_training_prefixes():
-    from sbs_jax.data.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
+    from sbs_jax.data.registry.preprocessors import EXPLAIN_PREFIX, PREDICT_PREFIX
     from sbs_jax.export.serving import ServingSpec
 
     assert (ServingSpec().label_prefix, ServingSpec().rationale_prefix) == (PREDICT_PREFIX, EXPLAIN_PREFIX)

@@ -107,7 +107,7 @@ def test_local_and_remote_paths():
 
 def test_run_files_on_gcs(gcs, tmp_path):
     """Metadata, metrics (appended twice), predictions and the vocab copy land under gs://bucket/meta/."""
-    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
     run = f"gs://{BUCKET}/meta"
     gin_utils.parse([], ["ObjectiveConfig.alpha = 0.25"])
@@ -137,7 +137,7 @@ def test_run_files_on_gcs(gcs, tmp_path):
 
 
 def _arith_examples(n):
-    from sbs_jax.data import arith
+    from sbs_jax.data.records import arith
 
     return arith.generate_splits(seed=0)["train"][:n]
 
@@ -307,7 +307,7 @@ def test_train_resume_load_and_export_on_gcs(gcs, tmp_path, capsys):
 def test_hf_tokenizer_files_on_gcs(gcs, tmp_path):
     """The HF export's tokenizer files, built from a gs:// SentencePiece model and written to gs://, are the
     bytes a local export writes."""
-    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
     from sbs_jax.export.hf_tokenizer import write_tokenizer_files
 
     spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path / "v", vocab_size=120,
@@ -349,7 +349,9 @@ def test_data_dir_user_task_and_teacher_outputs_on_gcs(gcs, datasets_dir, tmp_pa
     """A paper dataset (examples + llm/ teacher outputs) and a user JSONL task read from gs:// register the same
     examples, rationales and teacher statistics as their local copies."""
     from sbs_jax import tasks
-    from sbs_jax.data import records, register, vocab as vocab_lib
+    from sbs_jax.data.records import data_dir as records
+    from sbs_jax.data.registry import register
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
     spm = vocab_lib.train_vocabulary(vocab_lib.model_texts(_arith_examples(300)), tmp_path, vocab_size=120)
     local_dir, remote = _svamp_copy(gcs, datasets_dir, tmp_path / "data")
@@ -383,7 +385,8 @@ def test_data_dir_user_task_and_teacher_outputs_on_gcs(gcs, datasets_dir, tmp_pa
 def test_paper_task_batches_from_gcs_equal_local(gcs, datasets_dir, tmp_path):
     """Training batches of a step-by-step paper task registered from gs:// equal those from the local copy."""
     from sbs_jax import tasks
-    from sbs_jax.data import pipeline, vocab as vocab_lib
+    from sbs_jax.data.input_pipeline import pipeline
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
     def batches():
         ds = pipeline.get_train_dataset("svamp_sbs", batch_size=4, shuffle=True, seed=3, num_epochs=1,
@@ -404,7 +407,7 @@ def test_paper_task_batches_from_gcs_equal_local(gcs, datasets_dir, tmp_path):
 def test_teacher_generate_reads_and_writes_gcs(gcs, datasets_dir, tmp_path, monkeypatch, capsys):
     """`sbs teacher generate` from a gs:// data dir to a gs:// --out: the same files as a local run, and a
     resumable journal kept locally."""
-    from sbs_jax.data import records
+    from sbs_jax.data.records import data_dir as records
     from sbs_jax.commands import teacher as cli
     from sbs_jax.teacher.templates import load_template
     from teacher_fake_server import FakeTeacher

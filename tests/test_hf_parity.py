@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from sbs_jax.checkpoints import load_hf, save_hf  # noqa: E402
 from sbs_jax.model import Transformer  # noqa: E402
-from sbs_jax.model import decoding  # noqa: E402
+from sbs_jax.model.t5 import decoding  # noqa: E402
 from sbs_jax.model.losses import token_mean_cross_entropy  # noqa: E402
 
 VOCAB, D_MODEL, BATCH, IN_LEN, TGT_LEN, DECODE_LEN = 96, 32, 8, 12, 9, 12

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sbs_jax import tasks
-from sbs_jax.data import pipeline, vocab
+from sbs_jax.data.input_pipeline import pipeline
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 from sbs_jax.train import inputs
 
 # Short inputs and rationales, so that trimming and EOS-after-trim are exercised too.
@@ -14,7 +15,7 @@ LENGTHS = {"inputs": 40, "targets": 8, "rationales": 24}
 
 @pytest.fixture(scope="module")
 def svamp(tmp_path_factory, datasets_dir):
-    from sbs_jax.data import records
+    from sbs_jax.data.records import data_dir as records
     texts = vocab.model_texts(records.read_split(datasets_dir, "svamp", "train").examples)
     spiece = vocab.train_vocabulary(texts, tmp_path_factory.mktemp("vocab"), vocab_size=600, seed=0)
     tasks.register_paper_tasks(str(datasets_dir), datasets=["svamp"], valid_from_train=0.1, vocabulary=str(spiece))

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from sbs_jax import tasks
-from sbs_jax.data import host_pipeline, host_workers, pipeline, vocab
+from sbs_jax.data.input_pipeline import host_pipeline
+from sbs_jax.data.input_pipeline import host_workers
+from sbs_jax.data.input_pipeline import pipeline
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 from sbs_jax.train import inputs
 
 LENGTHS = {"cqa": {"inputs": 64, "targets": 8, "rationales": 32},  # trims CQA's inputs and rationales
@@ -20,7 +23,7 @@ LENGTHS = {"cqa": {"inputs": 64, "targets": 8, "rationales": 32},  # trims CQA's
 
 @pytest.fixture(scope="module")
 def cqa(tmp_path_factory, datasets_dir):
-    from sbs_jax.data import records
+    from sbs_jax.data.records import data_dir as records
     texts = vocab.model_texts(records.read_split(datasets_dir, "cqa", "train").examples[:1000])
     spiece = vocab.train_vocabulary(texts, tmp_path_factory.mktemp("vocab"), vocab_size=600, seed=0)
     tasks.register_paper_tasks(str(datasets_dir), datasets=["cqa"], train_fraction=0.06, vocabulary=str(spiece),
@@ -74,7 +77,7 @@ def _worker_pids() -> set[int]:
             cmd = (proc / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == os.getpid() and b"sbs_jax.data.host_worker" in cmd:
+        if ppid == os.getpid() and b"sbs_jax.data.input_pipeline.host_worker" in cmd:
             pids.add(int(proc.name))
     return pids
 
@@ -187,7 +190,7 @@ def test_folders_of_dead_pools_are_removed_and_live_ones_kept(tmp_path):
     import subprocess
     import sys
 
-    from sbs_jax.data import host_workers
+    from sbs_jax.data.input_pipeline import host_workers
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

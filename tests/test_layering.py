@@ -74,3 +74,51 @@ def test_a_violation_is_found(tmp_path, where, line):
     (root / where).write_text(line)
     found = violations(root)
     assert len(found) == 1 and found[0].startswith(f"sbs_jax/{where}:"), found
+
+
+# Inside sbs_jax/data/: each subpackage imports only itself, `schema` and the subpackages ranked below it.
+DATA_RANKS = {"schema": 0, "scoring": 1, "vocab": 1, "records": 2, "registry": 3, "input_pipeline": 4}
+
+
+def data_violations(root: pathlib.Path = PACKAGE) -> list[str]:
+    out = []
+    for path in sorted((root / "data").rglob("*.py")):
+        rel = path.relative_to(root / "data")
+        if len(rel.parts) < 2:  # schema.py and the package face
+            continue
+        own = rel.parts[0]
+        seen = set()
+        for line, module in imported_modules(path, root):
+            parts = module.split(".")
+            if parts[:2] != ["sbs_jax", "data"] or len(parts) < 3 or line in seen:
+                continue
+            other = parts[2]
+            if other not in DATA_RANKS:
+                seen.add(line)
+                out.append(f"sbs_jax/data/{rel}:{line} imports {module}: not a data subpackage")
+            elif other != own and DATA_RANKS[other] >= DATA_RANKS[own]:
+                seen.add(line)
+                out.append(f"sbs_jax/data/{rel}:{line} imports {module} (data/{own} may import only "
+                           f"subpackages ranked below it: {DATA_RANKS})")
+    return out
+
+
+def test_data_subpackages_import_downwards_only():
+    assert {p.name for p in (PACKAGE / "data").iterdir() if p.is_dir() and p.name != "__pycache__"} \
+        == set(DATA_RANKS) - {"schema"}
+    assert data_violations() == []
+
+
+@pytest.mark.parametrize("where, line", [
+    ("data/records/extra.py", "from sbs_jax.data.registry import register\n"),
+    ("data/vocab/extra.py", "def f():\n    from sbs_jax.data.scoring import metrics\n"),
+    ("data/registry/extra.py", "from ..input_pipeline import packing\n"),
+])
+def test_an_upward_data_import_is_found(tmp_path, where, line):
+    import shutil
+
+    root = tmp_path / "sbs_jax"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / where).write_text(line)
+    found = data_violations(root)
+    assert len(found) == 1 and found[0].startswith(f"sbs_jax/{where}:"), found

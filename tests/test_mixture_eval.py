@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import seqio
 
-from sbs_jax.data import arith, register, vocab
+from sbs_jax.data.records import arith
+from sbs_jax.data.registry import register
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 from sbs_jax.model import get_config
 from sbs_jax.train import objective, optim, trainer
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbs_jax.model import T5Config, Transformer, get_config, init_decode_cache, scan_params, unscan_params
-from sbs_jax.model.layers import relative_position_bucket
+from sbs_jax.model.t5.layers import relative_position_bucket
 from sbs_jax.model.losses import token_mean_cross_entropy
 
 VOCAB = 97

@@ -1,4 +1,4 @@
-"""Packed training batches (sbs_jax.data.packing): every example once in both streams, the row invariants,
+"""Packed training batches (sbs_jax.data.input_pipeline.packing): every example once in both streams, the row invariants,
 the packed loss equal to the unpacked loss over the same examples, accumulation, resume, a Trainer run, and
 config errors."""
 import json
@@ -10,8 +10,10 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from sbs_jax.data import feature_converter as fc
-from sbs_jax.data import packing, pipeline, register
+from sbs_jax.data.input_pipeline import feature_converter as fc
+from sbs_jax.data.input_pipeline import packing
+from sbs_jax.data.input_pipeline import pipeline
+from sbs_jax.data.registry import register
 from sbs_jax.model import Transformer, get_config
 from sbs_jax.train import inputs, objective as objective_lib, optim, step as step_lib, trainer
 from sbs_jax.train.state import TrainState

@@ -16,7 +16,13 @@ pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 
 from bench import parity_reference as ref  # noqa: E402
-from sbs_jax.data import formats, metrics, prefixes, records, selection, splits, vocab  # noqa: E402
+from sbs_jax.data.records import formats  # noqa: E402
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.registry import prefixes
+from sbs_jax.data.records import data_dir as records
+from sbs_jax.data.registry import selection
+from sbs_jax.data.registry import splits
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 RUNS = (0, 1, 2)
@@ -75,7 +81,7 @@ def test_official_and_our_selection_differ_where_documented(datasets_dir):
 
 
 def test_selection_needs_no_datasets_at_runtime():
-    code = ("import sys; from sbs_jax.data import selection, splits; import sbs_jax.commands.export; "
+    code = ("import sys; from sbs_jax.data.registry import selection, splits; import sbs_jax.commands.export; "
             "selection.hf_train_test_split(10, 0.5, 0); assert 'datasets' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

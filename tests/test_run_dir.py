@@ -5,7 +5,7 @@ import pytest
 
 from sbs_jax import errors, run_dir
 from sbs_jax.model import get_config
-from sbs_jax.model.config import preset_name
+from sbs_jax.model.t5.config import preset_name
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from sbs_jax.data import splits as splits_lib, vocab
-from sbs_jax.data.records import DataError, Example
+from sbs_jax.data.registry import splits as splits_lib
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab
+from sbs_jax.data.records.data_dir import DataError, Example
 from sbs_jax.commands import sweep as sweep_main, sweep_cell as cell_lib
 from sbs_jax.sweep import grid, marker as marker_lib, results, runner
 from test_gcs import gcs  # noqa: F401 - the local GCS emulator fixture
@@ -123,7 +124,7 @@ def test_paper_study_gin_files(tmp_path):
 # ------------------------------------------------------------------------------------------ the fraction
 def _cell_task(config, cell):
     """Parse a cell's gin as the cell process does and register its task; (TrainConfig, TaskInfo)."""
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
     from sbs_jax.commands import gin_utils
 
     spec = runner.cell_spec(config, cell, [])
@@ -134,7 +135,7 @@ def _cell_task(config, cell):
 
 
 def test_fraction_reaches_paper_embedded_and_user_tasks(tmp_path, datasets_dir, parity_task):
-    from sbs_jax.data import records
+    from sbs_jax.data.records import data_dir as records
 
     spm = vocab.train_vocabulary(vocab.model_texts(records.read_split(datasets_dir, "svamp", "train").examples),
                                  tmp_path / "v", vocab_size=300)

@@ -2,7 +2,9 @@
 import re
 
 from sbs_jax.commands import data as data_cmd
-from sbs_jax.data import arith, metrics, register
+from sbs_jax.data.records import arith
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.registry import register
 
 
 def test_generator_is_deterministic_and_splits_are_disjoint():

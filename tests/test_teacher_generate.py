@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from sbs_jax.data import records as records_lib
+from sbs_jax.data.records import data_dir as records_lib
 from sbs_jax.commands import teacher as cli
 from sbs_jax.teacher.templates import load_template
 from teacher_fake_server import FakeTeacher
@@ -261,7 +261,7 @@ def test_generated_dir_trains_as_seqio_tasks(tmp_path, datasets_dir):
     """The generated dir registered as the paper's SeqIO tasks: the streams carry the teacher's parse."""
     import seqio
     from sbs_jax import tasks
-    from sbs_jax.data import vocab
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab
 
     lines, outputs = official(datasets_dir, "svamp", "train", 20)
     data = make_data_dir(tmp_path / "data", "svamp", "train", lines)

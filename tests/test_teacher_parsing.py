@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sbs_jax.data import formats
+from sbs_jax.data.records import formats
 from sbs_jax.teacher.parsing import GoldSpec, ParseSpec, agrees, gold_label, label_key, parse_output, select_output
 from sbs_jax.teacher.templates import BUILTIN, TemplateError, load_template
 
@@ -34,7 +34,7 @@ def test_builtin_specs_reproduce_readme(datasets_dir, name, split, count, failur
 
 @pytest.mark.parametrize("name,split", [(n, s) for n, s, *_ in README])
 def test_builtin_specs_parse_like_the_tasks(datasets_dir, name, split):
-    """The teacher and the tasks (sbs_jax.data.formats) split every paper output identically: the tasks parse
+    """The teacher and the tasks (sbs_jax.data.records.formats) split every paper output identically: the tasks parse
     with the one spec-driven parser and the built-in template's own spec."""
     spec, task_parse = load_template(name).parse, formats.get_format(name).parse_teacher
     assert task_parse.spec == spec

@@ -17,7 +17,8 @@ TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, dropout_rate
 @pytest.fixture(scope="module")
 def cqa_tasks(datasets_dir, tmp_path_factory):
     from sbs_jax import tasks
-    from sbs_jax.data import records, vocab as vocab_lib
+    from sbs_jax.data.records import data_dir as records
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
     data = records.read_split(datasets_dir, "cqa", "train")
     texts = vocab_lib.model_texts(data.examples[:2000])
@@ -67,7 +68,8 @@ def test_cli_train_eval_infer_on_arith(tmp_path, capsys):
     operative = (run / "config.gin").read_text()
     assert "TrainConfig.train_steps = 2" in operative or "TRAIN_STEPS = 2" in operative
     # The run lists the examples of each split it was given, in order (selection.json).
-    from sbs_jax.data import register, selection
+    from sbs_jax.data.registry import register
+    from sbs_jax.data.registry import selection
 
     manifest = json.loads((run / "selection.json").read_text())
     info = register.get_task_info("arith_ft")

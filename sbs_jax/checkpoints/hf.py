@@ -1,4 +1,5 @@
-"""HuggingFace `transformers` T5 directories <-> our parameter tree.
+"""HuggingFace `transformers` directories <-> our parameter tree: T5 here, decoder-only families
+(`model_type` llama, qwen2, gemma, gemma2, gemma3_text) in `hf_decoder.py`, chosen by config.json's model_type.
 
 An HF T5 directory holds `config.json` and the weights as `model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` (torch is imported only for that last form).
@@ -77,8 +78,12 @@ def read_hf_config_dict(directory: epath.Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(d).__name__}")
-    if d.get("model_type", "t5") not in ("t5", "mt5"):
-        raise CheckpointError(f"{path}: model_type is {d['model_type']!r}, expected 't5' (or 'mt5')")
+    model_type = d.get("model_type", "t5")
+    if model_type in decoder_model_types():
+        return d
+    if model_type not in ("t5", "mt5"):
+        raise CheckpointError(f"{path}: model_type is {model_type!r}; supported: 't5', 'mt5', "
+                              + ", ".join(repr(t) for t in decoder_model_types()))
     for field in _REQUIRED_INT_FIELDS:
         value = d.get(field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -87,8 +92,19 @@ def read_hf_config_dict(directory: epath.Path) -> dict:
     return d
 
 
+def decoder_model_types() -> tuple:
+    from sbs_jax.model.decoder.config import MODEL_TYPES
+
+    return MODEL_TYPES
+
+
+def is_decoder_only(config) -> bool:
+    """A `DecoderConfig` (Llama, Qwen2, Gemma) rather than a `T5Config`."""
+    return hasattr(config, "model_type")
+
+
 def config_from_hf_dict(d: dict, source):
-    from sbs_jax.model.config import T5Config
+    from sbs_jax.model.t5.config import T5Config
 
     try:
         return T5Config.from_hf_dict(d)
@@ -202,11 +218,17 @@ def hf_tensors_to_params(tensors: dict, d: dict, config, source):
 
 
 def load_hf(path) -> tuple:
-    """An HF T5 directory -> (T5Config, params)."""
+    """An HF directory -> (config, params): (T5Config, ...) for a T5, (DecoderConfig, ...) for Llama / Qwen2 /
+    Gemma (`DecoderConfig.model_type` says which), in float32 compute."""
     directory = epath.Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory; an HF checkpoint is a folder with {CONFIG_FILE}")
     d = read_hf_config_dict(directory)
+    if d.get("model_type", "t5") in decoder_model_types():
+        from sbs_jax.checkpoints import hf_decoder
+
+        config = hf_decoder.config_from_hf_dict(d, directory / CONFIG_FILE)
+        return config, hf_decoder.hf_tensors_to_params(read_hf_tensors(directory), config, directory)
     config = config_from_hf_dict(d, directory / CONFIG_FILE)
     return hf_tensors_to_params(read_hf_tensors(directory), d, config, directory)
 
@@ -241,7 +263,8 @@ def hf_config_dict(config, dtype: str) -> dict:
 
 
 def save_hf(path, config, params, *, dtype: str = "float32", spiece_model=None) -> epath.Path:
-    """Write an HF T5 directory that `T5ForConditionalGeneration.from_pretrained` loads (v1.0 and v1.1)."""
+    """Write an HF directory that `T5ForConditionalGeneration.from_pretrained` (v1.0 and v1.1) or, for a
+    `DecoderConfig`, `AutoModelForCausalLM.from_pretrained` loads."""
     import ml_dtypes
 
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
@@ -249,6 +272,13 @@ def save_hf(path, config, params, *, dtype: str = "float32", spiece_model=None) 
         raise CheckpointError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     directory = epath.Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    if is_decoder_only(config):
+        if spiece_model is not None:
+            raise CheckpointError(f"{config.model_type} checkpoints use a tokenizer.json, not a SentencePiece "
+                                  "spiece.model; copy the tokenizer files next to the weights instead")
+        from sbs_jax.checkpoints.hf_decoder import save_hf_decoder
+
+        return save_hf_decoder(directory, config, params, np_dtype, dtype)
     tensors = params_to_hf_tensors(config, params, np_dtype)
     paths.save_safetensors(tensors, directory / SAFETENSORS_FILE, metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(hf_config_dict(config, dtype), indent=2, sort_keys=True) + "\n")

@@ -31,8 +31,39 @@ def _layer_shapes(config, attentions, norms) -> dict:
     return shapes
 
 
+def decoder_only_shapes(config) -> dict[str, tuple]:
+    """Flat `path -> shape` of a decoder-only LM (`DecoderConfig`) in the unscanned layout."""
+    embed, head_dim = config.hidden_size, config.head_dim
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    layer = {"self_attn/q_proj/kernel": (embed, q_width), "self_attn/k_proj/kernel": (embed, kv_width),
+             "self_attn/v_proj/kernel": (embed, kv_width), "self_attn/o_proj/kernel": (q_width, embed),
+             "mlp/wi_0/kernel": (embed, config.intermediate_size), "mlp/wi_1/kernel": (embed, config.intermediate_size),
+             "mlp/wo/kernel": (config.intermediate_size, embed),
+             "input_layernorm/scale": (embed,), "post_attention_layernorm/scale": (embed,)}
+    if config.attention_bias:
+        layer.update({"self_attn/q_proj/bias": (q_width,), "self_attn/k_proj/bias": (kv_width,),
+                      "self_attn/v_proj/bias": (kv_width,)})
+    if config.attention_out_bias:
+        layer["self_attn/o_proj/bias"] = (embed,)
+    if config.mlp_bias:
+        layer.update({"mlp/wi_0/bias": (config.intermediate_size,), "mlp/wi_1/bias": (config.intermediate_size,),
+                      "mlp/wo/bias": (embed,)})
+    if config.sandwich_norms:
+        layer.update({"pre_feedforward_layernorm/scale": (embed,), "post_feedforward_layernorm/scale": (embed,)})
+    if config.qk_norm:
+        layer.update({"self_attn/q_norm/scale": (head_dim,), "self_attn/k_norm/scale": (head_dim,)})
+    shapes = {"embed_tokens/embedding": (config.vocab_size, embed), "decoder/norm/scale": (embed,)}
+    for i in range(config.num_hidden_layers):
+        shapes.update({f"decoder/layers_{i}/{k}": v for k, v in layer.items()})
+    if not config.tie_word_embeddings:
+        shapes["lm_head/kernel"] = (embed, config.vocab_size)
+    return shapes
+
+
 def expected_shapes(config) -> dict[str, tuple]:
     """Flat `path -> shape` for every parameter of `config` in the unscanned layout."""
+    if hasattr(config, "model_type"):
+        return decoder_only_shapes(config)
     relpos = (config.num_heads, config.relative_attention_num_buckets)
     shapes = {
         "token_embedder/embedding": (config.vocab_size, config.d_model),

@@ -127,7 +127,7 @@ def _unscan(flat: dict[str, np.ndarray], source) -> dict[str, np.ndarray]:
 
 def infer_config(flat: dict[str, np.ndarray], source):
     """T5Config from the tensor shapes alone (v1.1 gated-GELU assumed whenever `wi_0` exists)."""
-    from sbs_jax.model.config import T5Config
+    from sbs_jax.model.t5.config import T5Config
 
     def shape(name):
         if name not in flat:

@@ -40,6 +40,11 @@ def main(argv=None) -> int:
     config, params = convert_lib.convert(args.source_format, args.input, output, dtype=args.dtype,
                                          spiece_model=args.spiece_model)
     n_params = sum(int(np.size(v)) for v in flatten(params).values())
+    if hasattr(config, "model_type"):  # a decoder-only DecoderConfig
+        print(f"converted {args.source_format} {args.input} -> HF {output}: {n_params:,} parameters, "
+              f"{config.model_type}, hidden={config.hidden_size}, layers={config.num_hidden_layers}, "
+              f"{'tied' if config.tie_word_embeddings else 'untied'} embeddings, stored as {args.dtype}")
+        return 0
     kind = "T5 v1.0 (tied, scaled)" if config.tie_word_embeddings else "untied output layer (T5 v1.1 style)"
     print(f"converted {args.source_format} {args.input} -> HF {output}: {n_params:,} parameters, "
           f"d_model={config.d_model}, layers={config.num_layers}/{config.decoder_layers}, "

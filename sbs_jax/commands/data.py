@@ -15,8 +15,10 @@ import sys
 from etils import epath
 
 from sbs_jax import errors
-from sbs_jax.data import datasets, formats, report
-from sbs_jax.data.records import DataError
+from sbs_jax.data.records import datasets
+from sbs_jax.data.records import formats
+from sbs_jax.data.records import report
+from sbs_jax.data.records.data_dir import DataError
 
 
 @errors.command("sbs data")
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
         names = args.dataset or _found_datasets(args.data_dir)
         vocabulary = None
         if args.spiece_model:
-            from sbs_jax.data import vocab
+            from sbs_jax.data.vocab import sentencepiece_vocab as vocab
             vocabulary = vocab.load_vocabulary(args.spiece_model)
         reports = {name: report.dataset_report(datasets.load_splits(name, args.data_dir), vocabulary) for name in names}
     except (ValueError, OSError) as e:

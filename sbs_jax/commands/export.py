@@ -17,8 +17,8 @@ import sys
 from etils import epath
 
 from sbs_jax import errors, run_dir
-from sbs_jax.data import selection
-from sbs_jax.data.prefixes import PREDICT_PREFIX
+from sbs_jax.data.registry import selection
+from sbs_jax.data.registry.prefixes import PREDICT_PREFIX
 from sbs_jax.export.serving import STREAMS, ServingSpec
 
 FORMATS = ("hf", "saved_model", "stablehlo")

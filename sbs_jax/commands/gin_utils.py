@@ -2,7 +2,7 @@
 
 The typed configs (TrainConfig, EvalConfig, T5Config, ...) are made gin-configurable here, from outside
 their modules, so those modules stay gin-free. Not all of the library is: the task registration functions
-(`sbs_jax/data/register.py`) and `tasks/` are `@gin.configurable` themselves, since gin files call them by
+(`sbs_jax/data/registry/register.py`) and `tasks/` are `@gin.configurable` themselves, since gin files call them by
 name (`TASK_REGISTRATIONS`).
 """
 from __future__ import annotations
@@ -35,11 +35,13 @@ def register_configurables() -> None:
     if _REGISTERED:
         return
     import sbs_jax.tasks  # noqa: F401 - registers sbs_jax.tasks.register_* with gin
-    from sbs_jax.data import register  # noqa: F401 - registers sbs_jax.data.register_* with gin
-    from sbs_jax.model import config as model_config
+    from sbs_jax.data.registry import register  # noqa: F401 - registers sbs_jax.data.register_* with gin
+    from sbs_jax.model.decoder import presets as decoder_presets
+    from sbs_jax.model.t5 import config as model_config
     from sbs_jax.train import evaluation, infer, objective, optim, trainer
 
     gin.external_configurable(model_config.get_config, "model_config")
+    gin.external_configurable(decoder_presets.get_config, "decoder_config")
     gin.external_configurable(optim.OptimizerConfig, "OptimizerConfig")
     gin.external_configurable(objective.ObjectiveConfig, "ObjectiveConfig")
     gin.external_configurable(trainer.TrainConfig, "TrainConfig")
@@ -216,7 +218,7 @@ def build(configurable: str, command: str = "this command", strict: bool = True)
     and runs/eval.gin to `sbs_jax.data.register_tasks.registrations`; gin runs them when `register_tasks` is
     called, here, before the config that names the task is built. Without that binding it registers nothing.
     """
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     try:
         register.register_tasks()

@@ -77,7 +77,7 @@ def validation_accuracy_at(model_dir: pathlib.Path, step: int) -> float | None:
 
 
 def _split_sizes(task: str) -> dict[str, int]:
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     info = register.get_task_info(task)
     return {s: len(d.examples) for s, d in (info.split_data or {}).items()}
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
 
 
 def _total_train_examples() -> int:
-    from sbs_jax.data import arith
+    from sbs_jax.data.records import arith
 
     return arith.DEFAULT_SIZES["train"]
 

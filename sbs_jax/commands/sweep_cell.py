@@ -20,7 +20,7 @@ from sbs_jax.sweep import runner
 
 
 def check_fraction(task: str, fraction: float, binding: str) -> None:
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     kept = register.get_task_info(task).train_fraction
     if kept is None or not math.isclose(kept, fraction):
@@ -35,7 +35,7 @@ def run_cell(spec: dict) -> dict:
     import jax
     import numpy as np
 
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
     from sbs_jax.sweep import marker as marker_lib
     from sbs_jax.commands import gin_utils
     from sbs_jax.train import checkpointing, trainer as trainer_lib

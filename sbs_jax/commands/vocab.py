@@ -5,12 +5,12 @@ import argparse
 import sys
 
 from sbs_jax import errors, paths
-from sbs_jax.data import vocab as vocab_lib
+from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
 
 def _task_texts(args) -> list[str]:
     """Inputs, labels and rationales of a dataset's train split (all splits when it has no train)."""
-    from sbs_jax.data import datasets
+    from sbs_jax.data.records import datasets
 
     datasets.check_name(args.dataset)  # unknown names fail here, before asking for --data_dir
     data = datasets.load_splits(args.dataset, args.data_dir, seed=args.data_seed)

@@ -14,7 +14,7 @@ from typing import Any
 LABEL = "label"            # the stream that predicts the label: inputs start with PREDICT_PREFIX
 RATIONALE = "rationale"    # the stream that explains: inputs start with EXPLAIN_PREFIX
 STREAMS = (LABEL, RATIONALE)
-PACKED = "packed"          # the only key of a packed batch (sbs_jax.data.packing)
+PACKED = "packed"          # the only key of a packed batch (sbs_jax.data.input_pipeline.packing)
 
 # Task prefixes of the two streams (the paper's multi-task prompts).
 PREDICT_PREFIX = "predict: "

@@ -1,7 +1,7 @@
 """`tokenizer.json` that encodes exactly like our training tokenisation, for unigram and BPE SentencePiece models.
 
 Training tokenises with SentencePiece itself (`T5Vocabulary`): the model's own normaliser, its dummy prefix,
-unigram Viterbi or score-ranked BPE merges, and the literal `</s>` read as EOS (`sbs_jax/data/eos_marker.py`),
+unigram Viterbi or score-ranked BPE merges, and the literal `</s>` read as EOS (`sbs_jax/data/vocab/eos_marker.py`),
 with EOS appended. A `T5Tokenizer` built from `spiece.model` is always a Unigram tokenizer, so a BPE vocabulary
 (the embedded `arith` task's) tokenises differently there; this builds the `tokenizers` pipeline from the
 SentencePiece model proto instead, mirroring each setting:

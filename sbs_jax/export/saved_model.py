@@ -14,7 +14,7 @@ from typing import Sequence
 
 from etils import epath
 
-from sbs_jax.data import eos_marker
+from sbs_jax.data.vocab import eos_marker
 from sbs_jax.export.serving import ServingSpec, cast_params, make_decode_fn, write_spec
 
 DEFAULT_PLATFORMS = ("cpu",)

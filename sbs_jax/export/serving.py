@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 from etils import epath
 
-from sbs_jax.data import codec, eos_marker, schema
+from sbs_jax.data.vocab import codec
+from sbs_jax.data.vocab import eos_marker
+from sbs_jax.data import schema
 from sbs_jax.data.schema import STREAMS  # re-export
 SPEC_FILE = "sbs_serving.json"
 
@@ -79,7 +81,7 @@ def make_decode_fn(config, spec: ServingSpec, stream: str) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    from sbs_jax.model import decoding
+    from sbs_jax.model.t5 import decoding
     from sbs_jax.model.t5 import Transformer
 
     model = Transformer(config)

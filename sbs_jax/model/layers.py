@@ -1,28 +1,27 @@
-"""T5 building blocks in flax linen: RMS norm, dense, embedding, relative position bias, attention, MLP.
+"""Building blocks every model family shares, in flax linen: RMS norm, dense, embedding, MLP, masks.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`) and key activations are
 constrained with `nn.with_logical_constraint`; mesh axes are named only in `sbs_jax.partitioning`.
-Parameters are float32; computation runs in `config.compute_dtype`; softmax, norms and logits in float32.
+Parameters are float32; computation runs in the module's `dtype`; softmax, norms and logits in float32.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sbs_jax.model.config import T5Config
-
 # Large negative used for masked attention scores (T5X uses -1e10 as well); finite so that fully masked
 # (padding) query rows give a uniform softmax instead of NaN.
 NEG_INF = -1e10
 
-_ACTIVATION_FNS = {
+# Activation names as HF spells them (`feed_forward_proj`, `hidden_act`, `hidden_activation`).
+ACTIVATION_FNS = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu": exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # HF "gelu_new": tanh approximation
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # the same tanh form (Gemma)
     "silu": jax.nn.silu,
 }
 
@@ -33,195 +32,100 @@ def fan_in_init(scale: float = 1.0):
 
 
 class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no mean subtraction, no bias; variance in float32."""
+    """Scale-only layer norm over the last axis, variance in float32.
 
-    config: T5Config
+    plus_one=False (T5, Llama, Qwen2): normalise in float32, cast to `dtype`, multiply by the scale (init 1).
+    plus_one=True (Gemma): multiply by `1 + scale` (init 0) in float32, then cast.
+    """
+
+    epsilon: float
+    dtype: jnp.dtype
+    plus_one: bool = False
+    axis_name: str = "embed"
 
     @nn.compact
-    def __call__(self, x):  # [batch, length, embed]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), jnp.float32)
+    def __call__(self, x):
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)), (x.shape[-1],),
+                           jnp.float32)
         x32 = x.astype(jnp.float32)
-        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = (x32 * jax.lax.rsqrt(variance + self.config.layer_norm_epsilon)).astype(self.config.compute_dtype)
-        return y * scale.astype(self.config.compute_dtype)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        if self.plus_one:
+            return (normed * (1.0 + scale)).astype(self.dtype)
+        return normed.astype(self.dtype) * scale.astype(self.dtype)
 
 
 class Dense(nn.Module):
-    """Bias-free projection of the last axis; kernel is [in, out] with logical names `axes`."""
+    """Projection of the last axis; kernel is [in, out] with logical names `axes`, optional bias [out]."""
 
     features: int
     axes: Sequence[str]
     dtype: jnp.dtype
     kernel_init: nn.initializers.Initializer = fan_in_init()
     out_dtype: Optional[jnp.dtype] = None  # e.g. float32 logits from bf16 operands
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.axes)),
                             (x.shape[-1], self.features), jnp.float32)
-        return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
-                          preferred_element_type=self.out_dtype)
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=self.out_dtype)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
+                              (self.features,), jnp.float32)
+            y = y + bias.astype(y.dtype)
+        return y
 
 
 class Embed(nn.Module):
     """Token embedding [vocab, embed]; `attend` gives the tied output projection."""
 
-    config: T5Config
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype
 
     def setup(self):
         self.embedding = self.param(
             "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
-            (self.config.vocab_size, self.config.d_model), jnp.float32)
+            (self.num_embeddings, self.features), jnp.float32)
 
     def __call__(self, tokens):  # [batch, length] -> [batch, length, embed]
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.config.compute_dtype)
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x):  # [batch, length, embed] -> [batch, length, vocab] float32
-        dtype = self.config.compute_dtype
-        return jnp.einsum("ble,ve->blv", x.astype(dtype), self.embedding.astype(dtype),
+        return jnp.einsum("ble,ve->blv", x.astype(self.dtype), self.embedding.astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
 
-def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int, max_distance: int):
-    """Mesh-TF / HF T5 bucketing of `memory_position - query_position` (int32) into [0, num_buckets).
-
-    Half the buckets are exact small distances, the rest logarithmic up to `max_distance`; float32 math
-    in the same order as HF so the buckets agree exactly.
-    """
-    buckets = jnp.zeros_like(relative_position)
-    if bidirectional:
-        num_buckets //= 2
-        buckets = buckets + (relative_position > 0).astype(jnp.int32) * num_buckets
-        distance = jnp.abs(relative_position)
-    else:
-        distance = -jnp.minimum(relative_position, 0)
-    max_exact = num_buckets // 2
-    is_small = distance < max_exact
-    # max(distance, 1) only keeps log() finite on the branch that `where` discards.
-    log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / math.log(max_distance / max_exact)
-    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
-    large = jnp.minimum(large, num_buckets - 1)
-    return buckets + jnp.where(is_small, distance, large)
-
-
-class RelativePositionBiases(nn.Module):
-    """Per-head additive attention bias from bucketed relative positions, shared by all layers of a stack."""
-
-    config: T5Config
-
-    @nn.compact
-    def __call__(self, query_positions, key_positions, *, bidirectional: bool):
-        """query_positions [b, q], key_positions [b, k] (b may be 1) -> bias [b, heads, q, k] float32."""
-        cfg = self.config
-        rel_embedding = self.param(
-            "rel_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(cfg.d_model ** -0.5), ("heads", "relpos_buckets")),
-            (cfg.num_heads, cfg.relative_attention_num_buckets), jnp.float32)
-        relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
-        bucket = relative_position_bucket(relative.astype(jnp.int32), bidirectional=bidirectional,
-                                          num_buckets=cfg.relative_attention_num_buckets,
-                                          max_distance=cfg.relative_attention_max_distance)
-        bias = jnp.take(rel_embedding, bucket, axis=1)  # [heads, b, q, k]
-        return jnp.transpose(bias, (1, 0, 2, 3))
-
-
-class MultiHeadAttention(nn.Module):
-    """T5 attention: no 1/sqrt(d_kv) scaling, additive relative bias, boolean mask.
-
-    `decode=True` keeps keys/values in the `cache` collection. The first call (inside `init`) only creates
-    `cached_key`/`cached_value`; later calls take one query token per row at `decode_position`:
-    - self-attention writes this token's key/value into slot `decode_position` and attends over the cache;
-    - cross-attention (`cross_attention=True`) projects the encoder output once, at position 0, and reuses
-      the cached projection afterwards (as HF's cache does), instead of re-projecting it every step.
-    """
-
-    config: T5Config
-    deterministic: bool = True
-    decode: bool = False
-    cross_attention: bool = False
-
-    @nn.compact
-    def __call__(self, inputs_q, inputs_kv, mask, bias=None, decode_position=None):
-        """inputs_q [b, q, embed], inputs_kv [b, k, embed], mask bool [b|1, 1|heads, q, k],
-        bias float32 [b|1, heads, q, k] or None, decode_position int32 [b] -> [b, q, embed]."""
-        cfg = self.config
-        dtype = cfg.compute_dtype
-        heads, d_kv = cfg.num_heads, cfg.d_kv
-
-        def project(name, x, init=fan_in_init()):
-            y = Dense(cfg.joined_kv, ("embed", "joined_kv"), dtype, kernel_init=init, name=name)(x)
-            y = y.reshape(y.shape[:-1] + (heads, d_kv))
-            return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
-
-        # HF init: query std (d_model * d_kv)**-0.5, the others d_model**-0.5.
-        query = project("query", inputs_q, fan_in_init(d_kv ** -0.5))  # [b, q, heads, kv]
-        stepping = self.decode and self.has_variable("cache", "cached_key")
-        if stepping and inputs_q.shape[1] != 1:
-            raise ValueError(f"decode=True takes one token per step, got length {inputs_q.shape[1]}")
-
-        if stepping and self.cross_attention:
-            first = decode_position == 0  # [b]: rows that start decoding now need the projection
-
-            def fresh(mdl, kv):
-                cached_k, cached_v = mdl.get_variable("cache", "cached_key"), mdl.get_variable("cache", "cached_value")
-                keep = first[:, None, None, None]
-                return (jnp.where(keep, project("key", kv), cached_k),
-                        jnp.where(keep, project("value", kv), cached_v))
-
-            def reuse(mdl, kv):
-                return mdl.get_variable("cache", "cached_key"), mdl.get_variable("cache", "cached_value")
-
-            key, value = nn.cond(jnp.any(first), fresh, reuse, self, inputs_kv)
-            self.put_variable("cache", "cached_key", key)
-            self.put_variable("cache", "cached_value", value)
-        else:
-            key = project("key", inputs_kv)  # [b, k, heads, kv]
-            value = project("value", inputs_kv)
-            if self.decode:
-                cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-                cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-            if stepping:
-                length = cached_key.value.shape[1]
-                # One-hot write of this step's key/value at each row's position (TPU friendly, no scatter).
-                slot = jax.nn.one_hot(decode_position, length, dtype=key.dtype)[:, :, None, None]  # [b, L, 1, 1]
-                key = cached_key.value * (1 - slot) + slot * key
-                value = cached_value.value * (1 - slot) + slot * value
-                cached_key.value, cached_value.value = key, value
-
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)  # [b, h, q, k]
-        if bias is not None:
-            scores = scores + bias
-        scores = jnp.where(mask, scores, NEG_INF)
-        weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=self.deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)  # [b, q, heads, kv]
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        out = out.reshape(out.shape[:-2] + (cfg.joined_kv,))
-        # HF init for `o`: std (heads * d_kv)**-0.5 == fan_in.
-        out = Dense(cfg.d_model, ("joined_kv", "embed"), dtype, name="out")(out)
-        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
-
-
 class MlpBlock(nn.Module):
-    """T5 FFN: `wo(act(wi x))` (v1.0) or `wo(act(wi_0 x) * wi_1 x)` (gated, v1.1); dropout after the product."""
+    """FFN `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)` (T5 v1.1, Llama/Qwen2 SwiGLU, Gemma GeGLU);
+    dropout after the product. Names are T5X's: a Llama `gate_proj` is `wi_0`, `up_proj` `wi_1`, `down_proj`
+    `wo`."""
 
-    config: T5Config
+    d_ff: int
+    activation: str
+    gated: bool
+    dtype: jnp.dtype
+    dropout_rate: float = 0.0
     deterministic: bool = True
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x):  # [batch, length, embed]
-        cfg = self.config
-        dtype = cfg.compute_dtype
-        act = _ACTIVATION_FNS[cfg.activation]
-        if cfg.is_gated:
-            hidden = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi_0")(x))
-            hidden = hidden * Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi_1")(x)
+        act = ACTIVATION_FNS[self.activation]
+
+        def dense(features, axes, name):
+            return Dense(features, axes, self.dtype, use_bias=self.use_bias, name=name)
+
+        if self.gated:
+            hidden = act(dense(self.d_ff, ("embed", "mlp"), "wi_0")(x))
+            hidden = hidden * dense(self.d_ff, ("embed", "mlp"), "wi_1")(x)
         else:
-            hidden = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype, name="wi")(x))
+            hidden = act(dense(self.d_ff, ("embed", "mlp"), "wi")(x))
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))  # [batch, length, mlp]
-        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
-        out = Dense(cfg.d_model, ("mlp", "embed"), dtype, name="wo")(hidden)
+        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=self.deterministic)
+        out = dense(x.shape[-1], ("mlp", "embed"), "wo")(hidden)
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 

@@ -9,25 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbs_jax.model.config import T5Config
-
-_STACKS = ("encoder", "decoder")
-
 
 def remat_policy(name: str):
-    """`jax.checkpoint` policy for `T5Config.remat_policy` ("full" saves nothing, recomputes everything)."""
+    """`jax.checkpoint` policy for a config's `remat_policy` ("full" saves nothing, recomputes everything)."""
     if name in ("full", "nothing_saveable"):
         return jax.checkpoint_policies.nothing_saveable
     return getattr(jax.checkpoint_policies, name)
 
 
-def apply_layer_stack(layer_cls, config: T5Config, num_layers: int, x, *args, **attrs):
+def apply_layer_stack(layer_cls, config, num_layers: int, x, *args, per_layer=None, **attrs):
     """Run `num_layers` copies of `layer_cls(config, **attrs)` on `x`; each layer maps (x, *args) -> (x, None).
 
     Must be called from inside a compact method: the layers become children of the caller, named
     `layers_{i}` (unrolled) or `layers` (scanned, params stacked on axis 0 with logical name `layers`, the
     decode cache stacked on axis 1 so every cache leaf keeps batch as its leading axis). Remat is skipped
     in decode mode (`attrs["decode"]`), where there is no backward pass.
+
+    `per_layer` (an array with a leading `num_layers` axis, e.g. which layers use a sliding window) is
+    passed to layer i as its entry i, right after `x`; the other args are the same for every layer.
     """
     decode = attrs.get("decode", False)
     if config.remat_policy != "none" and not decode:
@@ -38,19 +37,17 @@ def apply_layer_stack(layer_cls, config: T5Config, num_layers: int, x, *args, **
             layer_cls,
             variable_axes={"params": 0, "cache": 1},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
+            in_axes=((0,) if per_layer is not None else ()) + (nn.broadcast,) * len(args),
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = scanned(config, name="layers", **attrs)(x, *args)
+        layer_args = ((per_layer,) if per_layer is not None else ()) + args
+        x, _ = scanned(config, name="layers", **attrs)(x, *layer_args)
         return x
     for i in range(num_layers):
-        x, _ = layer_cls(config, name=f"layers_{i}", **attrs)(x, *args)
+        layer_args = ((per_layer[i],) if per_layer is not None else ()) + args
+        x, _ = layer_cls(config, name=f"layers_{i}", **attrs)(x, *layer_args)
     return x
-
-
-def _num_layers(config: T5Config, stack: str) -> int:
-    return config.num_layers if stack == "encoder" else config.decoder_layers
 
 
 def _stack(trees):
@@ -61,17 +58,16 @@ def _stack(trees):
     return jax.tree.map(stack_leaves, *trees)
 
 
-def scan_params(params: Mapping[str, Any], config: T5Config) -> dict:
+def scan_params(params: Mapping[str, Any], config) -> dict:
     """Unscanned (`encoder/layers_{i}/...`) -> scanned (`encoder/layers/...`, leading `layers` axis).
 
     Params already in the scanned layout are returned unchanged.
     """
     out = dict(params)
-    for stack in _STACKS:
+    for stack, n in config.layer_stacks.items():
         tree = dict(params[stack])
         if "layers" in tree:
             continue
-        n = _num_layers(config, stack)
         missing = [f"{stack}/layers_{i}" for i in range(n) if f"layers_{i}" not in tree]
         if missing:
             raise ValueError(f"scan_params: params lack {missing} (config has {n} {stack} layers)")
@@ -84,14 +80,13 @@ def scan_params(params: Mapping[str, Any], config: T5Config) -> dict:
     return out
 
 
-def unscan_params(params: Mapping[str, Any], config: T5Config) -> dict:
+def unscan_params(params: Mapping[str, Any], config) -> dict:
     """Scanned (`encoder/layers/...`) -> unscanned (`encoder/layers_{i}/...`); unscanned input is returned as is."""
     out = dict(params)
-    for stack in _STACKS:
+    for stack, n in config.layer_stacks.items():
         tree = dict(params[stack])
         if "layers" not in tree:
             continue
-        n = _num_layers(config, stack)
         stacked = tree.pop("layers")
         for path, leaf in jax.tree_util.tree_leaves_with_path(stacked):
             if leaf.shape[0] != n:

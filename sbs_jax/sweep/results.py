@@ -15,8 +15,8 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import paths
-from sbs_jax.data import metrics
-from sbs_jax.data.records import DataError
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.records.data_dir import DataError
 from sbs_jax.sweep import grid, marker as marker_lib
 
 _STEP_FILE = re.compile(r"^(?P<split>.+)_step(?P<step>\d+)\.jsonl$")

@@ -1,6 +1,6 @@
 """Gold comparison and self-consistency voting over teacher outputs parsed by a template's parse spec.
 
-The parser itself (`ParseSpec`, `parse_output`) lives in `sbs_jax.data.output_parsing`, which the dataset
+The parser itself (`ParseSpec`, `parse_output`) lives in `sbs_jax.data.records.output_parsing`, which the dataset
 formats use too, so the teacher and the tasks split every completion the same way. Specs are data, so user
 templates bring their own; the built-in ones give the counts of the datasets README (e.g. CQA train: 3
 unparseable outputs, 74.26% teacher accuracy; tests/test_teacher_parsing.py).
@@ -8,8 +8,8 @@ unparseable outputs, 74.26% teacher accuracy; tests/test_teacher_parsing.py).
 import collections
 import dataclasses
 
-from sbs_jax.data import metrics
-from sbs_jax.data.output_parsing import Parsed, ParseSpec, parse_output  # re-export
+from sbs_jax.data.scoring import metrics
+from sbs_jax.data.records.output_parsing import Parsed, ParseSpec, parse_output  # re-export
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,7 @@ class GoldSpec:
 
     field: the example's key; names: maps an integer gold label to its name (e-SNLI 0 -> entailment);
     compare: "exact" (string equality after stripping) or "numeric" (arithmetic expressions by value, with
-    the tasks' own metric, sbs_jax.data.metrics).
+    the tasks' own metric, sbs_jax.data.scoring.metrics).
     """
     field: str | None = None
     names: tuple[str, ...] = ()

@@ -13,8 +13,9 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import partitioning
-from sbs_jax.data import codec, schema
-from sbs_jax.model import decoding
+from sbs_jax.data.vocab import codec
+from sbs_jax.data import schema
+from sbs_jax.model.t5 import decoding
 from sbs_jax.train import decode_batching, objective as objective_lib
 
 
@@ -156,7 +157,7 @@ def predict_split(decoder: Decoder, params, vocab, examples: schema.EvalExamples
 
 def metric_name(task_name: str) -> str:
     """The name of the task's label metric (`exact_match` | `equation`), as recorded at registration."""
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     try:
         return register.get_task_info(task_name).metric
@@ -167,7 +168,7 @@ def metric_name(task_name: str) -> str:
 def score_predictions(task_name: str, rows: list[dict]) -> dict[str, float]:
     """The task's metric over the rows (its registered metric_fns), a per-row `correct` flag by the same rule,
     and the example count."""
-    from sbs_jax.data import metrics
+    from sbs_jax.data.scoring import metrics
 
     result = metrics.score(task_name, [r["gold"] for r in rows], [r["prediction"] for r in rows])
     metric = metric_name(task_name)
@@ -213,7 +214,7 @@ def eval_step_with_shardings(model, config, mesh, rules):
 
 def load_for_inference(model_dir, step: int | None, mesh_model: int = 1, preset: str = "data_parallel"):
     """(model, params on the mesh, vocab, mesh, rules, step) of a trained student."""
-    from sbs_jax.data import vocab as vocab_lib
+    from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
     from sbs_jax.model import Transformer
     from sbs_jax.train import checkpointing, state as state_lib
 
@@ -230,7 +231,7 @@ def load_for_inference(model_dir, step: int | None, mesh_model: int = 1, preset:
 
 def run_eval(config: EvalConfig) -> dict:
     """`sbs eval`: decode a split, score it, write `predictions/eval_<split>_step<step>.jsonl`."""
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
     from sbs_jax.train import progress
 
     model, params, vocab, mesh, rules, step = load_for_inference(config.model_dir, config.step, config.mesh_model,

@@ -7,8 +7,9 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import errors, paths
-from sbs_jax.data import selection
-from sbs_jax.data import codec, schema
+from sbs_jax.data.registry import selection
+from sbs_jax.data.vocab import codec
+from sbs_jax.data import schema
 from sbs_jax.train import evaluation
 
 

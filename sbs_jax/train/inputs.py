@@ -35,7 +35,7 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
     """This process's rows of every global batch from `start_batch` on (numpy, nested by stream).
 
     With `pack`, batches are `{"packed": rows}` of `batch_size` packed rows holding `streams`' segments
-    (`sbs_jax.data.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
+    (`sbs_jax.data.input_pipeline.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
     skips whole batches. `backend`, `workers`: as `pipeline.train_batches` (every back end and worker count
     gives the same batches; `workers` processes per input shard this process reads).
     """
@@ -43,7 +43,7 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
 
     import seqio
 
-    from sbs_jax.data import pipeline
+    from sbs_jax.data.input_pipeline import pipeline
 
     total, mine = owned_shards(num_input_shards)
     if batch_size % total:

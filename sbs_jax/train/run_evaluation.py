@@ -70,7 +70,7 @@ class RunEvaluator:
         return metrics
 
     def _examples(self, task: str, split: str):
-        from sbs_jax.data import pipeline
+        from sbs_jax.data.input_pipeline import pipeline
 
         key = ("decode", task, split)
         if key not in self._cache:
@@ -82,7 +82,7 @@ class RunEvaluator:
         return partitioning.round_up_to_data(self.config.eval_batch_size, self.mesh)
 
     def _forced_batches(self, task: str, split: str, num_examples: int):
-        from sbs_jax.data import pipeline
+        from sbs_jax.data.input_pipeline import pipeline
 
         key = ("forced", task, split)
         if key not in self._cache:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from sbs_jax import partitioning, run_dir
+from sbs_jax import errors, partitioning, run_dir
 from sbs_jax.model import T5Config, Transformer, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
 from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
@@ -41,7 +41,7 @@ class TrainConfig:
     eval_task: task to evaluate (default: the training task, or each task of a training mixture, as T5X does).
     num_input_shards: input shards making up a global batch (default: one per process); fixing it makes the
     batches independent of the number of processes.
-    pack: PACK. Train on packed rows (`sbs_jax.data.packing`): BATCH_SIZE counts rows, each holding several
+    pack: PACK. Train on packed rows (`sbs_jax.data.input_pipeline.packing`): BATCH_SIZE counts rows, each holding several
     (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
     `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
@@ -123,6 +123,10 @@ def resolve_model_config(config: TrainConfig, vocab_size: int):
         from sbs_jax.checkpoints import load_pretrained
 
         ckpt_config, params = load_pretrained(config.initial_checkpoint_path)
+        if not isinstance(ckpt_config, T5Config):
+            raise errors.UsageError(f"INITIAL_CHECKPOINT_PATH {config.initial_checkpoint_path} holds a "
+                                    f"{ckpt_config.model_type} decoder-only model; training takes T5 students only "
+                                    "for now (decoder-only training is issue #23)")
         runtime = {f: getattr(model_config, f) for f in _RUNTIME_FIELDS}
         differ = [f.name for f in dataclasses.fields(T5Config) if f.name not in _RUNTIME_FIELDS
                   and getattr(ckpt_config, f.name) != getattr(model_config, f.name)]
@@ -142,7 +146,7 @@ def check_label_source(mode: str, task_name: str) -> None:
     """Finetuning trains on gold labels, distillation on the teacher's: a task of the other kind is an error."""
     import seqio
 
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     wanted = {"finetune": "gold", "distill": "teacher"}.get(mode)
     provider = seqio.get_mixture_or_task(task_name)
@@ -160,7 +164,7 @@ def check_label_source(mode: str, task_name: str) -> None:
 def check_rationales(config: TrainConfig, task_name: str) -> list[str]:
     """Step-by-step training needs teacher rationales: none at all, or too many unparsed, is an error (the
     run would silently be finetuning); some unparsed gives a note with the count."""
-    from sbs_jax.data import register
+    from sbs_jax.data.registry import register
 
     if config.objective.mode != "step_by_step":
         return []
@@ -176,7 +180,8 @@ class Trainer:
     """Builds everything a run needs; `run()` trains, evaluates and returns a summary."""
 
     def __init__(self, config: TrainConfig):
-        from sbs_jax.data import pipeline, register
+        from sbs_jax.data.input_pipeline import pipeline
+        from sbs_jax.data.registry import register
 
         self.config = config
         self.model_dir = epath.Path(config.model_dir)
@@ -216,7 +221,8 @@ class Trainer:
             print(note, flush=True)
         if jax.process_index() != 0:
             return
-        from sbs_jax.data import selection, vocab as vocab_lib
+        from sbs_jax.data.registry import selection
+        from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
 
         rd = run_dir.RunDir(self.model_dir)
         rd.root.mkdir(parents=True, exist_ok=True)
@@ -228,8 +234,8 @@ class Trainer:
         selection.write_run_selection_manifest(rd.root, tasks, mixture=None if tasks == [self.task] else self.task)
 
     def run_info(self) -> dict:
-        from sbs_jax.data import register
-        from sbs_jax.model import config as model_config_lib
+        from sbs_jax.data.registry import register
+        from sbs_jax.model.t5 import config as model_config_lib
 
         fractions = set()
         for task in eval_task_names(self.task):

@@ -1,0 +1,1 @@
+"""The host input pipeline: registered tasks -> paired (optionally packed) training batches."""

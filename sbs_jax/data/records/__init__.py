@@ -1,0 +1,1 @@
+"""Records and formats: what a data dir (or a generator) holds, read, validated and parsed."""

@@ -1,0 +1,1 @@
+"""SeqIO registration: sources, prefixes, example selection and the task variants."""

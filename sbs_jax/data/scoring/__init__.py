@@ -1,0 +1,1 @@
+"""Scoring predictions: task metrics."""

@@ -1,0 +1,1 @@
+"""Vocabularies and the text codec (no TensorFlow import in `codec` and `eos_marker`)."""

@@ -28,7 +28,7 @@ def usage(verb: str) -> str:
             f"{what}, configured with gin (docs/training.md), e.g.\n"
             f"  sbs {verb} --gin_file={files} --gin.MODEL_DIR=\"'/runs/x'\" ...\n\n"
             "--gin.NAME=VALUE binds a macro or a configurable's parameter (a Python literal: strings need their own "
-            "quotes);\na binding that the run does not read is an error. Gin files are looked up as given and "
+            "quotes);\na binding you give that the run does not read is an error. Gin files are looked up as given and "
             "under the installed gin/ folder.\n\nflags:\n" + flags_help)
 
 

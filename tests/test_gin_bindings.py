@@ -103,6 +103,7 @@ def test_gin_files_resolve_from_a_directory_holding_runs_and_models(tmp_path, mo
     gin_utils.parse(["models/t5_1_1_tiny.gin", "runs/finetune.gin", "datasets/arith.gin"], ["MODEL_DIR = '/m'"])
 
 
+@pytest.mark.slow  # a cell process: ~10 s of TF/JAX start-up
 def test_sweep_cell_runs_from_a_directory_holding_runs_and_models(tmp_path, monkeypatch):
     """The cell process must not import from, or look gin packages up in, the working directory."""
     for folder in ("runs", "models", "datasets", "sweeps"):

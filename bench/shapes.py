@@ -13,6 +13,8 @@ import math
 import pathlib
 import random
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 # Measured on CQA train (9,741 examples, teacher rationales parsed as in datasets/README.md) with a
 # SentencePiece unigram vocabulary of 8,000 pieces trained on that same text (no T5 SentencePiece model
 # exists offline). Lengths include the EOS token; inputs include the `predict: `/`explain: ` prefix.
@@ -172,7 +174,8 @@ def length_histogram(lengths: dict[str, list[int]], tokenizer: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="measure CQA token lengths")
-    parser.add_argument("--data_dir", type=pathlib.Path, default=pathlib.Path("/work/shared/datasets"))
+    parser.add_argument("--data_dir", type=pathlib.Path, default=REPO.parent / "shared" / "datasets",
+                        help="data dir in the official layout (default: ../shared/datasets beside the checkout)")
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("/tmp/bench_shapes"))
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--histogram", type=pathlib.Path, default=None,

@@ -2,7 +2,8 @@
 # Run N `sbs train` processes on this machine as one multi-process JAX job (CPU or GPUs), to try a multi-host
 # configuration without a cluster. Process 0 hosts the coordinator on 127.0.0.1.
 #
-#   launch/local.sh --num_processes=2 -- --gin_file=arith_tiny.gin --gin.MODEL_DIR="'/tmp/m'" --gin.TRAIN_STEPS=5
+#   launch/local.sh --num_processes=2 -- --gin_file=models/t5_1_1_tiny.gin --gin_file=runs/step_by_step.gin \
+#       --gin_file=datasets/arith.gin --gin.MODEL_DIR="'/tmp/m'" --gin.TRAIN_STEPS=5
 #
 # Everything after `--` goes to `sbs train` unchanged. Each process learns its place in the job from
 # SBS_COORDINATOR_ADDRESS, SBS_NUM_PROCESSES and SBS_PROCESS_ID (see docs/export_and_launch.md).

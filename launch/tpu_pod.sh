@@ -3,8 +3,9 @@
 # then run the same `sbs train` on all workers (--worker=all). Run it from a machine with gcloud configured.
 #
 #   launch/tpu_pod.sh --tpu=sbs-v4-32 --zone=us-central2-b --accelerator_type=v4-32 \
-#       --model_dir=gs://my-bucket/runs/cqa_base -- --gin_file=t5_1_1_base.gin --gin_file=cqa_sbs.gin \
-#       --gin.DATA_DIR="'gs://my-bucket/datasets'"
+#       --model_dir=gs://my-bucket/runs/cqa_base -- --gin_file=models/t5_1_1_base.gin \
+#       --gin_file=runs/step_by_step.gin --gin_file=datasets/cqa.gin --gin.DATA_DIR="'gs://my-bucket/datasets'" \
+#       --gin.SPIECE_MODEL="'gs://my-bucket/t5/spiece.model'"
 #
 # Everything after `--` goes to `sbs train` unchanged; MODEL_DIR is added from --model_dir (it must be on GCS:
 # the workers share no disk). Data dirs (DATA_DIR, user task files, teacher outputs) may be gs:// too, so no

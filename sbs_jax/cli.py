@@ -20,10 +20,14 @@ COMMANDS = {
     "teacher": ("sbs_jax.commands.teacher", "teacher rationales: `sbs teacher generate ...`"),
 }
 
+# Verbs with sub-verbs (`sbs data check`): each `sbs <verb> <sub> --help` prints that sub-verb's usage.
+SUBCOMMANDS = {"sweep": ("report",), "data": ("check",), "vocab": ("train",), "teacher": ("generate", "prompt")}
+
 
 def usage() -> str:
     lines = ["usage: sbs <command> [args]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`sbs <command> --help` prints a command's usage."]
     return "\n".join(lines)
 
 

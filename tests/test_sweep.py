@@ -129,7 +129,7 @@ def _cell_task(config, cell):
 
     spec = runner.cell_spec(config, cell, [])
     gin_utils.parse(spec["gin_files"], spec["bindings"])
-    train_config = gin_utils.build("TrainConfig")
+    train_config = gin_utils.build("TrainConfig", "sweep cell", strict=False)  # as a cell builds it
     cell_lib.check_fraction(train_config.mixture_or_task_name, cell.fraction, config.fraction_binding)
     return train_config, register.get_task_info(train_config.mixture_or_task_name)
 

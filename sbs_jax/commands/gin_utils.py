@@ -19,6 +19,7 @@ from typing import Sequence
 import gin
 
 from sbs_jax import errors, run_dir
+from sbs_jax.commands import gin_bindings
 
 _REGISTERED = False
 # A macro that is referenced but never defined: gin calls `macro()` without a value in the macro's scope.
@@ -48,7 +49,28 @@ def register_configurables() -> None:
     gin.external_configurable(evaluation.DecodeConfig, "DecodeConfig")
     gin.external_configurable(infer.InferConfig, "InferConfig")
     gin.external_configurable(task_name, "task_name")
+    _guard_package_lookup()
     _REGISTERED = True
+
+
+def _guard_package_lookup() -> None:
+    """gin looks a relative name such as `runs/train.gin` up as a file of the Python package `runs` too; when the
+    working directory is on sys.path (`python -m`, `python -c`, notebooks) and holds a folder `runs/`, that is a
+    namespace package without a file, and gin's check crashes with a TypeError instead of answering "no". Make
+    that check answer "no", so the search paths are tried next."""
+    readers = gin.config._FILE_READERS  # noqa: SLF001 - gin offers no way to replace a registered reader
+    for i, (reader, exists) in enumerate(readers):
+        if getattr(exists, "_sbs_guarded", False):
+            continue
+
+        def guarded(path, _exists=exists):
+            try:
+                return _exists(path)
+            except TypeError:
+                return False
+
+        guarded._sbs_guarded = True
+        readers[i] = (reader, guarded)
 
 
 def task_name(dataset: str, variant: str) -> str:
@@ -101,13 +123,16 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     # Files and bindings are parsed one at a time so that an error names the one at fault.
     root = logging.getLogger()
     root.addFilter(_path_not_found_filter)
+    gin_bindings.reset()
     try:
         for f in gin_files:
             with _naming_errors(f"gin file {f} (or a file it includes)", path=_find(f, search_paths)):
                 gin.parse_config_file(f, skip_unknown=False)
+            gin_bindings.record_file(f, default_search_paths(), lambda name: _find(name, search_paths))
         for binding in bindings:
             with _naming_errors(f"--gin binding {binding!r}", binding=binding):
                 gin.parse_config(binding, skip_unknown=False)
+            gin_bindings.record_binding(binding)
     finally:
         root.removeFilter(_path_not_found_filter)
 
@@ -184,9 +209,10 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
     return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
 
 
-def build(configurable: str):
+def build(configurable: str, command: str = "this command", strict: bool = True):
     """Register the tasks the gin files list, then call a registered configurable with its gin bindings; a
-    value left at %gin.REQUIRED is named.
+    value left at %gin.REQUIRED is named, and a binding no configurable read is an error or a warning
+    (`gin_bindings.check_unused`).
 
     The registrations are the calls in the macro TASK_REGISTRATIONS (a dataset file's), bound by runs/train.gin
     and runs/eval.gin to `sbs_jax.data.register_tasks.registrations`; gin runs them when `register_tasks` is
@@ -210,6 +236,7 @@ def build(configurable: str):
             raise errors.UsageError(_required_message(match.group(1))) from None
         raise errors.UsageError(f"gin config for {configurable}: {e}") from None
     _check_required(value, configurable)
+    gin_bindings.check_unused(command, strict)
     return value
 
 

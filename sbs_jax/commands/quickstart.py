@@ -60,7 +60,7 @@ def train_one(run_gin: str, model_dir: pathlib.Path, steps: int | None, seed: in
     if steps is not None:
         bindings.append(f"TRAIN_STEPS = {steps}")
     gin_utils.parse([GIN_FILES[0], run_gin, *GIN_FILES[1:]], bindings)
-    config = gin_utils.build("TrainConfig")
+    config = gin_utils.build("TrainConfig", "sbs quickstart")
     run = trainer.Trainer(config)  # checks MODEL_DIR before anything is written there
     gin_utils.write_operative_config(model_dir)
     return {**run.run(), "task": config.mixture_or_task_name}
@@ -155,13 +155,10 @@ def main(argv=None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     import logging
 
-    import jax
+    from sbs_jax.commands import jax_setup
 
     logging.getLogger("absl").setLevel(logging.WARNING)
-    if not jax.config.jax_compilation_cache_dir:
-        # Compilation is a large share of a CPU quickstart; later runs reuse the compiled steps.
-        cache = pathlib.Path(os.environ.get("SBS_CACHE_DIR", pathlib.Path.home() / ".cache" / "sbs_jax"))
-        jax.config.update("jax_compilation_cache_dir", str(cache / "jax_compilation_cache"))
+    jax_setup.enable_compilation_cache()  # compilation is a large share of a CPU quickstart
     n_runs = len(seeds) * len(METHODS)
     print(f"sbs quickstart: {n_runs} tiny students on the embedded arithmetic task ({len(METHODS)} methods x "
           f"seeds {', '.join(map(str, seeds))}) in {workdir}", flush=True)

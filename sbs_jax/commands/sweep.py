@@ -18,7 +18,8 @@ import gin
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sbs sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sbs sweep", description=__doc__.splitlines()[0],
+                                epilog="sub-verbs: `sbs sweep report SWEEP_DIR` rebuilds results and figures")
     p.add_argument("--gin_file", action="append", default=[], help="sweep gin files (e.g. sweeps/data_size.gin)")
     p.add_argument("--gin_bindings", action="append", default=[], help="gin binding; --gin.X=Y is short for it")
     p.add_argument("--gin_search_paths", action="append", default=[], help="extra folders for gin files")
@@ -64,12 +65,13 @@ def main(argv=None) -> int:
     from sbs_jax.commands import gin_utils
 
     if argv and argv[0] == "report":
-        if len(argv) != 2:
-            print("usage: sbs sweep report SWEEP_DIR", file=sys.stderr)
-            return 2
-        out = results.write_report(argv[1])
+        report = argparse.ArgumentParser(prog="sbs sweep report", description="rebuild results.jsonl, results.md "
+                                         "and the figures of a sweep from its cells' run dirs")
+        report.add_argument("sweep_dir", metavar="SWEEP_DIR")
+        sweep_dir = report.parse_args(argv[1:]).sweep_dir
+        out = results.write_report(sweep_dir)
         print(f"{len(out['rows'])} cells counted, {len(out['missing'])} not; wrote results.jsonl, results.md "
-              f"and {len(out['figures'])} figures in {argv[1]}")
+              f"and {len(out['figures'])} figures in {sweep_dir}")
         return 0
     try:
         args = _parser().parse_args(gin_utils.rewrite_gin_args(argv))
@@ -95,7 +97,9 @@ def main(argv=None) -> int:
         if args.in_process:
             from sbs_jax.commands import sweep_cell as cell
 
-            cell.compilation_cache()  # what each cell process would set up for itself
+            from sbs_jax.commands import jax_setup
+
+            jax_setup.enable_compilation_cache()  # what each cell process would set up for itself
             launch = cell.launch_in_process
         runner.run_sweep(config, cell_bindings, launch=launch)
     except runner.CellFailed as e:

@@ -10,22 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import sys
 import time
 
 from etils import epath
 
+from sbs_jax.commands import jax_setup
 from sbs_jax.sweep import runner
-
-
-def compilation_cache() -> None:
-    # Cells of one model and method compile the same steps; a shared on-disk cache compiles them once.
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        cache = pathlib.Path(os.environ.get("SBS_CACHE_DIR", pathlib.Path.home() / ".cache" / "sbs_jax"))
-        jax.config.update("jax_compilation_cache_dir", str(cache / "jax_compilation_cache"))
 
 
 def check_fraction(task: str, fraction: float, binding: str) -> None:
@@ -51,7 +42,7 @@ def run_cell(spec: dict) -> dict:
 
     cell = spec["cell"]
     gin_utils.parse(spec["gin_files"], spec["bindings"])
-    config = gin_utils.build("TrainConfig")  # runs the task registrations
+    config = gin_utils.build("TrainConfig", "sweep cell", strict=False)  # runs the task registrations
     task = config.mixture_or_task_name
     check_fraction(task, cell["fraction"], spec["fraction_binding"])
     info = register.get_task_info(task)
@@ -110,7 +101,7 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
-    compilation_cache()
+    jax_setup.enable_compilation_cache()  # cells of one model and method compile the same steps
     run_cell(json.loads(argv[0]))
     return 0
 

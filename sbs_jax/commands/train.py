@@ -15,6 +15,21 @@ from sbs_jax import errors
 
 VERBS = ("train", "eval", "infer")
 _CONFIGURABLE = {"train": "TrainConfig", "eval": "EvalConfig", "infer": "InferConfig"}
+_WHAT = {"train": ("train a student", "models/t5_1_1_small.gin --gin_file=runs/step_by_step.gin "
+                                      "--gin_file=datasets/cqa.gin"),
+         "eval": ("evaluate a trained run on a split", "runs/eval.gin --gin_file=datasets/cqa.gin"),
+         "infer": ("predict labels (and rationales) for new inputs", "runs/infer.gin")}
+
+
+def usage(verb: str) -> str:
+    what, files = _WHAT[verb]
+    flags_help = _flags().get_help(prefix="  ")
+    return (f"usage: sbs {verb} --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...] [flags]\n\n"
+            f"{what}, configured with gin (docs/training.md), e.g.\n"
+            f"  sbs {verb} --gin_file={files} --gin.MODEL_DIR=\"'/runs/x'\" ...\n\n"
+            "--gin.NAME=VALUE binds a macro or a configurable's parameter (a Python literal: strings need their own "
+            "quotes);\na binding you give that the run does not read is an error. Gin files are looked up as given and "
+            "under the installed gin/ folder.\n\nflags:\n" + flags_help)
 
 
 def _flags() -> flags.FlagValues:
@@ -38,7 +53,10 @@ def main(argv) -> int:
     if not argv or argv[0] not in VERBS:
         raise errors.UsageError(f"usage: sbs {{{'|'.join(VERBS)}}} --gin_file=... [--gin.MACRO=value ...]")
     verb = argv[0]
-    from sbs_jax.commands import gin_utils
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(usage(verb))
+        return 0
+    from sbs_jax.commands import gin_utils, jax_setup
 
     fv = _flags()
     try:
@@ -53,8 +71,9 @@ def main(argv) -> int:
     distributed.maybe_initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
     import jax
 
+    jax_setup.enable_compilation_cache()
     gin_utils.parse(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
-    config = gin_utils.build(_CONFIGURABLE[verb])
+    config = gin_utils.build(_CONFIGURABLE[verb], f"sbs {verb}")
     if verb == "train":
         from sbs_jax.train import trainer
 

@@ -46,7 +46,9 @@ def launch_subprocess(spec: dict, cell_dir: epath.Path) -> None:
         log_path = epath.Path(tempfile.mkstemp(prefix="sbs_cell_", suffix=".log")[1])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     with open(log_path, "a") as log:
-        rc = subprocess.run([sys.executable, "-m", "sbs_jax.commands.sweep_cell", json.dumps(spec)], stdout=log,
+        # -P: the working directory is not put on sys.path, so a user's `runs/` or `models/` folder there cannot
+        # shadow a module or a gin file's package lookup in the cell.
+        rc = subprocess.run([sys.executable, "-P", "-m", "sbs_jax.commands.sweep_cell", json.dumps(spec)], stdout=log,
                             stderr=subprocess.STDOUT, env=env).returncode
     text = log_path.read_text()
     if not local:

@@ -185,3 +185,15 @@ def test_bad_files_get_one_error_naming_them(tmp_path, gemma_dir):
     (bad_eos / "config.json").write_text(json.dumps({"eos_token_id": [1, 7]}))  # list: the first is EOS
     v = vocab_lib.load_vocabulary(str(bad_eos))
     assert (v.eos_id, v.pad_id, v.bos_id) == (1, 1, None)
+
+
+def test_sbs_data_check_counts_tokens_with_a_tokenizer_json(gemma_dir, datasets_dir, capsys):
+    from sbs_jax.commands import data
+
+    assert data.main(["check", "--data_dir", str(datasets_dir), "--dataset", "svamp", "--spiece_model",
+                      str(gemma_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["svamp"]["test"]["tokens"]
+    hf = _reference(gemma_dir)
+    examples = datasets.load_splits("svamp", str(datasets_dir))["test"].examples
+    longest = max(len(hf(ex.label, add_special_tokens=False).input_ids) + 1 for ex in examples)  # + EOS
+    assert report["labels"]["max"] == longest

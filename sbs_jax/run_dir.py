@@ -233,8 +233,13 @@ def load_model_config(model_dir):
 
 
 def vocab_file(model_dir) -> epath.Path | None:
-    models = sorted(RunDir(model_dir).vocab_dir.glob("*.model"))
-    return models[0] if models else None
+    """The run's vocabulary: its SentencePiece model, else its Hugging Face tokenizer.json."""
+    vocab_dir = RunDir(model_dir).vocab_dir
+    models = sorted(vocab_dir.glob("*.model"))
+    if models:
+        return models[0]
+    tokenizer = vocab_dir / "tokenizer.json"
+    return tokenizer if tokenizer.is_file() else None
 
 
 def load_params(model_dir_or_step_dir, step: int | None = None):

@@ -24,10 +24,10 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module", params=sorted(cases.CASES))
 def pair(request, tmp_path_factory):
-    """(case, transformers model as reloaded from disk, its directory, our config, our params)."""
+    """(case, transformers model, the directory it saved, our config and params as `load_hf` reads it)."""
     directory = tmp_path_factory.mktemp(request.param)
-    cases.hf_model(request.param).save_pretrained(directory)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager").eval()
+    hf = cases.hf_model(request.param)
+    hf.save_pretrained(directory)
     config, params = load_hf(directory)
     return request.param, hf, directory, config, params
 

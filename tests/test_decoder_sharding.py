@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sbs_jax import partitioning
-from sbs_jax.model import scan_params
+from sbs_jax.model import unscan_params
 from sbs_jax.model.decoder import DecoderConfig, DecoderLM
 
 # Gemma 3 style (q/k norms, sliding + full layers, sandwich norms) with GQA and q/k/v biases: the most
@@ -47,25 +47,24 @@ def test_sharded_forward_equals_unsharded(preset, model_axis, scan):
     config = CONFIG.replace(scan_layers=scan)
     model = DecoderLM(config)
     tokens, valid = _batch()
-    params = DecoderLM(CONFIG).init(jax.random.key(1), tokens)["params"]
-    params = nn.meta.unbox(params)
-    expected = DecoderLM(CONFIG).apply({"params": params}, tokens, valid)
-    if scan:
-        params = scan_params(params, config)
     mesh = partitioning.make_mesh(-1, model_axis)
     rules = partitioning.get_rules(preset)
-    _, shardings = partitioning.param_shardings(model, mesh, rules, tokens[:1])
+    # Params initialised straight into their shardings from the logical names (the trainer's path); the
+    # reference is the unsharded, unscanned model on the same values, gathered to the host.
+    with jax.set_mesh(mesh):
+        placed, shardings = partitioning.sharded_init(model, mesh, rules, jax.random.key(1), tokens[:1])
     if preset != "data_parallel":
         assert any(s.spec != jax.sharding.PartitionSpec() and any(s.spec) for s in jax.tree.leaves(shardings))
+    assert jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding == s, placed, shardings)) == \
+        [True] * len(jax.tree.leaves(shardings))
+    params = jax.device_get(placed)
+    if scan:
+        params = unscan_params(params, config)
+    expected = jax.jit(DecoderLM(CONFIG).apply)({"params": params}, tokens, valid)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        placed = jax.device_put(params, shardings)
         batch = [jax.device_put(x, partitioning.data_sharding(mesh)) for x in (tokens, valid)]
         logits = jax.jit(model.apply)({"params": placed}, *batch)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-5, rtol=1e-5)
-    # Sharded init also works from the logical names alone.
-    with jax.set_mesh(mesh):
-        sharded, _ = partitioning.sharded_init(model, mesh, rules, jax.random.key(1), tokens[:1])
-    assert jax.tree.structure(sharded) == jax.tree.structure(placed)
 
 
 def test_gin_model_files_parse_and_build_their_config():

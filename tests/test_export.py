@@ -263,6 +263,11 @@ def test_unusable_vocab_and_output_are_clear_errors(student, tmp_path, capsys):
     err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=stablehlo", f"--vocab={not_spm}",
                           f"--output={tmp_path / 'o'}"])
     assert str(not_spm) in err and "not a SentencePiece model" in err
+    hf_tokenizer = tmp_path / "tokenizer.json"
+    hf_tokenizer.write_text("{}")
+    err = _error(capsys, [f"--checkpoint={student['run_dir']}", "--format=hf", f"--vocab={hf_tokenizer}",
+                          f"--output={tmp_path / 'o'}"])
+    assert str(hf_tokenizer) in err and "a Hugging Face tokenizer.json" in err
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "file").write_text("x")

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     check.add_argument("--dataset", action="append",
                        help="cqa, esnli, anli1, svamp or arith (repeatable; default: all found in --data_dir)")
     check.add_argument("--spiece_model", default=os.environ.get("SPIECE_MODEL"),
-                       help="SentencePiece model for token lengths (default: $SPIECE_MODEL)")
+                       help="SentencePiece model or HF tokenizer.json (file or its directory) for token lengths "
+                            "(default: $SPIECE_MODEL)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
     try:

@@ -101,7 +101,12 @@ def load_checkpoint(path: str, step: int | None):
 def _check_vocab(vocab, config) -> epath.Path:
     import sentencepiece as spm
 
+    from sbs_jax.data.vocab import hf_tokenizer_vocabulary as hf_vocab
+
     vocab = epath.Path(vocab)
+    if hf_vocab.is_tokenizer_json(vocab):
+        raise ExportError(f"{vocab}: a Hugging Face tokenizer.json; `sbs export` writes T5 students, whose "
+                          "artifacts tokenise with their SentencePiece model: pass --vocab spiece.model")
     if not vocab.is_file():
         raise ExportError(f"{vocab}: SentencePiece model not found")
     try:

@@ -22,7 +22,7 @@ def _percentiles(lengths: list[int]) -> dict[str, int] | None:
 
 
 def _encode_batch(vocabulary, texts: list[str]) -> list[list[int]]:
-    if hasattr(vocabulary, "encode_batch"):  # T5Vocabulary: one SentencePiece call, `</s>` read as EOS
+    if hasattr(vocabulary, "encode_batch"):  # T5Vocabulary, HfTokenizerVocabulary: one tokenizer call
         return vocabulary.encode_batch(texts)
     return [list(vocabulary.encode(t)) for t in texts]
 

@@ -23,9 +23,12 @@ SPIECE_FILENAME = "spiece.model"
 
 
 def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
-    """A `seqio.SentencePieceVocabulary` from a vocabulary object or a spiece.model path (checked)."""
+    """A seqio vocabulary from a vocabulary object or a path (checked): a spiece.model (or a directory holding
+    one) gives a `T5Vocabulary`; a Hugging Face `tokenizer.json` (or a directory holding one and no
+    spiece.model) gives an `HfTokenizerVocabulary` (sbs_jax/data/vocab/hf_tokenizer_vocabulary.py)."""
     import seqio
 
+    from sbs_jax.data.vocab import hf_tokenizer_vocabulary as hf_vocab
     from sbs_jax.data.vocab.t5_vocabulary import T5Vocabulary
 
     if type(vocabulary) is seqio.SentencePieceVocabulary:  # noqa: E721 - subclasses keep their own encoding
@@ -35,12 +38,17 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
         return vocabulary
     if vocabulary is None or vocabulary == "":
         raise ValueError("no vocabulary given: pass a SentencePiece model path (e.g. T5's spiece.model, or set "
-                         "SPIECE_MODEL), or train one with `sbs vocab train`")
+                         "SPIECE_MODEL) or a Hugging Face tokenizer.json, or train one with `sbs vocab train`")
     path = epath.Path(vocabulary).expanduser()  # a local path or gs:// (read via tf.io.gfile)
+    if path.is_dir() and not (path / SPIECE_FILENAME).is_file() and hf_vocab.is_tokenizer_json(path):
+        return hf_vocab.HfTokenizerVocabulary(path)
     if path.is_dir():
         path = path / SPIECE_FILENAME
+    if hf_vocab.is_tokenizer_json(path):
+        return hf_vocab.HfTokenizerVocabulary(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: SentencePiece model not found (expected a spiece.model file)")
+        raise FileNotFoundError(f"{path}: SentencePiece model not found (expected a spiece.model file, or a "
+                                "Hugging Face tokenizer.json)")
     vocab = T5Vocabulary(str(path), extra_ids=extra_ids)
     ids = (vocab.pad_id, vocab.eos_id, vocab.unk_id)
     if ids != (0, 1, 2):
@@ -107,9 +115,18 @@ def cached_vocabulary(texts: Sequence[str], *, vocab_size: int, seed: int = 0, c
 
 
 def copy_vocabulary(vocabulary, output_dir) -> epath.Path:
-    """Copy a vocabulary's SentencePiece model into `output_dir` (e.g. MODEL_DIR/vocab)."""
+    """Copy a vocabulary's SentencePiece model, or its tokenizer.json with the tokenizer_config.json and
+    config.json beside it (they hold the special tokens), into `output_dir` (e.g. MODEL_DIR/vocab); returns
+    the path `load_vocabulary` reads back."""
     vocab = load_vocabulary(vocabulary)
     from sbs_jax import run_dir
+    from sbs_jax.data.vocab import hf_tokenizer_vocabulary as hf_vocab
 
+    if isinstance(vocab, hf_vocab.HfTokenizerVocabulary):
+        for name in reversed(hf_vocab.VOCABULARY_FILES):  # tokenizer.json last: it marks a complete copy
+            source = vocab.path if name == hf_vocab.TOKENIZER_FILENAME else vocab.path.parent / name
+            if source.is_file():
+                run_dir.atomic_copy(source, epath.Path(output_dir) / name)
+        return epath.Path(output_dir) / hf_vocab.TOKENIZER_FILENAME
     # Atomic: a run directory never holds half a vocabulary, even if the copy is interrupted.
     return run_dir.atomic_copy(vocab.sentencepiece_model_file, epath.Path(output_dir) / SPIECE_FILENAME)

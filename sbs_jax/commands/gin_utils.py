@@ -182,18 +182,20 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
     return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
 
 
-def build(configurable: str):
+def build(configurable: str, register_tasks: bool = True):
     """Register the tasks the gin files list, then call a registered configurable with its gin bindings; a
     value left at %gin.REQUIRED is named.
 
     The registrations are the calls in the macro TASK_REGISTRATIONS (a dataset file's), bound by runs/train.gin
     and runs/eval.gin to `sbs_jax.data.register_tasks.registrations`; gin runs them when `register_tasks` is
     called, here, before the config that names the task is built. Without that binding it registers nothing.
+    `register_tasks=False` skips them (`sbs compile`: shapes only, no data dir).
     """
     from sbs_jax.data import register
 
     try:
-        register.register_tasks()
+        if register_tasks:
+            register.register_tasks()
         value = gin.get_configurable(configurable)()
     except errors.SbsError:
         raise

@@ -100,6 +100,40 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+_SOURCE_SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
+
+
+def _drop_metadata(line: str) -> str:
+    """The line without its `metadata={...}` attribute (braces matched; quoted text skipped)."""
+    start = line.find(", metadata={")
+    if start < 0:
+        return line
+    depth, quoted, i = 0, False, start + len(", metadata=")
+    while i < len(line):
+        c = line[i]
+        if c == '"' and line[i - 1] != "\\":
+            quoted = not quoted
+        elif not quoted and c == "{":
+            depth += 1
+        elif not quoted and c == "}":
+            depth -= 1
+            if depth == 0:
+                return line[:start] + _drop_metadata(line[i + 1:])
+        i += 1
+    return line[:start]
+
+
+def program_fingerprint(hlo_text: str) -> str:
+    """sha256 of the optimized HLO without source locations (file, function and stack-frame tables and
+    `metadata={...}`): equal for the same program traced from different call sites (`sbs train`'s step and
+    `sbs compile`'s)."""
+    import hashlib
+
+    kept = [_drop_metadata(line) for line in hlo_text.splitlines()
+            if line not in _SOURCE_SECTIONS and not re.match(r"^\d+ ", line)]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
 def roofline_seconds(flops: float, bytes_accessed: float, peak_flops: float, bytes_per_s: float) -> float:
     """A lower bound on the step time: max(FLOPs / peak FLOP/s, bytes / HBM bandwidth). Not an estimate."""
     return max(flops / peak_flops, bytes_accessed / bytes_per_s)

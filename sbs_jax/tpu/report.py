@@ -28,7 +28,8 @@ def program_entry(program, chip: topologies.Chip) -> dict[str, Any]:
         return {**entry, "fits": False, "error": program.error}
     memory = analysis.memory(program.compiled)
     cost = analysis.cost(program.compiled)
-    entry.update(memory=memory, flops_per_chip=cost["flops"], bytes_accessed_per_chip=cost["bytes_accessed"],
+    entry.update(fingerprint=analysis.program_fingerprint(program.compiled.as_text()), memory=memory,
+                 flops_per_chip=cost["flops"], bytes_accessed_per_chip=cost["bytes_accessed"],
                  collectives=analysis.collectives(program.compiled.as_text()),
                  roofline_lower_bound_seconds=analysis.roofline_seconds(cost["flops"], cost["bytes_accessed"],
                                                                         chip.peak_bf16_flops, chip.hbm_bytes_per_s),

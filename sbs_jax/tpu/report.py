@@ -38,9 +38,7 @@ def program_entry(program, chip: topologies.Chip) -> dict[str, Any]:
 
 
 def build(plan, slice_: topologies.Slice, programs, *, model_name: str | None = None) -> dict[str, Any]:
-    """The report dict of a `RunPlan` compiled for `slice_` (`aot.compile_run`'s programs)."""
-    from sbs_jax.train import aot
-
+    """The report dict of a `sbs_jax.train.aot.RunPlan` compiled for `slice_` (`aot.compile_run`'s programs)."""
     cfg, mesh = plan.config, plan.setup.mesh
     entries = [program_entry(p, slice_.chip) for p in programs]
     fitted = [e for e in entries if e["fits"]]
@@ -62,7 +60,8 @@ def build(plan, slice_: topologies.Slice, programs, *, model_name: str | None = 
                 "train_shapes_the_run_may_compile": plan.all_train_shapes,
                 "remat_policy": plan.setup.model.config.remat_policy,
                 "scan_layers": bool(plan.setup.model.config.scan_layers), "dtype": plan.setup.model.config.dtype},
-        "per_chip": aot.state_bytes_per_chip(plan),
+        "per_chip": {"params": analysis.per_chip_bytes(plan.setup.abstract_state.params),
+                     "optimizer_state": analysis.per_chip_bytes(plan.setup.abstract_state.opt_state)},
         "programs": entries,
         "fits": len(fitted) == len(entries),
         "max_total_bytes": worst,

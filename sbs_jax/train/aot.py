@@ -18,6 +18,7 @@ import numpy as np
 
 from sbs_jax import partitioning
 from sbs_jax.data import schema
+from sbs_jax.tpu import analysis
 from sbs_jax.train import batch_cutting, compile as compile_lib, evaluation
 
 Shapes = dict  # {stream: {feature: (rows, length)}}
@@ -194,7 +195,5 @@ def compile_run(plan: RunPlan, *, all_buckets: bool = False, eval_programs: bool
 
 def state_bytes_per_chip(plan: RunPlan) -> dict[str, int]:
     """Bytes of the params and of the optimizer state one chip holds (from their shardings)."""
-    from sbs_jax.tpu import analysis
-
     state = plan.setup.abstract_state
     return {"params": analysis.per_chip_bytes(state.params), "optimizer_state": analysis.per_chip_bytes(state.opt_state)}

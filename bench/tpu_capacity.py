@@ -33,10 +33,10 @@ REMATS = ("none", "full")
 # The slices a user would rent, smallest first within each chip type.
 SLICES = {"v5e": ("v5e-8", "v5e-16", "v5e-64"), "v4": ("v4-8", "v4-32"), "v5p": ("v5p-8", "v5p-32"),
           "v6e": ("v6e-8",)}
-# Compile order (a time budget may stop it): fsdp on three chip types for every size first, so that every size
-# gets a smallest slice early, then the rest.
-STAGES = (("fsdp", ("v5e", "v4", "v5p")), ("fsdp", ("v6e",)), ("model_parallel", tuple(SLICES)),
-          ("data_parallel", tuple(SLICES)))
+# Compile order (a time budget may stop it): fsdp for every size on one chip type after another, so that every
+# size gets a fitting slice early, then the other presets.
+STAGES = (("fsdp", ("v5e",)), ("fsdp", ("v5p",)), ("fsdp", ("v4",)), ("fsdp", ("v6e",)),
+          ("model_parallel", tuple(SLICES)), ("data_parallel", tuple(SLICES)))
 GIN_FILES = ["runs/step_by_step.gin", "runs/paper_recipe.gin", "datasets/cqa.gin"]
 _REQUIRED = re.compile(r"required for HLO temporaries \(([\d.]+)([GMK])\) exceeds available HBM \(([\d.]+)([GMK])\)")
 
@@ -124,7 +124,8 @@ def run(budget_minutes: float) -> None:
     cells = results["cells"]
     deadline = time.monotonic() + budget_minutes * 60
     results.setdefault("runs", []).append({"started": datetime.datetime.now(datetime.timezone.utc)
-                                           .isoformat(timespec="seconds"), **_versions()})
+                                           .isoformat(timespec="seconds"), "budget_minutes": budget_minutes,
+                                           **_versions()})
     for preset, chips in STAGES:
         for size in SIZES:
             for slices in (SLICES[c] for c in chips):
@@ -176,20 +177,21 @@ def best_fits(cells: dict) -> dict:
 
 def _cell_text(c: dict | None) -> str:
     if c is None:
-        return "-"
+        return "not reached (budget)"
     how = c["how"]
     if how == "compiled" and c["fits"]:
         return f"**fits** {c['total_gib']:.1f} GiB"
-    if how == "compiled":
+    if how == "compiled" and "error" in c:
         need = c.get("temporaries_gib_required")
-        return f"no: compiler refused" + (f" (temporaries {need:.1f} GiB)" if need else "") if "error" in c \
-            else f"no: {c['total_gib']:.1f} GiB"
+        return "no: compiler refused" + (f" (temporaries {need:.1f} GiB)" if need else "")
+    if how == "compiled":
+        return f"no: {c['total_gib']:.1f} GiB"
     if how == "state exceeds HBM":
         return f"no: state {c['params_gib'] + c['optimizer_state_gib']:.1f} GiB"
     if how.startswith("implied"):
         return "fits (" + how + ")"
     if how == "remat none fits":
-        return "(none fits)"
+        return "not compiled (none fits)"
     if how == "does not divide":
         return "does not divide"
     return "not compiled (budget)"
@@ -207,8 +209,12 @@ def render() -> None:
              "in `bench/tpu_capacity.json`. Every number below was measured by compiling the run's train step "
              "for the slice with libtpu on a CPU machine (`sbs compile`'s library path): XLA's per-chip memory "
              "analysis, or the TPU compiler's own out-of-HBM refusal. Nothing here ran on a TPU.", "",
-             "Runs: " + "; ".join(f"{r['started']} at commit {r['commit']} (jax {r['jax']}, libtpu {r['libtpu']})"
-                                  for r in runs) + ".", "",
+             "Runs: " + "; ".join(f"{r['started']} at commit {r['commit']} (jax {r['jax']}, libtpu {r['libtpu']}"
+                                  + (f", budget {r['budget_minutes']:g} min" if r.get("budget_minutes") else "")
+                                  + ")" for r in runs) + ". Compile order: " + ", ".join(p + " on " + "/".join(c) for p, c in STAGES) + "; "
+             "within each, sizes small to XXL and each chip's slices smallest first. The compile times in "
+             "the JSON are wall times on a 2-core machine shared with other jobs (load 10-16), not a "
+             "measure of the compiler.", "",
              "**Run compiled**: models/t5_1_1_SIZE.gin + runs/step_by_step.gin + runs/paper_recipe.gin + "
              "datasets/cqa.gin, i.e. step-by-step (label + rationale streams), batch 64, TASK_FEATURE_LENGTHS "
              "1,024 / 256 / 256 with length buckets, bfloat16 compute, float32 params and AdamW state; the train "
@@ -222,8 +228,8 @@ def render() -> None:
              "**What was not compiled**, and why, is said in each cell: `state` = the params + AdamW state one "
              "chip holds (exact, from the shardings) already exceed its HBM; `implied by S` = fits on the smaller "
              "slice S of the same chip (a larger slice holds the same or a smaller per-chip share of the fixed "
-             "batch and of the state); `(none fits)` = full remat was not compiled because no remat fits; "
-             "`budget` = not reached in the run's time budget.", "",
+             "batch and of the state); `none fits` = full remat was not compiled because no remat fits; "
+             "`budget` = not reached in the runs' time budgets (`python -m bench.tpu_capacity run` resumes and fills them).", "",
              f"HBM per chip: v5e 16 GiB, v4 32 GiB, v5p 95 GiB, v6e 32 GiB. {len(compiled)} train steps compiled.",
              ""]
     best = best_fits(cells)

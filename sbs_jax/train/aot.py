@@ -136,8 +136,11 @@ def plan_run(config, model_config, devices: Sequence[jax.Device] | None = None, 
     n = len(jax.devices() if devices is None else devices)
     if config.mesh_model < 1 or n % config.mesh_model:
         raise PlanError(f"MESH_MODEL={config.mesh_model} does not divide the slice's {n} chips")
-    setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model,
-                                   devices=devices)
+    try:
+        setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model,
+                                       devices=devices)
+    except ValueError as e:  # e.g. jax.make_mesh refuses multislice device sets: so would the run itself
+        raise PlanError(f"the run's (data, model) mesh cannot be built on these devices: {e}") from None
     shards = num_hosts if config.num_input_shards is None else int(config.num_input_shards)
     _check_divisible(config, setup, num_hosts, shards)
     shapes, count = train_shapes(config)

@@ -12,7 +12,7 @@ setup(
         "sbs_jax", "sbs_jax.model", "sbs_jax.model.t5", "sbs_jax.model.decoder", "sbs_jax.checkpoints",
         "sbs_jax.data", "sbs_jax.data.records", "sbs_jax.data.registry", "sbs_jax.data.vocab",
         "sbs_jax.data.input_pipeline", "sbs_jax.data.scoring", "sbs_jax.train",
-        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.commands", "sbs_jax.tasks",
+        "sbs_jax.teacher", "sbs_jax.export", "sbs_jax.sweep", "sbs_jax.commands", "sbs_jax.tasks", "sbs_jax.tpu",
         "sbs_jax.gin_configs",
     ],
     package_dir={"sbs_jax.tasks": "tasks", "sbs_jax.gin_configs": "gin"},
@@ -35,7 +35,10 @@ setup(
         "test": ["pytest>=8", "torch==2.13.0", "transformers==5.24.0", "gcsfs>=2026.9.0",
                  "gcp-storage-emulator>=2026.7.19",
                  # bench/parity_reference.py and tests/test_parity_*.py: the official selection semantics.
-                 "datasets==5.2.0"],
+                 "datasets==5.2.0",
+                 # `sbs compile` compiles for TPU slices without a TPU (tests/test_tpu_compile.py); ~480 MB
+                 # installed, Linux x86-64 wheels only.
+                 "libtpu>=0.0.52; sys_platform == 'linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# `sbs train` on a Cloud TPU VM pod slice: create the slice (or reuse it), install this package on every worker,
-# then run the same `sbs train` on all workers (--worker=all). Run it from a machine with gcloud configured.
+# `sbs train` on a Cloud TPU VM pod slice: compile the run for the slice here first (`sbs compile`, no TPU
+# needed), create the slice (or reuse it), install this package on every worker, then run the same
+# `sbs train` on all workers (--worker=all). Run it from a machine with gcloud configured and sbs-jax[tpu]
+# installed (the preflight compile needs libtpu).
 #
 #   launch/tpu_pod.sh --tpu=sbs-v4-32 --zone=us-central2-b --accelerator_type=v4-32 \
 #       --model_dir=gs://my-bucket/runs/cqa_base -- --gin_file=models/t5_1_1_base.gin \
-#       --gin_file=runs/step_by_step.gin --gin_file=datasets/cqa.gin --gin.DATA_DIR="'gs://my-bucket/datasets'" \
-#       --gin.SPIECE_MODEL="'gs://my-bucket/t5/spiece.model'"
+#       --gin_file=runs/step_by_step.gin --gin_file=datasets/cqa.gin \
+#       --gin.DATA_DIR="'gs://my-bucket/datasets'" --gin.SPIECE_MODEL="'gs://my-bucket/t5/spiece.model'"
 #
 # Everything after `--` goes to `sbs train` unchanged; MODEL_DIR is added from --model_dir (it must be on GCS:
 # the workers share no disk). Data dirs (DATA_DIR, user task files, teacher outputs) may be gs:// too, so no
 # worker needs a copy of the data. Workers initialise JAX's distributed runtime from the TPU metadata
 # (SBS_COORDINATOR_ADDRESS=auto, see docs/export_and_launch.md).
+#
+# Preflight: before any gcloud command, `sbs compile --topology=<accelerator_type>` compiles the same gin
+# files and bindings for the slice and the script stops (exit 2) when the plan does not fit in the chips' HBM
+# or does not divide over the slice; nothing is created. It runs in --dry_run too (it is local); --skip_compile
+# skips it.
 set -euo pipefail
 
 usage() {
@@ -19,7 +26,8 @@ usage: launch/tpu_pod.sh [options] -- [sbs train arguments]
   --tpu=NAME               TPU VM name (required)
   --zone=ZONE              GCP zone (required)
   --model_dir=gs://...     MODEL_DIR for the run (required)
-  --accelerator_type=TYPE  slice type used when the TPU does not exist yet, e.g. v4-32, v5litepod-16
+  --accelerator_type=TYPE  the slice type, e.g. v4-32, v5litepod-16: the preflight compiles for it, and a
+                           TPU that does not exist yet is created with it (required unless --skip_compile)
   --version=RUNTIME        TPU VM software version for a new slice (default tpu-ubuntu2204-base)
   --project=PROJECT        GCP project (default: gcloud's configured project)
   --spot                   create the slice as Spot VMs
@@ -30,13 +38,15 @@ usage: launch/tpu_pod.sh [options] -- [sbs train arguments]
                            with apt when missing)
   --env=KEY=VALUE          extra environment for `sbs train` on the workers (repeatable)
   --skip_install           reuse the workers' existing ~/sbs-venv
-  --dry_run                print the commands and run nothing
+  --skip_compile           skip the preflight `sbs compile` for --accelerator_type
+  --sbs=EXE                the local `sbs` for the preflight (default: sbs on PATH)
+  --dry_run                print the commands and run nothing but the (local) preflight compile
 EOF
 }
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tpu="" zone="" model_dir="" accelerator_type="" project="" package="$repo"
-version=tpu-ubuntu2204-base python=python3.11 spot=0 skip_install=0 dry_run=${DRY_RUN:-0}
+version=tpu-ubuntu2204-base python=python3.11 spot=0 skip_install=0 skip_compile=0 sbs=sbs dry_run=${DRY_RUN:-0}
 extra_env=()
 while (($#)); do
   case "$1" in
@@ -51,6 +61,8 @@ while (($#)); do
     --python=*) python=${1#*=} ;;
     --env=*=*) extra_env+=("${1#--env=}") ;;
     --skip_install) skip_install=1 ;;
+    --skip_compile) skip_compile=1 ;;
+    --sbs=*) sbs=${1#*=} ;;
     --dry_run) dry_run=1 ;;
     -h | --help) usage; exit 0 ;;
     --) shift; break ;;
@@ -81,6 +93,24 @@ run() {
   if ((dry_run)); then return 0; fi
   "$@"
 }
+
+# 0. Preflight: the run compiled for the slice on this machine; a plan that does not fit stops here.
+if ((!skip_compile)); then
+  if [[ -z $accelerator_type ]]; then
+    echo "tpu_pod.sh: --accelerator_type is required for the preflight compile (or pass --skip_compile)" >&2
+    exit 2
+  fi
+  preflight=("$sbs" compile --topology="$accelerator_type" "$@")
+  show "${preflight[@]}"
+  status=0
+  "${preflight[@]}" || status=$?
+  if ((status != 0)); then
+    echo "tpu_pod.sh: preflight: the run does not fit or does not divide on $accelerator_type (sbs compile" \
+      "exit $status, above); nothing was created. Change the plan (BATCH_SIZE, PARTITIONING, MESH_MODEL," \
+      "remat) or the slice, or pass --skip_compile" >&2
+    exit 2
+  fi
+fi
 
 location=(--zone="$zone")
 if [[ -n $project ]]; then location+=(--project="$project"); fi

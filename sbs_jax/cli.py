@@ -13,6 +13,8 @@ COMMANDS = {
     "quickstart": ("sbs_jax.commands.quickstart", "train tiny students on the embedded task and compare methods"),
     "sweep": ("sbs_jax.commands.sweep", "grids of runs (methods × data × models × seeds), results and figures; "
                                         "`sbs sweep report DIR`"),
+    "compile": ("sbs_jax.commands.compile", "compile a run for a TPU slice ahead of time (no TPU): per chip memory, "
+                                            "fits or not; `sbs compile --topology=v5litepod-16 --gin_file=...`"),
     "convert": ("sbs_jax.commands.convert", "convert HF / T5X checkpoints"),
     "export": ("sbs_jax.commands.export", "export a trained student for serving (hf, saved_model, stablehlo)"),
     "data": ("sbs_jax.commands.data", "data tools: `sbs data check --data_dir D [--dataset NAME]`"),

@@ -46,7 +46,7 @@ def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Dev
     """A (data, model) mesh with Auto axis types over all (global, multi-process) devices.
 
     `data=-1` takes every device not used by `model`. Device order follows `jax.make_mesh` (topology aware
-    on TPU/GPU) when `devices` is not given.
+    on TPU/GPU) for `devices` (default: all devices).
     """
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
@@ -56,10 +56,9 @@ def make_mesh(data: int = -1, model: int = 1, devices: Optional[Sequence[jax.Dev
         data = n // model
     if data * model != n:
         raise ValueError(f"make_mesh: data={data} x model={model} = {data * model} != {n} devices")
-    axis_types = (AxisType.Auto, AxisType.Auto)
-    if devices == list(jax.devices()):
-        return jax.make_mesh((data, model), (DATA, MODEL), axis_types=axis_types)
-    return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL), axis_types=axis_types)
+    # `jax.make_mesh` orders the devices by the slice's physical layout, for the local devices and for the
+    # compile-only devices of a TPU topology alike (`sbs compile`), so both see the same mesh.
+    return jax.make_mesh((data, model), (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:
@@ -93,10 +92,12 @@ def _init_variables(model: nn.Module, rng, init_args, init_kwargs):
 def param_shardings(model: nn.Module, mesh: Mesh, rules: LogicalRules, *init_args, **init_kwargs):
     """(abstract params, shardings) from the model's logical axis names, without allocating anything.
 
-    `init_args` are example inputs (arrays or `jax.ShapeDtypeStruct`s) for `model.init`.
+    `init_args` are example inputs (arrays or `jax.ShapeDtypeStruct`s) for `model.init`. Nothing runs on the
+    mesh's devices (they may be compile-only TPU devices, `sbs compile`): the key is abstract too.
     """
+    key = jax.eval_shape(lambda: jax.random.key(0))
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(lambda r: _init_variables(model, r, init_args, init_kwargs), jax.random.key(0))
+        boxed = jax.eval_shape(lambda r: _init_variables(model, r, init_args, init_kwargs), key)
     specs = nn.get_partition_spec(boxed["params"])
     return nn.meta.unbox(boxed["params"]), logical_to_shardings(specs, mesh, rules)
 

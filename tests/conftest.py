@@ -3,6 +3,10 @@ import os
 import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# With libtpu installed (the test extra: `sbs compile`'s tests), JAX would also start its TPU backend, which on
+# a machine without a TPU prints metadata-server errors and takes libtpu's process lockfile; the suite runs on
+# CPU, and the TPU slices it compiles for are compile-only devices (sbs_jax.tpu.topologies).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -48,15 +48,31 @@ def test_scripts_are_shellcheck_clean():
         assert result.returncode == 0, result.stdout
 
 
-def test_tpu_pod_dry_run_prints_create_install_and_train_on_all_workers():
+def _fake_sbs(tmp_path, exit_code: int) -> pathlib.Path:
+    """A stand-in for the local `sbs` of the preflight: records its arguments, exits with `exit_code`."""
+    fake = tmp_path / "fake_sbs"
+    fake.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$@\" > {shlex.quote(str(tmp_path / 'args'))}\n"
+                    f"exit {exit_code}\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_tpu_pod_dry_run_prints_create_install_and_train_on_all_workers(tmp_path):
+    fake = _fake_sbs(tmp_path, 0)
     result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=sbs-v4", "--zone=us-central2-b",
                   "--project=my-proj", "--accelerator_type=v4-32", "--spot", "--model_dir=gs://bucket/runs/cqa",
-                  "--env=LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true", "--", *TRAIN_ARGS)
+                  "--env=LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true", f"--sbs={fake}", "--",
+                  *TRAIN_ARGS)
     assert result.returncode == 0, result.stderr
     loc = ["--zone=us-central2-b", "--project=my-proj"]
     tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
     archive = "/tmp/sbs-jax-sbs-v4.tar.gz"
     commands = _commands(result.stdout)
+    # The preflight compile comes first, for the slice type, with the run's own arguments (and it ran).
+    preflight = [str(fake), "compile", "--topology=v4-32", *TRAIN_ARGS]
+    assert commands[0] == preflight
+    assert (tmp_path / "args").read_text().splitlines() == preflight[1:]
+    commands = commands[1:]
     assert commands[:4] == [
         tpu_vm + ["describe", "sbs-v4", *loc, "--format=value(state)"],
         tpu_vm + ["create", "sbs-v4", *loc, "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"],
@@ -73,6 +89,37 @@ def test_tpu_pod_dry_run_prints_create_install_and_train_on_all_workers():
                       "./sbs-venv/bin/sbs", "train", *TRAIN_ARGS, "--gin.MODEL_DIR='gs://bucket/runs/cqa'"]
 
 
+def test_tpu_pod_preflight_refuses_a_plan_that_does_not_fit(tmp_path):
+    fake = _fake_sbs(tmp_path, 2)  # `sbs compile`'s exit for a plan that does not fit or divide
+    for dry in (["--dry_run"], []):
+        result = _run(LAUNCH / "tpu_pod.sh", *dry, "--tpu=t", "--zone=z", "--model_dir=gs://b/r",
+                      "--accelerator_type=v5litepod-16", f"--sbs={fake}", "--", *TRAIN_ARGS)
+        assert result.returncode == 2
+        assert "preflight: the run does not fit or does not divide on v5litepod-16" in result.stderr
+        assert [c[1] for c in _commands(result.stdout)] == ["compile"]  # no gcloud command, not even describe
+    result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=t", "--zone=z", "--model_dir=gs://b/r", "--", "x")
+    assert result.returncode == 2 and "--accelerator_type is required for the preflight" in result.stderr
+    result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=t", "--zone=z", "--model_dir=gs://b/r",
+                  "--accelerator_type=v4-8", f"--sbs={fake}", "--skip_compile", "--", "x")
+    assert result.returncode == 0 and _commands(result.stdout)[0][4] == "describe"
+
+
+def test_tpu_pod_usage_example_names_gin_files_that_load():
+    """The script's usage example: its gin files exist and make a TrainConfig (as the preflight reads them)."""
+    from sbs_jax.commands import compile as compile_cmd
+
+    header = (LAUNCH / "tpu_pod.sh").read_text().split("set -euo pipefail")[0]
+    example = " ".join(line.lstrip("#").strip().rstrip("\\") for line in header.splitlines()
+                       if line.lstrip("#").strip().startswith(("launch/tpu_pod.sh", "--")))
+    args = shlex.split(example)
+    train = args[args.index("--") + 1:]
+    gin_files = [a.split("=", 1)[1] for a in train if a.startswith("--gin_file=")]
+    bindings = [f"{a[6:].split('=', 1)[0]} = {a.split('=', 1)[1]}" for a in train if a.startswith("--gin.")]
+    assert gin_files == ["models/t5_1_1_base.gin", "runs/step_by_step.gin", "datasets/cqa.gin"]
+    config = compile_cmd.load_train_config(gin_files, bindings)
+    assert config.model.num_layers == 12 and config.batch_size == 64
+
+
 def test_tpu_pod_rejects_a_local_model_dir_and_missing_flags():
     result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=t", "--zone=z", "--model_dir=/tmp/run")
     assert result.returncode == 2 and "must be a gs:// path" in result.stderr
@@ -80,7 +127,7 @@ def test_tpu_pod_rejects_a_local_model_dir_and_missing_flags():
     assert result.returncode == 2 and "--tpu is required" in result.stderr
     # A pip requirement instead of this checkout: nothing is archived or copied.
     result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=t", "--zone=z", "--model_dir=gs://b/r",
-                  "--package=git+https://github.com/org/sbs-jax@v0.1.0")
+                  "--skip_compile", "--package=git+https://github.com/org/sbs-jax@v0.1.0")
     commands = _commands(result.stdout)
     assert [c[4] for c in commands] == ["describe", "create", "ssh", "ssh"]
     assert "'jax[tpu]' git+https://github.com/org/sbs-jax@v0.1.0" in commands[2][-1]
@@ -200,3 +247,16 @@ def test_local_two_process_training_writes_a_checkpoint_that_loads_and_exports(t
     assert embedding.shape == (config.vocab_size, config.d_model) and np.isfinite(embedding).all()
     assert export_cli.main([f"--checkpoint={run_dir}", "--format=hf", f"--output={tmp_path / 'hf'}"]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_tpu_pod_preflight_compiles_for_real_and_refuses_an_oversized_batch():
+    sbs = pathlib.Path(sys.executable).parent / "sbs"
+    result = _run(LAUNCH / "tpu_pod.sh", "--dry_run", "--tpu=t", "--zone=z", "--model_dir=gs://b/r",
+                  "--accelerator_type=v5litepod-4", f"--sbs={sbs}", "--",
+                  "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/step_by_step.gin",
+                  "--gin_file=datasets/arith.gin", "--gin.BATCH_SIZE=131072",
+                  '--gin.TASK_FEATURE_LENGTHS={"inputs": 1024, "targets": 256, "rationales": 256}', timeout=900)
+    assert result.returncode == 2, result.stdout + result.stderr[-3000:]
+    assert "DOES NOT FIT in 16.00 GiB per chip" in result.stdout
+    assert not [c for c in _commands(result.stdout) if c[0] == "gcloud"]

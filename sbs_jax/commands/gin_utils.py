@@ -209,7 +209,8 @@ def _findable(name: str, search_paths: Sequence[str]) -> bool:
     return os.path.isfile(name) or any(os.path.isfile(os.path.join(p, name)) for p in search_paths)
 
 
-def build(configurable: str, command: str = "this command", strict: bool = True):
+def build(configurable: str, command: str = "this command", strict: bool = True,
+          register_tasks: bool = True):
     """Register the tasks the gin files list, then call a registered configurable with its gin bindings; a
     value left at %gin.REQUIRED is named, and a binding no configurable read is an error or a warning
     (`gin_bindings.check_unused`).
@@ -217,11 +218,13 @@ def build(configurable: str, command: str = "this command", strict: bool = True)
     The registrations are the calls in the macro TASK_REGISTRATIONS (a dataset file's), bound by runs/train.gin
     and runs/eval.gin to `sbs_jax.data.register_tasks.registrations`; gin runs them when `register_tasks` is
     called, here, before the config that names the task is built. Without that binding it registers nothing.
+    `register_tasks=False` skips them (`sbs compile`: shapes only, no data dir).
     """
     from sbs_jax.data.registry import register
 
     try:
-        register.register_tasks()
+        if register_tasks:
+            register.register_tasks()
         value = gin.get_configurable(configurable)()
     except errors.SbsError:
         raise

@@ -6,14 +6,42 @@ state's and the batch's shardings, the state donated, `lower(...).compile()` onc
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import optax
 
 from sbs_jax import partitioning
-from sbs_jax.train import objective as objective_lib, state as state_lib, step as step_lib
+from sbs_jax.model import T5Config, Transformer
+from sbs_jax.train import objective as objective_lib, optim, state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+    """What a run's train step is built from: the model, its mesh and logical rules, the optimizer and its
+    schedule, and the state's shardings and abstract shapes (nothing allocated)."""
+    model: Transformer
+    mesh: Any
+    rules: tuple
+    tx: optax.GradientTransformation
+    schedule: Callable[[Any], jax.Array]
+    state_shardings: state_lib.TrainState
+    abstract_state: state_lib.TrainState
+
+
+def step_setup(model_config: T5Config, optimizer: optim.OptimizerConfig, preset: str, mesh_model: int,
+               devices: Sequence[jax.Device] | None = None) -> StepSetup:
+    """The one construction of a run's step ingredients, shared by `Trainer` (local devices) and `sbs compile`
+    (a TPU slice's compile-only devices), so that both compile the same program for the same config."""
+    model = Transformer(model_config)
+    mesh = partitioning.make_mesh(data=-1, model=mesh_model, devices=devices)
+    rules = partitioning.get_rules(preset)
+    tx = optim.make_optimizer(optimizer)
+    shardings, abstract = state_shardings(model, tx, mesh, rules)
+    return StepSetup(model=model, mesh=mesh, rules=rules, tx=tx, schedule=optim.make_schedule(optimizer),
+                     state_shardings=shardings, abstract_state=abstract)
 
 
 def state_shardings(model, tx: optax.GradientTransformation, mesh, rules) -> tuple[state_lib.TrainState,
@@ -36,12 +64,12 @@ def abstract_batch(local_batch, mesh) -> dict:
                                                        sharding=sharding), local_batch)
 
 
-def compile_train_step(model, tx: optax.GradientTransformation, objective: objective_lib.ObjectiveConfig,
-                       schedule: Callable[[Any], jax.Array], grad_accum_steps: int, mesh, rules,
-                       state_shardings: state_lib.TrainState, abstract_state: state_lib.TrainState,
-                       batch_abstract, *, matmul_precision: str | None = None):
-    """`compiled(state, batch) -> (state, metrics)`: the step jitted with the state's and the batch's shardings
-    (metrics replicated), the state donated, compiled ahead of time under the mesh and the logical rules.
+def lower_train_step(model, tx: optax.GradientTransformation, objective: objective_lib.ObjectiveConfig,
+                     schedule: Callable[[Any], jax.Array], grad_accum_steps: int, mesh, rules,
+                     state_shardings: state_lib.TrainState, abstract_state: state_lib.TrainState,
+                     batch_abstract, *, matmul_precision: str | None = None):
+    """The step jitted with the state's and the batch's shardings (metrics replicated), the state donated,
+    lowered under the mesh and the logical rules from abstract values only (nothing runs on the devices).
 
     `matmul_precision` ("highest" for true float32 matmuls on GPU/TPU; None = JAX's default) is traced in.
     """
@@ -50,7 +78,12 @@ def compile_train_step(model, tx: optax.GradientTransformation, objective: objec
     with (jax.set_mesh(mesh), nn.logical_axis_rules(rules), jax.default_matmul_precision(matmul_precision)):
         jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
                          out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=0)
-        return jitted.lower(abstract_state, batch_abstract).compile()
+        return jitted.lower(abstract_state, batch_abstract)
+
+
+def compile_train_step(*args, **kwargs):
+    """`compiled(state, batch) -> (state, metrics)`: `lower_train_step(...)` compiled ahead of time."""
+    return lower_train_step(*args, **kwargs).compile()
 
 
 def memory_summary(compiled) -> str:

@@ -104,6 +104,12 @@ class Decoder:
             self._fns[length] = jax.jit(run, out_shardings=partitioning.replicated(self.mesh))
         return self._fns[length]
 
+    def lower(self, params, tokens, length: int):
+        """The decode program for `tokens`' shape, lowered from abstract params and tokens (ShapeDtypeStructs
+        carrying their shardings): what `__call__` compiles for that shape (`sbs compile`)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            return self._fn(length).lower(params, tokens)
+
     def __call__(self, params, tokens: np.ndarray, length: int) -> np.ndarray:
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             self.shapes.add((tokens.shape[0], tokens.shape[1], length))
@@ -200,10 +206,15 @@ def teacher_forced_metrics(eval_step_fn: Callable, params, batches: Iterable, co
     return finish_eval_metrics(sums, config)
 
 
-def eval_step_with_shardings(model, config, mesh, rules):
+def eval_step_jit(model, config, mesh):
+    """The jitted teacher-forced eval step (metrics replicated); params and batch keep their shardings."""
     from sbs_jax.train.step import make_eval_step
 
-    fn = jax.jit(make_eval_step(model, config), out_shardings=partitioning.replicated(mesh))
+    return jax.jit(make_eval_step(model, config), out_shardings=partitioning.replicated(mesh))
+
+
+def eval_step_with_shardings(model, config, mesh, rules):
+    fn = eval_step_jit(model, config, mesh)
 
     def run(params, batch):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from sbs_jax import errors, partitioning, run_dir
-from sbs_jax.model import T5Config, Transformer, scan_params
+from sbs_jax import errors, run_dir
+from sbs_jax.model import T5Config, scan_params
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
 from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
 from sbs_jax.train import compile as compile_lib, state as state_lib
@@ -198,13 +198,10 @@ class Trainer:
         # Everything that can refuse the run is checked before the first write to MODEL_DIR.
         run_dir.check_compatible(self.model_dir, model_config, task=self.task, seed=config.seed)
         self.rationale_notes = check_rationales(config, self.task)
-        self.model = Transformer(model_config)
-        self.mesh = partitioning.make_mesh(data=-1, model=config.mesh_model)
-        self.rules = partitioning.get_rules(config.partitioning)
-        self.schedule = optim.make_schedule(config.optimizer)
-        self.tx = optim.make_optimizer(config.optimizer)
-        self.state_shardings, self.abstract_state = compile_lib.state_shardings(self.model, self.tx, self.mesh,
-                                                                                self.rules)
+        setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model)
+        self.model, self.mesh, self.rules = setup.model, setup.mesh, setup.rules
+        self.schedule, self.tx = setup.schedule, setup.tx
+        self.state_shardings, self.abstract_state = setup.state_shardings, setup.abstract_state
         self.param_shardings = self.state_shardings.params
         self._init_params = init_params
         self.checkpointer = checkpointing.Checkpointer(self.model_dir / "checkpoints", save_every=config.save_every,

@@ -104,11 +104,15 @@ if ((!skip_compile)); then
   show "${preflight[@]}"
   status=0
   "${preflight[@]}" || status=$?
-  if ((status != 0)); then
+  if ((status == 2)); then
     echo "tpu_pod.sh: preflight: the run does not fit or does not divide on $accelerator_type (sbs compile" \
-      "exit $status, above); nothing was created. Change the plan (BATCH_SIZE, PARTITIONING, MESH_MODEL," \
+      "exit 2, above); nothing was created. Change the plan (BATCH_SIZE, PARTITIONING, MESH_MODEL," \
       "remat) or the slice, or pass --skip_compile" >&2
     exit 2
+  elif ((status != 0)); then
+    echo "tpu_pod.sh: preflight: '$sbs compile' failed (exit $status, above); nothing was created." \
+      "Install sbs-jax with the TPU extra here (pip install -e '.[tpu]'), point --sbs at it, or pass --skip_compile" >&2
+    exit 1
   fi
 fi
 

@@ -44,14 +44,14 @@ def load_train_config(gin_files, bindings, search_paths=()):
     from sbs_jax.commands import gin_utils
 
     gin_utils.parse(gin_files, list(_PLACEHOLDER_BINDINGS) + list(bindings), search_paths)
-    # Bindings read only by the task registrations (DATA_DIR, SPIECE_MODEL, ...) go unread here by design, so
-    # unread bindings are warnings, not the error `sbs train` gives.
-    return gin_utils.build("TrainConfig", command="sbs compile", strict=False, register_tasks=False)
+    # Bindings read only by the task registrations (DATA_DIR, SPIECE_MODEL, ...) go unread here by design;
+    # any other unread binding is the error `sbs train` gives.
+    return gin_utils.build("TrainConfig", command="sbs compile", register_tasks=False)
 
 
 def compile_for_slice(config, slice_, *, all_buckets: bool = False, train_only: bool = False) -> dict:
     """Plan and compile `config` for `slice_`; the report dict (`sbs_jax.tpu.report.build`)."""
-    from sbs_jax.model import config as model_config_lib
+    from sbs_jax.model.t5 import config as model_config_lib
     from sbs_jax.tpu import analysis, report, topologies
     from sbs_jax.train import aot
 
@@ -65,11 +65,23 @@ def compile_for_slice(config, slice_, *, all_buckets: bool = False, train_only: 
     return report.build(plan, slice_, programs, model_name=model_config_lib.preset_name(config.model))
 
 
+def usage(fv: flags.FlagValues) -> str:
+    return ("usage: sbs compile --topology=SLICE --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...] "
+            "[flags]\n\ncompile a training run (the gin files and bindings of `sbs train`) for a TPU slice, on any "
+            "machine, e.g.\n  sbs compile --topology=v5litepod-16 --gin_file=models/t5_1_1_base.gin "
+            "--gin_file=runs/step_by_step.gin --gin_file=datasets/cqa.gin\nPrints per-chip memory against the "
+            "chip's HBM, FLOPs and collectives (docs/tpu.md); exit 2 when the plan does not divide over the slice "
+            "or does not fit.\n\nflags:\n" + fv.get_help(prefix="  "))
+
+
 @errors.command("sbs compile")
 def main(argv) -> int:
     from sbs_jax.commands import gin_utils
 
     fv = _flags()
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print(usage(fv))
+        return 0
     try:
         fv(["sbs compile"] + gin_utils.rewrite_gin_args(list(argv)))
     except (flags.Error, ValueError) as e:

@@ -201,11 +201,14 @@ def unused() -> list[tuple[str, Source | None, list[str]]]:
     return sorted(out, key=lambda item: item[0])
 
 
-def check_unused(command: str = "this command", strict: bool = True) -> None:
+def check_unused(command: str = "this command", strict: bool = True, not_called: tuple[str, ...] = ()) -> None:
     """UsageError for unused bindings the user wrote; a warning on stderr for those of shipped gin files, and
     for every one with `strict=False` (sweep cells: a binding given to every cell of a grid may be meant for
-    some of its methods only, e.g. RATIONALE_WEIGHT with finetune and step-by-step cells)."""
-    found = unused()
+    some of its methods only, e.g. RATIONALE_WEIGHT with finetune and step-by-step cells). A binding read only
+    by configurables whose names start with one of `not_called` (ones the command deliberately does not call,
+    e.g. the task registrations for `sbs compile`) is expected to stay unread."""
+    found = [(name, source, readers) for name, source, readers in unused()
+             if not (not_called and readers and all(any(f" {n}" in r for n in not_called) for r in readers))]
     lines = {True: [], False: []}
     for name, source, readers in found:
         where = source.where if source else "unknown origin"

@@ -239,7 +239,7 @@ def build(configurable: str, command: str = "this command", strict: bool = True,
             raise errors.UsageError(_required_message(match.group(1))) from None
         raise errors.UsageError(f"gin config for {configurable}: {e}") from None
     _check_required(value, configurable)
-    gin_bindings.check_unused(command, strict)
+    gin_bindings.check_unused(command, strict, not_called=() if register_tasks else ("register_",))
     return value
 
 

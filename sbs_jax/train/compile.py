@@ -19,7 +19,8 @@ from sbs_jax.train import objective as objective_lib, state as state_lib, step a
 def state_shardings(model, tx: optax.GradientTransformation, mesh, rules) -> tuple[state_lib.TrainState,
                                                                                   state_lib.TrainState]:
     """(shardings, abstract state): a `TrainState` of shardings and one of ShapeDtypeStructs carrying them."""
-    abstract_params, param_sh = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs())
+    abstract_params, param_sh = partitioning.param_shardings(model, mesh, rules,
+                                                                 **state_lib.dummy_inputs(model=model))
     opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params, param_sh,
                                               mesh)
     rep = partitioning.replicated(mesh)

@@ -33,14 +33,17 @@ def reference_sequences(ex, fmt, bos):
     head = [bos] if bos is not None else []
     if fmt == "multitask":
         rationale = strip("rationales")
-        return {"label": [(t, None) for t in head + strip("inputs")] + [(t, "label") for t in strip("targets") + [EOS]],
+        return {"label": [(t, None) for t in head + strip("inputs")]
+                + [(t, "label") for t in strip("targets") + [EOS]],
                 "rationale": [(t, None) for t in head + strip("rationale_inputs")]
                 + [(t, "rationale" if rationale else None) for t in rationale + [EOS]]}
     prompt = [(t, None) for t in head + strip("inputs")]
     if fmt == "rationale_first":
-        rest = [(t, "rationale") for t in strip("rationales")] + [(t, "label") for t in list(MARK) + strip("targets") + [EOS]]
+        rest = ([(t, "rationale") for t in strip("rationales")]
+                + [(t, "label") for t in list(MARK) + strip("targets") + [EOS]])
     else:
-        rest = [(t, "label") for t in strip("targets") + list(MARK)] + [(t, "rationale") for t in strip("rationales") + [EOS]]
+        rest = ([(t, "label") for t in strip("targets") + list(MARK)]
+                + [(t, "rationale") for t in strip("rationales") + [EOS]])
     return {"both": prompt + rest}
 
 

@@ -108,7 +108,8 @@ def make_eval_step(model, config: objective_lib.ObjectiveConfig):
     """`eval_step(params, batch) -> token-summed metrics` (teacher-forced, no dropout); add them over batches
     and finish with `finish_eval_metrics`."""
     def eval_step(params, batch: Batch):
-        _, metrics = objective_module(batch).loss_fn(model, params, batch, jax.random.key(0), config, enable_dropout=False)
+        _, metrics = objective_module(batch).loss_fn(model, params, batch, jax.random.key(0), config,
+                                                     enable_dropout=False)
         return _token_weighted(metrics, config.streams)
     return eval_step
 

@@ -85,3 +85,22 @@ def test_bad_layouts_and_rows_name_the_problem():
     layout = causal_lm.CausalLayout(schema.MULTITASK, eos_id=EOS, bos_id=BOS)
     with pytest.raises(ValueError, match="example 0 .label. has 5 tokens"):
         causal_lm.causal_rows([FEATURES], layout, paired=True, lengths={"label": 4, "rationale": 9})
+
+
+class _Vocab:
+    eos_id = 1
+
+    def encode(self, text):
+        return [100 + len(w) for w in text.split()]
+
+
+def test_layout_for_a_model_and_vocabulary():
+    from sbs_jax.model.decoder import presets
+    qwen = presets.get_config("qwen2_tiny", eos_ids=(1,))
+    llama = presets.get_config("llama_tiny", eos_ids=(1, 2))
+    assert qwen.prompt_bos_id is None and llama.prompt_bos_id == llama.bos_id == 1
+    layout = causal_lm.layout_for("rationale_first", _Vocab(), eos_ids=llama.eos_ids, bos_id=llama.prompt_bos_id)
+    assert layout.marker == (102, 103, 106, 102) and layout.eos_id == 1 and layout.bos_id == 1  # "So the answer is"
+    assert causal_lm.layout_for("multitask", _Vocab(), eos_ids=(1,), bos_id=None).marker == ()
+    with pytest.raises(ValueError, match="eos_ids are .2,.; set the model's eos_ids to include 1"):
+        causal_lm.layout_for("multitask", _Vocab(), eos_ids=(2,), bos_id=None)

@@ -73,6 +73,21 @@ class CausalLayout:
         return {schema.SEQUENCE: li + lt + lr - 2 + bos + len(self.marker)}
 
 
+def layout_for(causal_format: str, vocab, *, eos_ids: Sequence[int], bos_id: int | None) -> CausalLayout:
+    """The layout of a model (its EOS ids and the BOS it starts sequences with: `DecoderConfig.eos_ids`,
+    `.prompt_bos_id`) over a task vocabulary; the vocabulary's EOS must be one of the model's, or generations
+    would never end where the text does."""
+    if vocab.eos_id not in tuple(eos_ids):
+        raise ValueError(f"the task vocabulary ends texts with id {vocab.eos_id}, the model's eos_ids are "
+                         f"{tuple(eos_ids)}; set the model's eos_ids to include {vocab.eos_id} (or use the "
+                         "model's own tokenizer)")
+    marker = ()
+    if causal_format in schema.FORMAT_MARKERS:
+        marker = tuple(int(t) for t in vocab.encode(schema.FORMAT_MARKERS[causal_format]))
+    return CausalLayout(causal_format, eos_id=int(vocab.eos_id), bos_id=bos_id, source_eos_id=int(vocab.eos_id),
+                        marker=marker)
+
+
 def _strip_eos(tokens: np.ndarray, eos_id: int) -> np.ndarray:
     tokens = np.asarray(tokens, np.int32)
     return tokens[:-1] if tokens.size and tokens[-1] == eos_id else tokens

@@ -224,8 +224,16 @@ def load_model_config(model_dir):
 
     path = RunDir(model_dir).model_config_json
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's T5Config there")
+        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's model config there")
     fields = _read_json(path)
+    if "model_type" in fields:  # a decoder-only student (DecoderConfig.to_dict)
+        from sbs_jax.model.decoder import DecoderConfig
+
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        try:
+            return DecoderConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise errors.InputError(f"{path}: not a DecoderConfig ({e})") from None
     try:
         return T5Config(**fields)
     except TypeError as e:

@@ -156,7 +156,7 @@ def check_compatible(model_dir, model_config, *, task: str, seed: int | None = N
     differ = []
     if rd.model_config_json.is_file():
         stored = _read_json(rd.model_config_json)
-        new = model_config.to_dict()
+        new = json.loads(json.dumps(model_config.to_dict()))  # as stored: tuples (DecoderConfig.eos_ids) are lists
         differ += [f"model_config.{k}: {stored.get(k)!r} in the run, {new[k]!r} now" for k in new
                    if k not in ignored and stored.get(k, new[k]) != new[k]]
     info = read_run_info(rd.root) or {}

@@ -24,7 +24,9 @@ def _train(model_dir, *extra):
            "--gin_file=models/llama_tiny.gin", "--gin_file=runs/step_by_step.gin", "--gin_file=datasets/arith.gin",
            f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=8", "--gin.COMPUTE_DTYPE='float32'",
            "--gin.CAUSAL_FORMAT='rationale_first'", "--gin.SAVE_EVERY=1", "--gin.EVAL_EVERY=0",
-           "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False", "--gin.TrainConfig.log_every=1", *extra]
+           "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False", "--gin.TrainConfig.log_every=1",
+           # A constant rate: the schedule would otherwise depend on TRAIN_STEPS, which the resumed run changes.
+           "--gin.OptimizerConfig.schedule='constant'", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
 
 

@@ -139,19 +139,23 @@ def our_trajectory(hf_dir, batches: Sequence[dict], optimizer_config, objective_
     from sbs_jax import partitioning
     from sbs_jax.checkpoints import load_hf, save_hf
     from sbs_jax.model import Transformer
-    from sbs_jax.train import compile as compile_lib, optim, state as state_lib
+    from sbs_jax.model.decoder import DecoderConfig, DecoderLM
+    from sbs_jax.train import compile as compile_lib, optim, state as state_lib, step as step_lib
 
     config, params = load_hf(hf_dir)
-    config = config.replace(dtype="float32", dropout_rate=0.0)
-    model = Transformer(config)
+    if isinstance(config, DecoderConfig):  # decoder-only students: causal batches, no dropout
+        config = config.replace(dtype="float32")
+        model = DecoderLM(config)
+    else:
+        config = config.replace(dtype="float32", dropout_rate=0.0)
+        model = Transformer(config)
     tx = optim.make_optimizer(optimizer_config)
     schedule = optim.make_schedule(optimizer_config)
     mesh = partitioning.make_mesh(data=-1, model=1)
     rules = partitioning.get_rules("data_parallel")
     shardings, abstract = compile_lib.state_shardings(model, tx, mesh, rules)
     state = state_lib.create_state(model, tx, mesh, rules, 0, shardings, init_params=params)
-    streams = objective_config.streams
-    batches = [{s: b[s] for s in streams} for b in batches]
+    batches = [step_lib.objective_module(b).train_inputs(objective_config, b) for b in batches]
     data = partitioning.data_sharding(mesh)
     compiled = {}
     losses, lrs = [], []

@@ -156,7 +156,7 @@ def check_compatible(model_dir, model_config, *, task: str, seed: int | None = N
     differ = []
     if rd.model_config_json.is_file():
         stored = _read_json(rd.model_config_json)
-        new = model_config.to_dict()
+        new = json.loads(json.dumps(model_config.to_dict()))  # as stored: tuples (DecoderConfig.eos_ids) are lists
         differ += [f"model_config.{k}: {stored.get(k)!r} in the run, {new[k]!r} now" for k in new
                    if k not in ignored and stored.get(k, new[k]) != new[k]]
     info = read_run_info(rd.root) or {}
@@ -224,8 +224,16 @@ def load_model_config(model_dir):
 
     path = RunDir(model_dir).model_config_json
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's T5Config there")
+        raise FileNotFoundError(f"{path}: missing; a training run directory holds the student's model config there")
     fields = _read_json(path)
+    if "model_type" in fields:  # a decoder-only student (DecoderConfig.to_dict)
+        from sbs_jax.model.decoder import DecoderConfig
+
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        try:
+            return DecoderConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise errors.InputError(f"{path}: not a DecoderConfig ({e})") from None
     try:
         return T5Config(**fields)
     except TypeError as e:

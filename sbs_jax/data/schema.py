@@ -44,6 +44,25 @@ ENCODER_KEYS = (ENCODER_INPUT_TOKENS, ENCODER_SEGMENT_IDS, ENCODER_POSITIONS)
 # Features the loss reads and the model does not take.
 LOSS_ONLY_KEYS = (DECODER_LOSS_WEIGHTS, DECODER_STREAM_IDS)
 
+# ------------------------------------------------------------------------ decoder-only (causal LM) rows
+# A causal row is one token sequence [BOS] prompt completion EOS, fed shifted: `decoder_tokens` are the
+# sequence without its last token, `decoder_target_tokens` without its first (the next token at each slot).
+# Loss weights are 0 on prompt targets, 1 on completion and EOS targets; `decoder_stream_ids` say which stream
+# (label 1, rationale 2) a weighted target belongs to; `decoder_valid` is the attention mask (1 on real
+# tokens: token ids never say what is padding, id 0 is a real token in Llama 3).
+DECODER_TOKENS = "decoder_tokens"
+DECODER_VALID = "decoder_valid"
+CAUSAL_KEYS = (DECODER_TOKENS, DECODER_TARGET_TOKENS, DECODER_LOSS_WEIGHTS, DECODER_POSITIONS, DECODER_VALID,
+               DECODER_STREAM_IDS)
+# Causal formats (`sbs_jax.data.input_pipeline.causal_lm`): the paper's two streams, or one sequence per
+# example with the rationale before (chain of thought) or after ("post-thinking") the label.
+MULTITASK, RATIONALE_FIRST, LABEL_FIRST = "multitask", "rationale_first", "label_first"
+CAUSAL_FORMATS = (MULTITASK, RATIONALE_FIRST, LABEL_FIRST)
+# The one-sequence formats' batch key, and the text between a completion's two parts (the label is parsed
+# from a generation by it).
+SEQUENCE = "sequence"
+FORMAT_MARKERS = {RATIONALE_FIRST: " So the answer is ", LABEL_FIRST: " Explanation: "}
+
 
 # ---------------------------------------------------------------------------------- evaluation rows
 @dataclasses.dataclass(frozen=True)

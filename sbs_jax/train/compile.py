@@ -15,6 +15,7 @@ import optax
 
 from sbs_jax import partitioning
 from sbs_jax.model import T5Config, Transformer
+from sbs_jax.model.decoder import DecoderConfig, DecoderLM
 from sbs_jax.train import objective as objective_lib, optim, state as state_lib, step as step_lib
 
 
@@ -31,11 +32,11 @@ class StepSetup:
     abstract_state: state_lib.TrainState
 
 
-def step_setup(model_config: T5Config, optimizer: optim.OptimizerConfig, preset: str, mesh_model: int,
+def step_setup(model_config: T5Config | DecoderConfig, optimizer: optim.OptimizerConfig, preset: str, mesh_model: int,
                devices: Sequence[jax.Device] | None = None) -> StepSetup:
     """The one construction of a run's step ingredients, shared by `Trainer` (local devices) and `sbs compile`
     (a TPU slice's compile-only devices), so that both compile the same program for the same config."""
-    model = Transformer(model_config)
+    model = DecoderLM(model_config) if isinstance(model_config, DecoderConfig) else Transformer(model_config)
     mesh = partitioning.make_mesh(data=-1, model=mesh_model, devices=devices)
     rules = partitioning.get_rules(preset)
     tx = optim.make_optimizer(optimizer)
@@ -47,7 +48,8 @@ def step_setup(model_config: T5Config, optimizer: optim.OptimizerConfig, preset:
 def state_shardings(model, tx: optax.GradientTransformation, mesh, rules) -> tuple[state_lib.TrainState,
                                                                                   state_lib.TrainState]:
     """(shardings, abstract state): a `TrainState` of shardings and one of ShapeDtypeStructs carrying them."""
-    abstract_params, param_sh = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs())
+    abstract_params, param_sh = partitioning.param_shardings(model, mesh, rules,
+                                                                 **state_lib.dummy_inputs(model=model))
     opt_sh = partitioning.opt_state_shardings(jax.eval_shape(tx.init, abstract_params), abstract_params, param_sh,
                                               mesh)
     rep = partitioning.replicated(mesh)

@@ -235,7 +235,7 @@ def load_for_inference(model_dir, step: int | None, mesh_model: int = 1, preset:
         raise FileNotFoundError(f"{model_dir}: no vocab/*.model; a training run copies its vocabulary there")
     model = Transformer(model_config.replace(dropout_rate=0.0))
     mesh, rules = partitioning.make_mesh(data=-1, model=mesh_model), partitioning.get_rules(preset)
-    _, shardings = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs())
+    _, shardings = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs(model=model))
     params = jax.device_put(params, shardings)
     return model, params, vocab_lib.load_vocabulary(str(vocab_path)), mesh, rules, int(step_dir.name)
 

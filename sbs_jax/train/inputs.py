@@ -31,13 +31,15 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                   seed: int, streams: Sequence[str], start_batch: int = 0, num_input_shards: int | None = None,
                   split: str = "train", pack: bool = False,
                   packed_lengths: Mapping[str, int] | None = None, backend: str = "auto",
-                  workers: int = 0) -> Iterator[dict]:
+                  workers: int = 0, layout=None) -> Iterator[dict]:
     """This process's rows of every global batch from `start_batch` on (numpy, nested by stream).
 
     With `pack`, batches are `{"packed": rows}` of `batch_size` packed rows holding `streams`' segments
     (`sbs_jax.data.input_pipeline.packing`); every shard packs its own examples, so shapes stay fixed and resuming still
     skips whole batches. `backend`, `workers`: as `pipeline.train_batches` (every back end and worker count
-    gives the same batches; `workers` processes per input shard this process reads).
+    gives the same batches; `workers` processes per input shard this process reads). With a
+    `causal_lm.CausalLayout` (decoder-only students), batches are causal rows in its format
+    (`causal_batches.train_batches`; both streams for step-by-step, the label stream otherwise).
     """
     import itertools
 
@@ -51,6 +53,14 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
     iterators = []
     for k in mine:
         shard = seqio.ShardInfo(index=k, num_shards=total) if total > 1 else None
+        if layout is not None:
+            from sbs_jax.data.input_pipeline import causal_batches
+
+            it = causal_batches.train_batches(mixture_or_task_name, layout, task_feature_lengths=task_feature_lengths,
+                                              batch_size=batch_size, paired=schema.RATIONALE in streams, split=split,
+                                              seed=seed, shard_info=shard)
+            iterators.append(itertools.islice(it, start_batch, None))
+            continue
         it = pipeline.train_batches(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
                                     batch_size=batch_size, split=split, shuffle=True, seed=seed,
                                     num_epochs=None, shard_info=shard, pack=pack, packed_lengths=packed_lengths,
@@ -58,6 +68,8 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                                     workers=workers)
         iterators.append(itertools.islice(it, start_batch, None))
     keys = (schema.PACKED,) if pack else tuple(streams)
+    if layout is not None:
+        keys = layout.groups(schema.RATIONALE in streams)
     while True:
         parts = [next(it) for it in iterators]
         if len(parts) == 1:

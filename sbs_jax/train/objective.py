@@ -131,7 +131,7 @@ def _fused_logits(model, params, label, rationale, rng, enable_dropout):
     return out
 
 
-def _stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
+def stream_loss(logits, stream, config: ObjectiveConfig, num_tokens=None):
     """Token-mean loss of one stream; with `num_tokens`, normalised by that (global) count instead."""
     loss, metrics = losses.token_mean_cross_entropy(
         logits, stream[schema.DECODER_TARGET_TOKENS], stream[schema.DECODER_LOSS_WEIGHTS],
@@ -165,7 +165,7 @@ def _packed_loss(model, params, rows, rng, config: ObjectiveConfig, enable_dropo
     """Per-stream token-mean losses over packed rows: one forward pass, weights split by stream id."""
     logits = model.apply({"params": params}, **model_inputs(rows), enable_dropout=enable_dropout,
                          rngs={"dropout": rng})  # [rows, length, vocab]
-    return {s: _stream_loss(logits, {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
+    return {s: stream_loss(logits, {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
                                      schema.DECODER_LOSS_WEIGHTS: stream_weights_of_packed(rows, s)},
                             config, None if num_tokens is None else num_tokens[s])
             for s in config.streams}
@@ -184,7 +184,7 @@ def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropou
     streams = config.streams
     if is_packed(batch):
         per_stream = _packed_loss(model, params, batch[PACKED], rng, config, enable_dropout, num_tokens)
-        return _combine(per_stream, weights, num_examples(batch))
+        return combine(per_stream, weights, num_examples(batch))
 
     def apply(inputs, key):
         return model.apply({"params": params}, **model_inputs(inputs), enable_dropout=enable_dropout,
@@ -197,12 +197,12 @@ def loss_fn(model, params, batch, rng, config: ObjectiveConfig, *, enable_dropou
         keys = jax.random.split(rng, len(streams))
         logits_by_stream = {s: apply(batch[s], k) for s, k in zip(streams, keys)}
 
-    per_stream = {s: _stream_loss(logits_by_stream[s], batch[s], config,
+    per_stream = {s: stream_loss(logits_by_stream[s], batch[s], config,
                                   None if num_tokens is None else num_tokens[s]) for s in streams}
-    return _combine(per_stream, weights, num_examples(batch))
+    return combine(per_stream, weights, num_examples(batch))
 
 
-def _combine(per_stream, weights, examples):
+def combine(per_stream, weights, examples):
     total = jnp.zeros((), jnp.float32)
     metrics = {}
     for s, (loss, m) in per_stream.items():

@@ -27,11 +27,14 @@ def task_has_split(task: str, split: str) -> bool:
 
 
 class RunEvaluator:
-    """`config` is the run's `TrainConfig` (lengths, eval batch size, objective streams, decoding)."""
+    """`config` is the run's `TrainConfig` (lengths, eval batch size, objective streams, decoding). With a
+    causal `layout` (decoder-only students) predictions are generations whose label is parsed per format
+    (`causal_evaluation`; metrics add `parse_failures`), teacher-forced batches are causal rows."""
 
-    def __init__(self, model, mesh, rules, config, vocab, model_dir, eval_tasks: list[str]):
+    def __init__(self, model, mesh, rules, config, vocab, model_dir, eval_tasks: list[str], layout=None):
         self.mesh, self.config, self.vocab, self.model_dir, self.eval_tasks = mesh, config, vocab, model_dir, eval_tasks
-        self.decoder = evaluation.Decoder(model, mesh, rules, config.decode)
+        self.model, self.layout = model, layout
+        self.decoder = evaluation.Decoder(model, mesh, rules, config.decode) if layout is None else None
         self.eval_step = evaluation.eval_step_with_shardings(model, config.objective, mesh, rules)
         self._cache: dict = {}
 
@@ -54,13 +57,26 @@ class RunEvaluator:
         metrics["num_examples"] = float(sum(m["num_examples"] for m in per_task.values()))
         return metrics
 
-    def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
+    def _predict(self, task: str, params, split: str) -> tuple[dict[str, float], list[dict]]:
+        label_length = self.config.decode.label_length(self.config.task_feature_lengths)
+        if self.layout is not None:
+            from sbs_jax.train import causal_evaluation
+
+            lengths = self.config.task_feature_lengths
+            new_tokens = label_length
+            if self.layout.format != "multitask":
+                new_tokens += int(lengths["rationales"]) + len(self.layout.marker)
+            return causal_evaluation.predict_split(self.model, params, self.vocab, self._examples(task, split),
+                                                   self.layout, metric=evaluation.metric_name(task),
+                                                   batch_size=self._batch_size(), max_new_tokens=new_tokens)
         rows = evaluation.predict_split(self.decoder, params, self.vocab, self._examples(task, split),
                                         batch_size=self._batch_size(),
-                                        target_length=self.config.decode.label_length(
-                                            self.config.task_feature_lengths),
+                                        target_length=label_length,
                                         rationale_length=self.config.rationale_length)
-        metrics = evaluation.score_predictions(task, rows)
+        return evaluation.score_predictions(task, rows), rows
+
+    def _evaluate_task(self, task: str, params, split: str, step: int, nested: bool) -> dict[str, float]:
+        metrics, rows = self._predict(task, params, split)
         directory = self.model_dir / "predictions" / task if nested else self.model_dir / "predictions"
         evaluation.write_predictions(directory / f"{split}_step{step}.jsonl", rows)
         forced = evaluation.teacher_forced_metrics(
@@ -89,7 +105,13 @@ class RunEvaluator:
             data = self.mesh.shape[partitioning.DATA]
             bs = min(self._batch_size(), num_examples // data * data)
             batches = []
-            if bs > 0:
+            if bs > 0 and self.layout is not None:
+                from sbs_jax.data.input_pipeline import causal_batches
+
+                batches = list(causal_batches.train_batches(
+                    task, self.layout, task_feature_lengths=self.config.task_feature_lengths, batch_size=bs,
+                    paired=self.config.objective.mode == "step_by_step", split=split, shuffle=False, num_epochs=1))
+            elif bs > 0:
                 ds = pipeline.get_train_dataset(task, task_feature_lengths=self.config.task_feature_lengths,
                                                 batch_size=bs, split=split, shuffle=False, num_epochs=1)
                 streams = self.config.objective.streams

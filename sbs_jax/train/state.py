@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sbs_jax.data import schema
+from sbs_jax.model.decoder import DecoderLM
 
 
 @flax.struct.dataclass
@@ -20,8 +21,11 @@ class TrainState:
     rng: jax.Array         # uint32 raw key data of the run's base key; step t uses fold_in(rng, t)
 
 
-def dummy_inputs(batch: int = 1, length: int = 8) -> dict[str, np.ndarray]:
+def dummy_inputs(batch: int = 1, length: int = 8, model=None) -> dict[str, np.ndarray]:
+    """Arguments that `model.init` traces the parameter shapes with (an encoder-decoder without `model`)."""
     tokens = np.ones((batch, length), np.int32)
+    if isinstance(model, DecoderLM):
+        return {"tokens": tokens}
     return {schema.ENCODER_INPUT_TOKENS: tokens, schema.DECODER_INPUT_TOKENS: tokens}
 
 
@@ -40,7 +44,7 @@ def create_state(model, tx, mesh, rules, seed: int, shardings_tree: TrainState, 
     def init(params):
         if params is None:
             with nn.logical_axis_rules(rules):
-                params = nn.meta.unbox(model.init(init_key, **dummy_inputs()))["params"]
+                params = nn.meta.unbox(model.init(init_key, **dummy_inputs(model=model)))["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(step_key))
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sbs_jax.train import objective as objective_lib
+from sbs_jax.train import causal_objective, objective as objective_lib
 from sbs_jax.train.state import TrainState
 
 Batch = Mapping[str, Mapping[str, jax.Array]]  # {"label", "rationale"} streams or {"packed": rows}
@@ -48,6 +48,11 @@ def _token_means(sums: Mapping[str, jax.Array], streams) -> dict[str, jax.Array]
     return out
 
 
+def objective_module(batch: Batch):
+    """The objective of a batch's form: causal rows (decoder-only students) or encoder-decoder streams."""
+    return causal_objective if causal_objective.is_causal(batch) else objective_lib
+
+
 def make_train_step(model, tx: optax.GradientTransformation, config: objective_lib.ObjectiveConfig,
                     schedule: Callable[[Any], jax.Array], grad_accum_steps: int = 1):
     """`train_step(state, batch) -> (state, metrics)`.
@@ -62,17 +67,19 @@ def make_train_step(model, tx: optax.GradientTransformation, config: objective_l
 
     def grad_fn(params, batch, rng, counts):
         def loss(p):
-            return objective_lib.loss_fn(model, p, batch, rng, config, enable_dropout=True, num_tokens=counts)
+            return objective_module(batch).loss_fn(model, p, batch, rng, config, enable_dropout=True,
+                                                   num_tokens=counts)
         return jax.value_and_grad(loss, has_aux=True)(params)
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        counts = objective_lib.token_counts(config, batch)
+        objective = objective_module(batch)
+        counts = objective.token_counts(config, batch)
         if grad_accum_steps == 1:
             (loss, metrics), grads = grad_fn(state.params, batch, rng, counts)
             sums = _token_weighted(metrics, streams)
         else:
-            micro = _split_microbatches(objective_lib.train_inputs(config, batch), grad_accum_steps)
+            micro = _split_microbatches(objective.train_inputs(config, batch), grad_accum_steps)
 
             def body(carry, xs):
                 grads_acc, loss_acc = carry
@@ -88,7 +95,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config: objective_l
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = _token_means(sums, streams)
-        metrics.update({"loss": loss, "num_examples": objective_lib.num_examples(batch),
+        metrics.update({"loss": loss, "num_examples": objective.num_examples(batch),
                         "grad_norm": optax.global_norm(grads),
                         "learning_rate": jnp.asarray(schedule(state.step), jnp.float32)})
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -101,7 +108,8 @@ def make_eval_step(model, config: objective_lib.ObjectiveConfig):
     """`eval_step(params, batch) -> token-summed metrics` (teacher-forced, no dropout); add them over batches
     and finish with `finish_eval_metrics`."""
     def eval_step(params, batch: Batch):
-        _, metrics = objective_lib.loss_fn(model, params, batch, jax.random.key(0), config, enable_dropout=False)
+        _, metrics = objective_module(batch).loss_fn(model, params, batch, jax.random.key(0), config,
+                                                     enable_dropout=False)
         return _token_weighted(metrics, config.streams)
     return eval_step
 

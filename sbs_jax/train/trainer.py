@@ -18,7 +18,9 @@ import numpy as np
 from etils import epath
 
 from sbs_jax import errors, run_dir
+from sbs_jax.data import schema
 from sbs_jax.model import T5Config, scan_params
+from sbs_jax.model.decoder import DecoderConfig
 from sbs_jax.train import batch_cutting, checkpointing, evaluation, inputs, objective as objective_lib, optim
 from sbs_jax.train import feeding, loop as loop_lib, progress, run_evaluation
 from sbs_jax.train import compile as compile_lib, state as state_lib
@@ -55,13 +57,15 @@ class TrainConfig:
     input_workers: worker processes building the numpy back end's batches (`host_pipeline`; 0 = in the main
     process; the batches are the same for every count). max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
     this fraction of its training examples have no usable teacher rationale (and always when none has one).
+    causal_format: CAUSAL_FORMAT, decoder-only students only: `multitask` (the paper's two streams),
+    `rationale_first` or `label_first` (one sequence; `sbs_jax.data.input_pipeline.causal_lm`).
     """
     model_dir: str
     mixture_or_task_name: str
     task_feature_lengths: Mapping[str, int]
     train_steps: int
     batch_size: int
-    model: T5Config
+    model: T5Config | DecoderConfig
     optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
     objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig()
     initial_checkpoint_path: str | None = None
@@ -90,6 +94,7 @@ class TrainConfig:
     log_every: int = 50
     tensorboard: bool = True
     max_unparsed_fraction: float = 0.2
+    causal_format: str = schema.MULTITASK
 
     def __post_init__(self):
         if self.length_buckets is not None:
@@ -110,6 +115,12 @@ class TrainConfig:
         if not 0.0 <= float(self.max_unparsed_fraction) <= 1.0:
             raise ValueError(f"TrainConfig.max_unparsed_fraction: expected a fraction in [0, 1], got "
                              f"{self.max_unparsed_fraction}")
+        if self.causal_format not in schema.CAUSAL_FORMATS:
+            raise ValueError(f"TrainConfig.causal_format: expected one of {schema.CAUSAL_FORMATS}, got "
+                             f"{self.causal_format!r}")
+        if isinstance(self.model, DecoderConfig) and (self.pack or self.cut_batches):
+            raise ValueError("TrainConfig: PACK and LENGTH_BUCKETS are not available for decoder-only students yet; "
+                             "set PACK = False and LENGTH_BUCKETS = False")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -123,12 +134,12 @@ def resolve_model_config(config: TrainConfig, vocab_size: int):
         from sbs_jax.checkpoints import load_pretrained
 
         ckpt_config, params = load_pretrained(config.initial_checkpoint_path)
-        if not isinstance(ckpt_config, T5Config):
+        if type(ckpt_config) is not type(model_config):
             raise errors.UsageError(f"INITIAL_CHECKPOINT_PATH {config.initial_checkpoint_path} holds a "
-                                    f"{ckpt_config.model_type} decoder-only model; training takes T5 students only "
-                                    "for now (decoder-only training is issue #23)")
-        runtime = {f: getattr(model_config, f) for f in _RUNTIME_FIELDS}
-        differ = [f.name for f in dataclasses.fields(T5Config) if f.name not in _RUNTIME_FIELDS
+                                    f"{getattr(ckpt_config, 'model_type', 't5')} model but the gin model file "
+                                    f"configures a {type(model_config).__name__}; use a model file of its family")
+        runtime = {f: getattr(model_config, f) for f in _RUNTIME_FIELDS if hasattr(model_config, f)}
+        differ = [f.name for f in dataclasses.fields(type(ckpt_config)) if f.name not in _RUNTIME_FIELDS
                   and getattr(ckpt_config, f.name) != getattr(model_config, f.name)]
         if differ:
             log.warning("INITIAL_CHECKPOINT_PATH %s fixes the architecture; gin model fields %s differ and are "
@@ -198,6 +209,12 @@ class Trainer:
         # Everything that can refuse the run is checked before the first write to MODEL_DIR.
         run_dir.check_compatible(self.model_dir, model_config, task=self.task, seed=config.seed)
         self.rationale_notes = check_rationales(config, self.task)
+        self.layout = None
+        if isinstance(model_config, DecoderConfig):
+            from sbs_jax.data.input_pipeline import causal_lm
+
+            self.layout = causal_lm.layout_for(config.causal_format, self.vocab, eos_ids=model_config.eos_ids,
+                                               bos_id=model_config.prompt_bos_id)
         setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model)
         self.model, self.mesh, self.rules = setup.model, setup.mesh, setup.rules
         self.schedule, self.tx = setup.schedule, setup.tx
@@ -209,7 +226,7 @@ class Trainer:
                                                        async_save=config.async_checkpointing)
         self.writer = progress.MetricWriter(self.model_dir, tensorboard=config.tensorboard)
         self.evaluator = run_evaluation.RunEvaluator(self.model, self.mesh, self.rules, config, self.vocab,
-                                                     self.model_dir, self.eval_tasks)
+                                                     self.model_dir, self.eval_tasks, layout=self.layout)
 
     # ------------------------------------------------------------------------------------------ setup
     def write_run_files(self) -> None:
@@ -240,7 +257,8 @@ class Trainer:
                 fractions.add(register.get_task_info(task).train_fraction)
             except ValueError:
                 fractions.add(None)
-        preset = model_config_lib.preset_name(self.model_config)
+        preset = (model_config_lib.preset_name(self.model_config) if isinstance(self.model_config, T5Config)
+                  else None)
         info = run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
                                 mode=self.config.objective.mode, seed=self.config.seed,
                                 train_fraction=fractions.pop() if len(fractions) == 1 else None,
@@ -296,7 +314,8 @@ class Trainer:
         return inputs.train_batches(self.task, task_feature_lengths=cfg.task_feature_lengths,
                                     batch_size=cfg.batch_size, seed=cfg.seed, streams=cfg.objective.streams,
                                     start_batch=start, num_input_shards=cfg.num_input_shards,
-                                    pack=cfg.pack, packed_lengths=cfg.packed_lengths, workers=cfg.input_workers)
+                                    pack=cfg.pack, packed_lengths=cfg.packed_lengths, workers=cfg.input_workers,
+                                    layout=self.layout)
 
     def run(self) -> dict:
         """Write the run files, restore or create the state, run the step loop, then finish the run."""

@@ -120,6 +120,12 @@ class DecoderConfig:
         return tuple(t == "sliding_attention" for t in self.layer_types)
 
     @property
+    def prompt_bos_id(self) -> Optional[int]:
+        """The BOS a sequence starts with: Llama 3 `<|begin_of_text|>`, Gemma `<bos>`; Qwen2's tokenizer adds
+        none (its config's bos_token_id is never prepended)."""
+        return None if self.model_type == "qwen2" else self.bos_id
+
+    @property
     def compute_dtype(self):
         return DTYPES[self.dtype]
 

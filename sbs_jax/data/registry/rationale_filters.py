@@ -129,7 +129,12 @@ def apply_filters(data: SplitData, filters: RationaleFilters, metric: str, *,
     counts = {"samples": samples, "rationales_before": usable, "removed": removed,
               "rationales_after": sum(bool(c.text) for ex in examples for c in ex.candidates()),
               "examples_without_rationale": len(without), "examples_dropped": dropped}
-    return dataclasses.replace(data, examples=examples, filter_counts=counts)
+    # The teacher statistics describe what is kept (the counts above say what was removed).
+    kept = [(ex, c) for ex in examples for c in ex.candidates()]
+    return dataclasses.replace(
+        data, examples=examples, filter_counts=counts, parse_failures=sum(not c.text for _, c in kept),
+        teacher_correct=sum(bool(c.teacher_label) and metrics.label_matches(metric, ex.label, c.teacher_label)
+                            for ex, c in kept))
 
 
 def _filter(name, candidates, examples: list[Example], filters: RationaleFilters, metric, count_tokens):

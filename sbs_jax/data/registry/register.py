@@ -26,7 +26,7 @@ from sbs_jax.data.registry import splits as splits_lib
 from sbs_jax.data.registry import rationale_filters as filters_lib
 from sbs_jax.data.registry import rationale_rows
 from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
-from sbs_jax.data.records.data_dir import DataError, Example, SplitData
+from sbs_jax.data.records.data_dir import DataError, Example, Rationale, SplitData
 
 VARIANT_NAMES: tuple[str, ...] = tuple(preprocessors.VARIANTS)
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -288,36 +288,59 @@ def register_jsonl_task(name: str, files: Mapping[str, str], *, vocabulary, inpu
                         teacher_label_field: str | None = None, metric: str = "exact_match",
                         variants: Sequence[str] = VARIANT_NAMES, valid_from_train: float | None = None,
                         train_fraction: float = 1.0, seed: int = 0, selection: str = "ours",
-                        prefix_style: str = "ours") -> list[str]:
+                        prefix_style: str = "ours", rationale_sampling: str = "one_per_epoch",
+                        rationale_filters=None) -> list[str]:
     """Register a rationale task from JSON lines, one file per split: `{"train": "train.jsonl", ...}`.
 
     Each line is an object with the input, label and rationale fields (names configurable). A null, empty
     or absent rationale is counted as missing (label stream only); a missing input or label is an error.
+    The rationale field may hold a list of rationales (several per example; then a teacher label field, if
+    named, holds a list of the same length). `rationale_sampling`, `rationale_filters`: see
+    `register_examples_task`.
     """
     if not files:
         raise DataError(f"task {name!r}: no files given (expected {{split: path.jsonl}})")
     splits = {}
     for split, path in files.items():
         path = epath.Path(path)  # local or gs://
-        examples, missing, correct = [], 0, 0
+        examples = []
         for lineno, row in records.read_json_lines(path):
             where = f"{path}:{lineno}"
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            text = {f: _text_field(row, f, where, required=f in (input_field, label_field))
-                    for f in (input_field, label_field, rationale_field, teacher_label_field) if f}
-            ex = Example(input=text[input_field], label=text[label_field],
-                         rationale=text.get(rationale_field, ""),
-                         teacher_label=text.get(teacher_label_field, "") if teacher_label_field else "")
-            missing += not ex.rationale
-            correct += bool(ex.teacher_label) and metrics.label_matches(metric, ex.label, ex.teacher_label)
-            examples.append(ex)
-        splits[split] = SplitData(name, split, examples, has_teacher=True, parse_failures=missing,
-                                  teacher_correct=correct, source=str(path),
-                                  has_teacher_labels=teacher_label_field is not None)
+            text = {f: _text_field(row, f, where, required=True) for f in (input_field, label_field)}
+            candidates = _jsonl_rationales(row, rationale_field, teacher_label_field, where)
+            examples.append(Example(input=text[input_field], label=text[label_field]).with_candidates(candidates))
+        data = SplitData(name, split, examples, has_teacher=True, source=str(path),
+                         has_teacher_labels=teacher_label_field is not None)
+        splits[split] = _restat(data, split, examples, metric)
     return register_examples_task(name, splits, vocabulary=vocabulary, metric=metric, variants=variants,
                                   valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed,
-                                  selection=selection, prefix_style=prefix_style)
+                                  selection=selection, prefix_style=prefix_style,
+                                  rationale_sampling=rationale_sampling, rationale_filters=rationale_filters)
+
+
+def _jsonl_rationales(row: dict, rationale_field: str, teacher_label_field: str | None, where: str):
+    """The line's rationales as `Rationale`s: one from a string (or none), several from a list."""
+    value = row.get(rationale_field)
+    if not isinstance(value, list):
+        label = _text_field(row, teacher_label_field, where, required=False) if teacher_label_field else ""
+        return [Rationale(_text_field(row, rationale_field, where, required=False), label)]
+    if not value:
+        raise DataError(f"{where}: field {rationale_field!r} is an empty list; expected rationale strings "
+                        "(or null for none)")
+    labels = [""] * len(value)
+    if teacher_label_field and row.get(teacher_label_field) is not None:
+        labels = row[teacher_label_field]
+        if not isinstance(labels, list) or len(labels) != len(value):
+            raise DataError(f"{where}: field {teacher_label_field!r} must be a list of {len(value)} labels, one "
+                            f"per rationale of {rationale_field!r}, got {labels!r:.80}")
+    out = []
+    for j, (text, label) in enumerate(zip(value, labels)):
+        one = {"r": text, "l": label}
+        out.append(Rationale(_text_field(one, "r", f"{where}: {rationale_field}[{j}]", required=False),
+                             _text_field(one, "l", f"{where}: {teacher_label_field}[{j}]", required=False)))
+    return out
 
 
 def _text_field(row: dict, field: str, where: str, required: bool) -> str:
@@ -336,10 +359,25 @@ def _text_field(row: dict, field: str, where: str, required: bool) -> str:
 
 @gin.configurable(module="sbs_jax.data")
 def register_tfds_task(name: str, tfds_name: str, *, vocabulary, tfds_data_dir: str | None = None,
-                       splits: Mapping[str, str] | Sequence[str] | None = None, **fields) -> list[str]:
-    """Register tasks over a TFDS dataset (`"name/config:version"`); `fields` as in register_source_task."""
+                       splits: Mapping[str, str] | Sequence[str] | None = None, rationale_sampling: str | None = None,
+                       rationale_filters=None, **fields) -> list[str]:
+    """Register tasks over a TFDS dataset (`"name/config:version"`); `fields` as in register_source_task.
+
+    With `rationale_filters` or `rationale_sampling` set, the splits are read into memory (in file order) and
+    registered through `register_examples_task` (a rationale field may then hold a list of strings: several
+    rationales per example); otherwise the tasks stream from TFDS as they always did.
+    """
     source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits)
-    return register_source_task(name, source, vocabulary=vocabulary, **fields)
+    if rationale_filters is None and rationale_sampling is None:
+        return register_source_task(name, source, vocabulary=vocabulary, **fields)
+    from sbs_jax.data.registry import tfds_examples
+
+    examples, metric = tfds_examples.read(name, source, fields)
+    return register_examples_task(name, examples, vocabulary=vocabulary, metric=metric,
+                                  variants=fields.get("variants", VARIANT_NAMES),
+                                  prefix_style=fields.get("prefix_style", "ours"),
+                                  rationale_sampling=rationale_sampling or "one_per_epoch",
+                                  rationale_filters=rationale_filters)
 
 
 @gin.configurable(module="sbs_jax.data")

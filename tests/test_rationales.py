@@ -108,6 +108,7 @@ def test_one_per_epoch_trains_each_example_once_per_epoch_with_a_seeded_rational
     assert other != picks
 
 
+@pytest.mark.slow  # ~20-100 s: seven pipelines (shards, packing, the trainer's resumed stream)
 def test_picks_are_the_same_for_every_shard_count_and_with_packing_and_resume_exactly(jsonl, spm):
     task = _register(jsonl, spm)
     kw = dict(task_feature_lengths=LENGTHS, shuffle=False, num_epochs=6, seed=5)
@@ -144,6 +145,7 @@ def test_picks_are_the_same_for_every_shard_count_and_with_packing_and_resume_ex
                                       got["rationale"]["decoder_target_tokens"])
 
 
+@pytest.mark.slow  # ~15-70 s: the tf.data path too
 def test_all_trains_every_example_rationale_pair_once_per_epoch_with_its_label(jsonl, spm):
     task = _register(jsonl, spm, sampling="all", name="multi_all")
     info = register.get_task_info(task)

@@ -17,7 +17,9 @@ from sbs_jax.data.registry import register
 def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None,
                          valid_from_train: float | None = None, train_fraction: float = 1.0, seed: int = 0,
                          vocabulary=None, variants: Sequence[str] = register.VARIANT_NAMES,
-                         selection: str = "ours", prefix_style: str = "ours", scoring: str = "ours") -> list[str]:
+                         selection: str = "ours", prefix_style: str = "ours", scoring: str = "ours",
+                         teacher_outputs: str = "cot", rationale_sampling: str = "one_per_epoch",
+                         rationale_filters=None) -> list[str]:
     """Register `{D}_sbs`, `{D}_sbs_llm`, `{D}_ft`, `{D}_distill` for each dataset D found in `data_dir`.
 
     Args:
@@ -31,6 +33,9 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
       prefix_style: `ours` (`predict: ` on every variant) or `official` (prefixes on step-by-step only).
       scoring: `ours` or `official` (SVAMP equations equal only when their values are exactly equal).
       vocabulary: a seqio vocabulary or a spiece.model path; default: the `SPIECE_MODEL` environment variable.
+      teacher_outputs: `cot` (the official `llm/<split>_CoT_<i>.json`, one rationale per example) or `samples`
+        (`llm/<split>_samples.jsonl`, several per example; docs/tasks.md).
+      rationale_sampling, rationale_filters: see `register.register_examples_task`.
     Returns the registered task names. Re-registering replaces earlier registrations.
     """
     if vocabulary is None:
@@ -52,9 +57,10 @@ def register_paper_tasks(data_dir: str, *, datasets: Sequence[str] | None = None
     for name in datasets:
         fmt = formats.get_format(name)
         metric = metrics.OFFICIAL_METRICS[fmt.metric] if scoring == "official" else fmt.metric
-        splits = {s: records.read_split(data_dir, name, s) for s in records.list_splits(data_dir, name)}
+        splits = {s: records.read_split(data_dir, name, s, teacher_outputs=teacher_outputs)
+                  for s in records.list_splits(data_dir, name)}
         names += register.register_examples_task(
             name, splits, vocabulary=vocabulary, metric=metric, variants=variants,
             valid_from_train=valid_from_train, train_fraction=train_fraction, seed=seed, selection=selection,
-            prefix_style=prefix_style)
+            prefix_style=prefix_style, rationale_sampling=rationale_sampling, rationale_filters=rationale_filters)
     return names

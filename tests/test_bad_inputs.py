@@ -212,6 +212,36 @@ def test_data_check_of_a_missing_data_dir_and_unknown_dataset(tmp_path, capsys):
     assert_error(code, err, 2, "gsm8k", "expected one of")
 
 
+def test_a_spiece_model_of_random_bytes_is_named(data, tmp_path, capsys):
+    bad = tmp_path / "spiece.model"
+    bad.write_bytes(bytes(range(256)) * 8)  # not a serialized SentencePiece model
+    before = tree_hashes(data)
+    code, err = sbs(capsys, "data", "check", "--data_dir", data, "--dataset", "svamp", "--spiece_model", bad)
+    assert_error(code, err, 2, str(bad), "not a SentencePiece model")
+    code, err = sbs(capsys, "train", *train_flags(data, bad, tmp_path / "new"))
+    assert_error(code, err, 2, str(bad), "not a SentencePiece model")
+    assert tree_hashes(data) == before and not (tmp_path / "new").exists()
+
+
+def test_a_fraction_that_rounds_and_every_filter_say_what_they_kept(data, spm, capsys):
+    from sbs_jax import tasks
+
+    capsys.readouterr()
+    tasks.register_paper_tasks(str(data), datasets=["svamp"], vocabulary=str(spm), valid_from_train=0.1,
+                               train_fraction=0.001)
+    # 80 examples, 8 carved off for validation: 0.1 % of 72 is 0.072 examples, and one is kept.
+    assert "note: svamp: train_fraction 0.001 of 72 train examples is 0.072; keeping 1 (1.39 %)" in \
+        capsys.readouterr().out
+    tasks.register_paper_tasks(str(data), datasets=["svamp"], vocabulary=str(spm), valid_from_train=0.1,
+                               train_fraction=0.5)
+    assert "train_fraction" not in capsys.readouterr().out  # 36 of 72: no rounding, nothing to say
+    tasks.register_paper_tasks(str(data), datasets=["svamp"], vocabulary=str(spm),
+                               rationale_filters={"agree_with_gold": True, "drop_unparsed": True})
+    out = capsys.readouterr().out
+    for split in ("train", "test"):
+        assert f"note: svamp {split}: rationale filters kept " in out and "unparsed -" in out, out
+
+
 def test_the_unbroken_copies_pass(small_data, capsys):
     """The cases above fail because of their one break: the same data unbroken is accepted."""
     code, err = sbs(capsys, "data", "check", "--data_dir", small_data)

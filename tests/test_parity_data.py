@@ -242,7 +242,10 @@ def test_run_manifest_lists_the_reference_selection_and_prefix(spiece_dir, datas
         assert record["settings"] == {
             "task": f"svamp_{variant}", "variant": variant, "label_source": "gold", "prefix_style": "official",
             "label_prefix": prefix, "rationale_prefix": "explain: " if variant == "sbs" else None,
-            "selection": "official", "train_fraction": 0.5, "seed": 1, "valid_from_train": 0.1}
+            "selection": "official", "train_fraction": 0.5, "seed": 1, "valid_from_train": 0.1,
+            "rationale_sampling": "one_per_epoch", "rationale_filters": {
+                "agree_with_gold": False, "drop_unparsed": False, "min_words": 0, "max_tokens": None,
+                "drop_duplicates": False, "without_rationale": "label_only"}}
         for split, rows in expected.items():
             assert record["splits"][split]["inputs"] == [
                 selection.input_hash(ref.reference_input("svamp", raw["train"][i])) for i in rows]

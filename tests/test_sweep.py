@@ -101,6 +101,22 @@ def test_cells_planned_as_configured(tmp_path):
     assert not any(b.startswith("INITIAL_CHECKPOINT_PATH") for b in first["bindings"])
 
 
+def test_variants_are_methods_with_bindings_and_the_rationale_study_plans_30_cells(tmp_path):
+    study = sweep_main.parse_sweep(["sweeps/rationales.gin"], [f"SWEEP_DIR = '{tmp_path}'"])
+    cells = grid.plan_cells(study)
+    assert len(cells) == 5 * 2 * 3 and {c.method for c in cells} == {
+        "finetune", "step_by_step", "sbs_agree", "sbs_k4", "sbs_k4_agree"}
+    cell = next(c for c in cells if c.method == "sbs_k4_agree")
+    spec = runner.cell_spec(study, cell, [])
+    assert spec["gin_files"][1] == "runs/step_by_step.gin"
+    assert spec["bindings"][:2] == ["sbs_jax.tasks.register_arith_tasks.rationales_per_example = 4",
+                                    "sbs_jax.tasks.register_arith_tasks.rationale_filters = {'agree_with_gold': True}"]
+    assert grid.method_order(["sbs_k4", "finetune", "distill"]) == ["finetune", "distill", "sbs_k4"]
+    for bad in ({"finetune": ["step_by_step", []]}, {"x": ["nope", []]}, {"x": ["finetune", "A = 1"]}):
+        with pytest.raises(ValueError, match="Sweep.variants"):
+            grid.SweepConfig(sweep_dir=str(tmp_path), dataset_gin="d.gin", variants=bad)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("methods", ["finetune", "sbs"], "Sweep.methods"), ("fractions", [0.0], "Sweep.fractions"),
     ("fractions", [0.5, 0.5], "no repeated"), ("seeds", [], "non-empty"), ("models", ["x="], "Sweep.models")])

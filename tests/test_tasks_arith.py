@@ -56,3 +56,21 @@ def test_data_check_reports_the_embedded_task(capsys):
     out = capsys.readouterr().out
     assert re.search(r"train\s+4000\s+yes\s+\d+\s+\d+\.\d\d%", out)
     assert re.search(r"test\s+2000\s+yes\s+\d+\s+\d+\.\d\d%", out)
+
+
+def test_k_rationales_per_problem_keep_the_first_and_tell_the_steps_other_valid_ways():
+    one = arith.generate_split_data(seed=3, sizes={"train": 300, "test": 100})
+    four = arith.generate_split_data(seed=3, sizes={"train": 300, "test": 100}, rationales_per_example=4)
+    for split in one:
+        assert [ex.input for ex in four[split].examples] == [ex.input for ex in one[split].examples]
+        for a, b in zip(one[split].examples, four[split].examples):
+            cands = b.candidates()
+            assert len(cands) == 4 and (cands[0].text, cands[0].teacher_label) == (a.rationale, a.teacher_label)
+    examples = four["train"].examples
+    parsed = [c for ex in examples for c in ex.candidates() if c.text]
+    right = [c for ex in examples for c in ex.candidates() if c.teacher_label == ex.label]
+    assert 0.85 < len(right) / len(parsed) < 0.95  # the teacher slips on about 10 % of its completions
+    # Different tellings: most problems get 4 distinct rationales, and the variants use every style.
+    assert sum(len({c.text for c in ex.candidates()}) == 4 for ex in examples) > 0.8 * len(examples)
+    texts = " ".join(c.text for c in parsed)
+    assert " is " in texts and any(c.text.split()[1] == "=" for c in parsed)

@@ -236,6 +236,12 @@ def test_self_consistency_and_filter(tmp_path, datasets_dir, capsys):
     assert [r["kept"] for r in records] == [True, False, True]
     assert json.loads((d / "llm" / "valid_CoT_0.json").read_text()) == [samples[0][0], samples[2][2]]
     assert (d / "anli1_valid.json").read_text().splitlines() == [lines[0], lines[2]]
+    # Every sample drawn, one line per kept example, and it reads back as several rationales per example.
+    assert [json.loads(l) for l in (d / "llm" / "valid_samples.jsonl").read_text().splitlines()] == [
+        {"completions": samples[0]}, {"completions": samples[2]}]
+    split = records_lib.read_split(tmp_path / "out", "anli1", "valid", teacher_outputs="samples")
+    assert [[c.text for c in ex.candidates()] for ex in split.examples] == [["A.", "B.", "C."], ["", "", "F."]]
+    assert (split.num_samples, split.parse_failures, split.teacher_correct) == (6, 2, 3)
     summary = json.loads(capsys.readouterr().out)
     assert (summary["teacher_correct"], summary["kept"], summary["teacher_accuracy"]) == (2, 2, 66.67)
     assert summary["rationale_words"]["max"] == 1

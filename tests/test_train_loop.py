@@ -76,6 +76,9 @@ def test_cli_train_eval_infer_on_arith(tmp_path, capsys):
     assert manifest["settings"]["task"] == "arith_ft" and set(manifest["splits"]) == set(info.split_data)
     for split, data in info.split_data.items():
         assert manifest["splits"][split]["inputs"] == [selection.input_hash(ex.input) for ex in data.examples]
+    # ... and run.json how its rationales were read and filtered (here: the defaults).
+    assert json.loads((run / "run.json").read_text())["rationales"] == {
+        "sampling": "one_per_epoch", "filters": manifest["settings"]["rationale_filters"]}
 
     capsys.readouterr()
     assert train_main.main(["eval", "--gin_file=runs/eval.gin", "--gin_file=datasets/arith.gin",

@@ -56,7 +56,7 @@ def data_size(root: epath.Path, model: str, rows: Sequence[dict], groups: Sequen
     mine = [g for g in groups if g["model"] == model]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series = []
-    for method in [m for m in grid.METHODS if any(g["method"] == m for g in mine)]:
+    for method in grid.method_order(g["method"] for g in mine):
         gs = sorted((g for g in mine if g["method"] == method), key=lambda g: g["fraction"])
         x = [g["fraction"] * 100 for g in gs]
         mean = [g["test_mean"] for g in gs]
@@ -102,7 +102,7 @@ def model_size(root: epath.Path, rows: Sequence[dict], groups: Sequence[dict]) -
     at = [g for g in groups if g["fraction"] == fraction]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series = []
-    for method in [m for m in grid.METHODS if any(g["method"] == m for g in at)]:
+    for method in grid.method_order(g["method"] for g in at):
         gs = sorted((g for g in at if g["method"] == method), key=lambda g: g["parameters"])
         x, mean = [g["parameters"] for g in gs], [g["test_mean"] for g in gs]
         std = [g["test_std"] or 0.0 for g in gs]

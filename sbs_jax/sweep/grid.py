@@ -6,7 +6,7 @@ A cell is one ordinary training run (the same gin files and trainer as `sbs trai
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 # method -> (run gin file, extra bindings). Step-by-step with teacher labels is step_by_step.gin on the
 # `_sbs_llm` task variant (register.py: D_sbs_llm); distill.gin uses D_distill, finetune.gin D_ft.
@@ -30,7 +30,9 @@ class SweepConfig:
     after the dataset file (e.g. 'runs/paper_t5_1_1_base.gin'). bindings: gin bindings for every cell, after
     the files. fraction_binding: the gin parameter that takes the cell's training fraction; the project's
     dataset files (paper datasets and the embedded task) route TRAIN_FRACTION to their registration. Each cell checks the registered task really kept
-    that fraction.
+    that fraction. variants: more methods, each a method of METHODS with extra bindings, named in `methods`
+    like the others: {'sbs_k4': ['step_by_step', ["sbs_jax.tasks.register_arith_tasks.rationales_per_example
+    = 4"]]} (its cells live in `<model>/sbs_k4/...`).
     """
     sweep_dir: str
     dataset_gin: str
@@ -41,6 +43,7 @@ class SweepConfig:
     gin_files: Sequence[str] = ()
     bindings: Sequence[str] = ()
     fraction_binding: str = "TRAIN_FRACTION"
+    variants: Mapping[str, Sequence] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         def fail(field, expected, got):
@@ -55,9 +58,17 @@ class SweepConfig:
                 fail(name, "a non-empty list", values)
             if len(set(values)) != len(values):
                 fail(name, "no repeated entries", values)
-        unknown = [m for m in self.methods if m not in METHODS]
+        if not isinstance(self.variants, Mapping):
+            fail("variants", "a dict {name: [method, [binding, ...]]}", self.variants)
+        for name, spec in self.variants.items():
+            ok = (isinstance(name, str) and name and "/" not in name and name not in METHODS
+                  and isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[0] in METHODS
+                  and isinstance(spec[1], (list, tuple)) and all(isinstance(b, str) for b in spec[1]))
+            if not ok:
+                fail(f"variants[{name!r}]", f"a new name -> [one of {list(METHODS)}, [gin binding strings]]", spec)
+        unknown = [m for m in self.methods if m not in METHODS and m not in self.variants]
         if unknown:
-            fail("methods", f"some of {list(METHODS)}", unknown)
+            fail("methods", f"some of {list(METHODS)} or of Sweep.variants {list(self.variants)}", unknown)
         bad = [f for f in self.fractions if isinstance(f, bool) or not isinstance(f, (int, float))
                or not 0.0 < f <= 1.0]
         if bad:
@@ -93,6 +104,21 @@ def model_spec(entry: str) -> tuple[str, str | None]:
     return name, (ckpt or None)
 
 
+def method_spec(config: SweepConfig, method: str) -> tuple[str, tuple[str, ...]]:
+    """(run gin file, bindings) of a method or of one of the sweep's variants."""
+    if method in METHODS:
+        return METHODS[method]
+    base, bindings = config.variants[method]
+    run_gin, base_bindings = METHODS[base]
+    return run_gin, (*base_bindings, *bindings)
+
+
+def method_order(methods) -> list[str]:
+    """METHODS' order first, then other (variant) methods by name."""
+    present = set(methods)
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+
+
 def plan_cells(config: SweepConfig) -> list[Cell]:
     """Every cell, model-major then method, fraction, seed (the order they run in)."""
     return [Cell(model_spec(m)[0], method, float(f), int(s))
@@ -104,7 +130,7 @@ def cell_gin(config: SweepConfig, cell: Cell, model_dir: str, extra_bindings: Se
     sweep's bindings, the command line's, and last the cell's own (so nothing overrides them)."""
     entry = next(m for m in config.models if model_spec(m)[0] == cell.model)
     _, checkpoint = model_spec(entry)
-    run_gin, method_bindings = METHODS[cell.method]
+    run_gin, method_bindings = method_spec(config, cell.method)
     files = [f"models/{cell.model}.gin", run_gin, config.dataset_gin, *config.gin_files]
     own = [*method_bindings, f"MODEL_DIR = {model_dir!r}", f"SEED = {cell.seed}",
            f"{config.fraction_binding} = {cell.fraction!r}"]

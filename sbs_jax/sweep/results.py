@@ -111,7 +111,7 @@ def aggregate(rows: Iterable[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["method"], r["fraction"]), []).append(r)
-    method_order = list(grid.METHODS)
+    method_order = grid.method_order(method for _, method, _ in groups)
     out = []
     for (model, method, fraction), rs in sorted(groups.items(), key=lambda kv: (
             kv[0][0], method_order.index(kv[0][1]) if kv[0][1] in method_order else 99, kv[0][2])):
@@ -136,7 +136,7 @@ def headline(groups: Sequence[dict]) -> list[dict]:
         ref = next((g for g in mine if g["method"] == "finetune" and g["fraction"] == 1.0), None)
         if ref is None:
             continue
-        for method in [m for m in grid.METHODS if any(g["method"] == m for g in mine)]:
+        for method in grid.method_order(g["method"] for g in mine):
             reached = sorted(g["fraction"] for g in mine if g["method"] == method
                              and g["test_mean"] >= ref["test_mean"])
             out.append({"model": model, "method": method, "target": ref["test_mean"],

@@ -2,6 +2,9 @@
 
 <out>/<name>/<name>_<split>.json          the examples (kept ones, as they were), JSON lines
 <out>/<name>/llm/<split>_CoT_<i>.json     the teacher completions, `chunk_size` per file, 1:1 with the examples
+                                          (the majority-vote one with --num_samples > 1)
+<out>/<name>/llm/<split>_samples.jsonl    every completion drawn, one line per example (`{"completions": [...]}`,
+                                          sbs_jax.data.records.teacher_samples), 1:1 with the examples
 <out>/<name>/teacher_<split>.jsonl        one record per input example, in order (prompt, outputs, parse, status)
 <out>/<name>/teacher_<split>_summary.json counts, teacher accuracy, rationale length percentiles
 <out>/<name>/teacher_<split>.journal.jsonl  the resumable journal (finished examples in completion order)
@@ -29,6 +32,7 @@ import time
 from etils import epath
 
 from sbs_jax import paths
+from sbs_jax.data.records import teacher_samples
 from sbs_jax.teacher.client import (FatalRequestError, RequestFailed, TeacherClient, TeacherError,
                                     TeacherInputError)
 from sbs_jax.teacher.journal import Journal
@@ -227,6 +231,8 @@ class _Run:
         chunks = [kept[i:i + self.config.chunk_size] for i in range(0, len(kept), self.config.chunk_size)] or [[]]
         for i, chunk in enumerate(chunks):
             _atomic_write(llm / f"{self.config.split}_CoT_{i}.json", json.dumps([r["output"] for r in chunk]))
+        _atomic_write(teacher_samples.samples_path(llm, self.config.split),
+                      teacher_samples.samples_text(r["outputs"] for r in kept))
         for stale in llm.glob(f"{self.config.split}_CoT_*.json"):     # left by an earlier run with more chunks
             suffix = stale.stem.rsplit("_", 1)[-1]
             if suffix.isdigit() and int(suffix) >= len(chunks):

@@ -251,18 +251,25 @@ class Trainer:
         from sbs_jax.data.registry import register
         from sbs_jax.model.t5 import config as model_config_lib
 
-        fractions = set()
+        fractions, rationales = set(), set()
         for task in eval_task_names(self.task):
             try:
-                fractions.add(register.get_task_info(task).train_fraction)
+                task_info = register.get_task_info(task)
             except ValueError:
                 fractions.add(None)
+                rationales.add(None)
+                continue
+            fractions.add(task_info.train_fraction)
+            filters = (task_info.selection or {}).get("rationale_filters")
+            rationales.add(json.dumps({"sampling": task_info.rationale_sampling, "filters": filters}, sort_keys=True))
         preset = (model_config_lib.preset_name(self.model_config) if isinstance(self.model_config, T5Config)
                   else None)
         info = run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
                                 mode=self.config.objective.mode, seed=self.config.seed,
                                 train_fraction=fractions.pop() if len(fractions) == 1 else None,
                                 model_config=self.model_config, preset=preset)
+        # How the rationales were read and filtered (one setting for every task, else None).
+        info["rationales"] = json.loads(rationales.pop()) if len(rationales) == 1 and None not in rationales else None
         previous = run_dir.read_run_info(self.model_dir)  # a resumed run keeps its creation time
         if previous and previous.get("created"):
             info["created"] = previous["created"]

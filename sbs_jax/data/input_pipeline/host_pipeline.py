@@ -89,13 +89,18 @@ class IndexStream:
     building instead of before it. The order is the same either way; `ahead=0` computes it in `take`."""
 
     def __init__(self, num_examples: int, *, shuffle: bool, buffer_size: int | None, seed: int | None,
-                 num_epochs: int | None, ahead: int = 4):
+                 num_epochs: int | None, ahead: int = 4, positions: bool = False):
         import tensorflow as tf
 
         if ahead < 0:
             raise ValueError(f"ahead={ahead}: expected 0 (no thread) or more chunks computed ahead")
-        ds = tf.data.Dataset.range(num_examples)
-        if num_epochs != 1:
+        if positions:
+            # Positions in the repeated stream instead of indices (index = position % n, epoch = position // n):
+            # the shuffle picks by position, so the order of `position % n` is the order of the indices.
+            ds = tf.data.Dataset.range(num_examples * num_epochs if num_epochs else np.iinfo(np.int64).max)
+        else:
+            ds = tf.data.Dataset.range(num_examples)
+        if num_epochs != 1 and not positions:
             ds = ds.repeat(num_epochs)
         if shuffle:
             ds = ds.shuffle(buffer_size, seed=seed)

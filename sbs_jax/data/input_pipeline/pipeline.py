@@ -22,6 +22,7 @@ from absl import logging
 from sbs_jax.data.input_pipeline import feature_converter as fc
 from sbs_jax.data.input_pipeline import host_pipeline
 from sbs_jax.data.input_pipeline import packing
+from sbs_jax.data.input_pipeline import rationale_picking
 from sbs_jax.data.registry import register
 from sbs_jax.data import schema
 from sbs_jax.data.records.data_dir import DataError
@@ -76,6 +77,7 @@ def get_train_dataset(mixture_or_task_name: str, *, task_feature_lengths: Mappin
     """
     paired, lengths, local_batch = _batch_plan(mixture_or_task_name, task_feature_lengths, batch_size, split,
                                                shard_info)
+    _check_no_picking(mixture_or_task_name, split)
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=shuffle, seed=seed,
                               num_epochs=num_epochs, shard_info=shard_info)
@@ -134,8 +136,19 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                                                shard_info)
     data = _tokenized(provider, split, tuple(sorted(lengths.items())),
                       None if shard_info is None else (shard_info.index, shard_info.num_shards))
-    order = host_pipeline.IndexStream(data.num_examples, shuffle=shuffle, buffer_size=provider._shuffle_buffer_size,  # noqa: SLF001
-                                      seed=seed, num_epochs=num_epochs)
+    buffer = provider._shuffle_buffer_size  # noqa: SLF001
+    picking = _rationale_picking(mixture_or_task_name, split)
+    if picking is None:
+        order = host_pipeline.IndexStream(data.num_examples, shuffle=shuffle, buffer_size=buffer, seed=seed,
+                                          num_epochs=num_epochs)
+    else:
+        counts = picking
+        index = np.arange(len(counts))
+        if shard_info is not None and shard_info.num_shards > 1:  # the source shards by example
+            index = index[index % shard_info.num_shards == shard_info.index]
+        positions = host_pipeline.IndexStream(len(index), shuffle=shuffle, buffer_size=buffer, seed=seed,
+                                              num_epochs=num_epochs, positions=True)
+        order = rationale_picking.PickedRows(positions, counts[index], index, seed)
     if pack:
         streams = _packed_streams(mixture_or_task_name, paired, packed_streams)
         rows = resolve_packed_lengths(mixture_or_task_name, split, lengths, packed_lengths, streams)
@@ -152,6 +165,23 @@ def _tokenized(task: seqio.Task, split: str, lengths: tuple, shard: tuple[int, i
     lengths = dict(lengths)
     return host_pipeline.TokenizedSplit.from_task(task, split=split, sequence_length=lengths,
                                                   features=tuple(lengths), shard_info=shard_info)
+
+
+def _rationale_picking(name: str, split: str) -> np.ndarray | None:
+    """Rows per example when training on `split` of task `name` picks one rationale per epoch, else None."""
+    try:
+        info = register.get_task_info(name)
+    except ValueError:
+        return None
+    return np.asarray(info.train_rows) if info.picks_rationales(split) else None
+
+
+def _check_no_picking(name: str, split: str) -> None:
+    for task in _tasks(name):
+        if _rationale_picking(task.name, split) is not None:
+            raise ValueError(f"task {task.name!r} has several rationales per example with rationale_sampling="
+                             "'one_per_epoch', which the numpy back end implements: train it alone with "
+                             "backend 'auto'/'numpy', or register it with rationale_sampling='all'")
 
 
 def _packed_streams(name: str, paired: bool, requested: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -251,7 +281,7 @@ def _token_lengths(task: seqio.Task, split: str) -> dict[str, np.ndarray]:
     if info is not None and info.split_data is not None and seqio.get_mixture_or_task(task.name) is task:
         if split not in info.split_data:
             raise DataError(f"task {task.name!r} has no split {split!r}; splits: {sorted(info.split_data)}")
-        examples = info.split_data[split].examples
+        examples = info.source_examples(split)
         label = "teacher_label" if info.label_source == "teacher" else "label"
         n = functools.partial(_encode_lengths, vocab)
         out = {"inputs": n([info.label_prefix + ex.input for ex in examples]),

@@ -6,7 +6,10 @@ someone else's count. The label is the final count; the rationale spells the ste
 10.`), so it carries what the label alone does not: which numbers matter, which way each verb goes, and the
 intermediate count. The simulated teacher behaves like a real one: its raw completion runs on into an
 invented next exemplar, it slips on one step of about 10% of the problems (a wrong but self-consistent
-label), and about 2% of its outputs do not parse.
+label), and about 2% of its outputs do not parse. With `rationales_per_example=k` it draws k completions per
+problem: the first is the one above (so k=1 is byte-identical to the single-rationale task), the others tell
+the same steps in a different valid way (the other order of the two changes where no count goes negative, and
+`a + b = c.` / `c = a + b.` / `a + b is c.`), each with its own slips.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import random
 from typing import Mapping
 
 from sbs_jax.data.records import formats
-from sbs_jax.data.records.data_dir import Example, SplitData, attach_teacher
+from sbs_jax.data.records.data_dir import Example, SplitData, attach_teacher, attach_teacher_samples
 
 DEFAULT_SIZES: Mapping[str, int] = {"train": 4000, "validation": 1000, "test": 2000}
 TEACHER_SLIP_RATE = 0.10
@@ -53,16 +56,36 @@ def _problem(rng: random.Random) -> tuple[str, int, list[tuple[str, int, int]]]:
     return " ".join(sentences), start, steps
 
 
-def _teacher_output(rng: random.Random, start: int, steps) -> str:
+# How a step `a op b = c` is written: the default first, then the other phrasings of the extra samples.
+_STYLES = ("{a} {op} {b} = {c}.", "{c} = {a} {op} {b}.", "{a} {op} {b} is {c}.")
+
+
+def _orders(start: int, steps) -> list[tuple[int, ...]]:
+    """Orders in which the steps can be told without a count going negative (the given order first)."""
+    out = []
+    for order in ((0, 1), (1, 0)) if len(steps) == 2 else (tuple(range(len(steps))),):
+        value, ok = start, True
+        for i in order:
+            value = value + steps[i][1] if steps[i][0] == "+" else value - steps[i][1]
+            ok &= value >= 0
+        if ok:
+            out.append(order)
+    return out
+
+
+def _teacher_output(rng: random.Random, start: int, steps, order: tuple[int, ...] | None = None,
+                    style: str = _STYLES[0]) -> str:
     """A raw chain-of-thought completion, possibly with one arithmetic slip or a broken ending."""
+    order = tuple(range(len(steps))) if order is None else order
     slip_at = rng.randrange(len(steps)) if rng.random() < TEACHER_SLIP_RATE else -1
     value, parts = start, []
-    for i, (op, n, _) in enumerate(steps):
+    for i, k in enumerate(order):
+        op, n, _ = steps[k]
         result = value + n if op == "+" else value - n
         if i == slip_at:
             slip = rng.choice((-2, -1, 1, 2))
             result += slip if result + slip >= 0 else -slip
-        parts.append(f"{value} {op} {n} = {result}.")
+        parts.append(style.format(a=value, op=op, b=n, c=result))
         value = result
     rationale = " ".join(parts)
     if rng.random() < TEACHER_UNPARSABLE_RATE:
@@ -78,8 +101,22 @@ def parse_teacher(text: str) -> formats.TeacherOutput | None:
     return formats.TeacherOutput(head.strip(), label) if sep and head.strip() and label else None
 
 
-def generate_split_data(seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES) -> dict[str, SplitData]:
+def _more_samples(seed: int, split: str, index: int, start: int, steps, k: int) -> list[str]:
+    """The 2nd..k-th completions of one problem: different valid tellings (distinct while there are), from a
+    generator of their own, so drawing them leaves the problems and the first completions unchanged."""
+    rng = random.Random(f"arith-samples:{seed}:{split}:{index}")
+    ways = [(o, s) for o in _orders(start, steps) for s in _STYLES][1:]  # the first is the default's
+    rng.shuffle(ways)
+    picks = [ways[i % len(ways)] for i in range(k - 1)]
+    return [_teacher_output(rng, start, steps, order, style) for order, style in picks]
+
+
+def generate_split_data(seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES,
+                        rationales_per_example: int = 1) -> dict[str, SplitData]:
     """All splits, with teacher outputs parsed and counted; no question appears in two splits."""
+    if isinstance(rationales_per_example, bool) or not isinstance(rationales_per_example, int) \
+            or rationales_per_example < 1:
+        raise ValueError(f"rationales_per_example={rationales_per_example!r}: expected an int >= 1")
     rng = random.Random(seed)
     seen: set[str] = set()
     out = {}
@@ -91,9 +128,15 @@ def generate_split_data(seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES)
                 continue
             seen.add(question)
             examples.append(Example(input=question, label=str(steps[-1][2])))
-            outputs.append(_teacher_output(rng, start, steps))
+            outputs.append([_teacher_output(rng, start, steps)])
+            if rationales_per_example > 1:
+                outputs[-1] += _more_samples(seed, split, len(examples) - 1, start, steps, rationales_per_example)
         data = SplitData("arith", split, examples, source=f"arith generator (seed {seed})")
-        out[split] = attach_teacher(data, outputs, parse_teacher, "exact_match", where=data.source)
+        if rationales_per_example == 1:
+            out[split] = attach_teacher(data, [o[0] for o in outputs], parse_teacher, "exact_match",
+                                        where=data.source)
+        else:
+            out[split] = attach_teacher_samples(data, outputs, parse_teacher, "exact_match", where=data.source)
     return out
 
 

@@ -2,7 +2,8 @@
 
 Layout (see the datasets README): `<name>/<name>_<split>.json` (JSON lines) and, optionally,
 `<name>/llm/<split>_CoT_<i>.json` (JSON lists of raw teacher completions, concatenated in numeric order,
-one per example). Every problem raises `DataError` naming the file, line or field and what was expected.
+one per example) or `<name>/llm/<split>_samples.jsonl` (several completions per example,
+`teacher_samples.py`; read with `teacher_outputs="samples"`). Every problem raises `DataError` naming the file, line or field and what was expected.
 Data dirs may be local or `gs://...`: every path here is an `etils.epath.Path`.
 """
 from __future__ import annotations
@@ -21,12 +22,36 @@ from sbs_jax.data.records.formats import DataError  # noqa: F401  (re-exported: 
 
 
 @dataclasses.dataclass(frozen=True)
+class Rationale:
+    """One teacher rationale of an example and the label its completion ended in ("" when unparsed)."""
+    text: str
+    teacher_label: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
-    """One example of a rationale task. `rationale`/`teacher_label` are "" when absent or unparsable."""
+    """One example of a rationale task. `rationale`/`teacher_label` are "" when absent or unparsable.
+
+    The one owner of the several-rationales contract: a single-rationale example (the paper layout) leaves
+    `rationales` empty and is exactly what it always was; an example with several teacher rationales holds
+    all of them in `rationales`, and `rationale`/`teacher_label` are its first (what evaluation shows).
+    Build either with `with_candidates`; read either with `candidates()`."""
     input: str
     label: str
     rationale: str = ""
     teacher_label: str = ""
+    rationales: tuple[Rationale, ...] = ()
+
+    def candidates(self) -> tuple[Rationale, ...]:
+        """Every rationale of the example (an unparsed one has empty text); none only after filtering."""
+        return self.rationales or (Rationale(self.rationale, self.teacher_label),)
+
+    def with_candidates(self, candidates) -> "Example":
+        """This example holding `candidates` (one: the single-rationale form; none: no rationale)."""
+        candidates = tuple(candidates)
+        first = candidates[0] if candidates else Rationale("", "")
+        return dataclasses.replace(self, rationale=first.text, teacher_label=first.teacher_label,
+                                   rationales=candidates if len(candidates) > 1 else ())
 
 
 @dataclasses.dataclass
@@ -40,13 +65,25 @@ class SplitData:
     teacher_correct: int = 0        # parsed teacher label equals gold (by the dataset's metric)
     source: str = ""                # file the examples came from
     has_teacher_labels: bool = True  # False: rationales came without teacher labels (no teacher accuracy)
+    filter_counts: dict | None = None  # what the rationale filters removed (registry.rationale_filters)
+
+    @property
+    def num_samples(self) -> int:
+        """Teacher rationales (parsed or not) over all examples: the examples' count when one each."""
+        return sum(len(ex.rationales) or 1 for ex in self.examples)
+
+    @property
+    def without_rationale(self) -> int:
+        """Examples with no usable rationale (they train the label stream only)."""
+        return sum(not any(c.text for c in ex.candidates()) for ex in self.examples)
 
     @property
     def teacher_accuracy(self) -> float | None:
-        """Percent of all examples whose parsed teacher label equals gold (unparsed ones count as wrong)."""
+        """Percent of all teacher samples whose parsed label equals gold (unparsed ones count as wrong); with
+        one sample per example, the percent of examples."""
         if not (self.has_teacher and self.has_teacher_labels and self.examples):
             return None
-        return 100.0 * self.teacher_correct / len(self.examples)
+        return 100.0 * self.teacher_correct / self.num_samples
 
 
 def read_json_lines(path) -> list[tuple[int, object]]:
@@ -125,8 +162,16 @@ def read_teacher_outputs(files: Sequence[epath.Path]) -> list[str]:
     return outputs
 
 
-def read_split(data_dir, name: str, split: str) -> SplitData:
-    """Examples of one split with parsed teacher rationales/labels where teacher files exist."""
+TEACHER_OUTPUTS = ("cot", "samples")
+
+
+def read_split(data_dir, name: str, split: str, *, teacher_outputs: str = "cot") -> SplitData:
+    """Examples of one split with parsed teacher rationales/labels where teacher files exist.
+
+    teacher_outputs: "cot" reads the official `llm/<split>_CoT_<i>.json` (one completion per example);
+    "samples" reads `llm/<split>_samples.jsonl` (several per example, `teacher_samples`)."""
+    if teacher_outputs not in TEACHER_OUTPUTS:
+        raise DataError(f"teacher_outputs={teacher_outputs!r}: expected one of {TEACHER_OUTPUTS}")
     fmt = formats_lib.get_format(name)
     folder = dataset_dir(data_dir, name)
     path = folder / f"{name}_{split}.json"
@@ -138,6 +183,13 @@ def read_split(data_dir, name: str, split: str) -> SplitData:
         formats_lib.validate_record(fmt, record, f"{path}:{lineno}")
         examples.append(Example(input=fmt.format_input(record), label=fmt.gold_label(record)))
     data = SplitData(name, split, examples, source=str(path))
+    if teacher_outputs == "samples":
+        from sbs_jax.data.records import teacher_samples
+        samples = teacher_samples.samples_path(folder / "llm", split)
+        if samples.is_file():
+            attach_teacher_samples(data, teacher_samples.read_samples(samples), fmt.parse_teacher, fmt.metric,
+                                   where=str(samples))
+        return data
     files = _teacher_files(folder, split)
     if files:
         attach_teacher(data, read_teacher_outputs(files), fmt.parse_teacher, fmt.metric,
@@ -161,6 +213,30 @@ def attach_teacher(data: SplitData, outputs: Sequence[str], parse, metric: str, 
         parsed_examples.append(dataclasses.replace(example, rationale=parsed.rationale,
                                                    teacher_label=parsed.label))
     data.examples, data.has_teacher = parsed_examples, True
+    data.parse_failures, data.teacher_correct = failures, correct
+    return data
+
+
+def attach_teacher_samples(data: SplitData, samples: Sequence[Sequence[str]], parse, metric: str,
+                           where: str) -> SplitData:
+    """Parse several raw completions per example (same order as the examples) into `Example.rationales`;
+    `parse_failures`/`teacher_correct` count samples. One sample per example gives `attach_teacher`'s result."""
+    if len(samples) != len(data.examples):
+        raise DataError(f"{where}: {len(samples)} lines of teacher samples for {len(data.examples)} examples in "
+                        f"{data.source}; expected exactly one line per example, in the same order")
+    out, failures, correct = [], 0, 0
+    for example, completions in zip(data.examples, samples):
+        candidates = []
+        for text in completions:
+            parsed = parse(text)
+            if parsed is None:
+                failures += 1
+                candidates.append(Rationale("", ""))
+                continue
+            correct += metrics.label_matches(metric, example.label, parsed.label)
+            candidates.append(Rationale(parsed.rationale, parsed.label))
+        out.append(example.with_candidates(candidates))
+    data.examples, data.has_teacher = out, True
     data.parse_failures, data.teacher_correct = failures, correct
     return data
 

@@ -25,6 +25,13 @@ def subset_size(fraction: float, n: int) -> int:
     return max(1, min(n, int(round(fraction * n))))
 
 
+def note_rounding(where: str, fraction: float, n: int, kept: int) -> None:
+    """Print what a training fraction kept when rounding (or the one-example floor) changed it."""
+    if kept != fraction * n:
+        print(f"note: {where}: train_fraction {fraction:g} of {n} train examples is {fraction * n:g}; keeping "
+              f"{kept} ({100.0 * kept / n:.2f} %)", flush=True)
+
+
 def plan_splits(splits: Mapping[str, Sequence[Example]], *, valid_from_train: float | None = None,
                 train_fraction: float = 1.0, seed: int = 0, train_split: str = "train",
                 where: str = "data", selection: str = "ours") -> dict[str, list[Example]]:
@@ -56,8 +63,12 @@ def plan_splits(splits: Mapping[str, Sequence[Example]], *, valid_from_train: fl
     if valid_from_train is not None and CARVED_VALIDATION in out:
         raise DataError(f"{where}: already has a {CARVED_VALIDATION!r} split; not carving another from train")
     if selection == "official":
+        n_train = len(out[train_split])
         out[train_split], valid = selection_lib.official_plan(out[train_split], fraction=train_fraction, run=seed,
                                                               valid_from_train=valid_from_train, where=where)
+        if train_fraction != 1.0:
+            kept = len(out[train_split]) + (0 if valid is None else len(valid))
+            note_rounding(where, train_fraction, n_train, kept)
         if valid is not None:
             out[CARVED_VALIDATION] = valid
         return out
@@ -71,7 +82,9 @@ def plan_splits(splits: Mapping[str, Sequence[Example]], *, valid_from_train: fl
         out[CARVED_VALIDATION] = [train[i] for i in sorted(held_out)]
         train = [ex for i, ex in enumerate(train) if i not in held_out]
     if train_fraction != 1.0:
-        keep = _seeded_order(len(train), seed, purpose=1)[:subset_size(train_fraction, len(train))]
+        size = subset_size(train_fraction, len(train))
+        note_rounding(where, train_fraction, len(train), size)
+        keep = _seeded_order(len(train), seed, purpose=1)[:size]
         train = [train[i] for i in sorted(keep.tolist())]
     out[train_split] = train
     return out

@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 from etils import epath
 
+from sbs_jax.errors import InputError
+
 
 # T5 checkpoints reserve 100 sentinel ids for span corruption; distillation never emits them, so vocabularies
 # here default to none (decoding maps any id past the vocabulary to unk). Pass extra_ids=100 for T5's 32100.
@@ -50,7 +52,11 @@ def load_vocabulary(vocabulary, *, extra_ids: int = DEFAULT_EXTRA_IDS):
         raise FileNotFoundError(f"{path}: SentencePiece model not found (expected a spiece.model file, or a "
                                 "Hugging Face tokenizer.json)")
     vocab = T5Vocabulary(str(path), extra_ids=extra_ids)
-    ids = (vocab.pad_id, vocab.eos_id, vocab.unk_id)
+    try:
+        ids = (vocab.pad_id, vocab.eos_id, vocab.unk_id)  # the first read parses the model file
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, SentencePiece's RuntimeError, ...
+        raise InputError(f"{path}: not a SentencePiece model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         "); expected a spiece.model file (train one with `sbs vocab train`)") from None
     if ids != (0, 1, 2):
         raise ValueError(f"{path}: pad/eos/unk ids are {ids}, expected T5's (0, 1, 2); train with "
                          "pad_id=0, eos_id=1, unk_id=2, bos_id=-1 (as `sbs vocab train` does)")

@@ -15,7 +15,8 @@ from etils import epath
 
 from sbs_jax import paths
 from sbs_jax.checkpoints.errors import CheckpointError
-from sbs_jax.checkpoints.layout import check_params, expected_shapes, flatten, is_gated, num_decoder_layers
+from sbs_jax.checkpoints.layout import (check_params, check_tensor_shapes, expected_shapes, flatten, is_gated,
+                                        num_decoder_layers)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -202,14 +203,7 @@ def hf_tensors_to_params(tensors: dict, d: dict, config, source):
     ours_shapes = expected_shapes(config)
     # Checked in HF names and orientation, so the message names what the user's files contain.
     want = {n: ours_shapes[p] if p == "token_embedder/embedding" else ours_shapes[p][::-1] for n, p in names.items()}
-    problems = [f"missing tensor {n} (expected shape {want[n]})" for n in sorted(want.keys() - tensors.keys())]
-    problems += [f"unexpected tensor {n} with shape {tuple(tensors[n].shape)}"
-                 for n in sorted(tensors.keys() - want.keys())]
-    problems += [f"tensor {n} has shape {tuple(tensors[n].shape)}, expected {want[n]}"
-                 for n in sorted(want.keys() & tensors.keys()) if tuple(tensors[n].shape) != want[n]]
-    if problems:
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(f"{source}: weights do not match config.json:\n  " + "\n  ".join(problems[:20]) + more)
+    check_tensor_shapes(tensors, want, source)
     flat = {}
     for hf_name, ours in names.items():
         value = np.asarray(tensors[hf_name], dtype=np.float32)

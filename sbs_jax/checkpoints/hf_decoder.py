@@ -12,7 +12,7 @@ from etils import epath
 
 from sbs_jax import paths
 from sbs_jax.checkpoints.errors import CheckpointError
-from sbs_jax.checkpoints.layout import check_params, decoder_only_shapes, flatten
+from sbs_jax.checkpoints.layout import check_params, check_tensor_shapes, decoder_only_shapes, flatten
 
 _EMBED = "embed_tokens/embedding"
 _LAYER_NAMES = {  # HF name inside model.layers.{i} -> our path inside decoder/layers_{i}
@@ -72,14 +72,7 @@ def hf_tensors_to_params(tensors: dict, config, source):
     names = hf_name_map(config)
     ours_shapes = decoder_only_shapes(config)
     want = {n: ours_shapes[p][::-1] if _transposed(p) else ours_shapes[p] for n, p in names.items()}
-    problems = [f"missing tensor {n} (expected shape {want[n]})" for n in sorted(want.keys() - tensors.keys())]
-    problems += [f"unexpected tensor {n} with shape {tuple(tensors[n].shape)}"
-                 for n in sorted(tensors.keys() - want.keys())]
-    problems += [f"tensor {n} has shape {tuple(tensors[n].shape)}, expected {want[n]}"
-                 for n in sorted(want.keys() & tensors.keys()) if tuple(tensors[n].shape) != want[n]]
-    if problems:
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise CheckpointError(f"{source}: weights do not match config.json:\n  " + "\n  ".join(problems[:20]) + more)
+    check_tensor_shapes(tensors, want, source)
     flat = {}
     for hf_name, path in names.items():
         value = np.asarray(tensors[hf_name], dtype=np.float32)

@@ -123,3 +123,16 @@ def check_params(flat: Mapping[str, np.ndarray], config, source: str) -> dict:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise CheckpointError(f"{source}: checkpoint does not match the model config:\n  {shown}")
     return unflatten({k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
+
+
+def check_tensor_shapes(tensors: Mapping[str, Any], want: Mapping[str, tuple], source) -> None:
+    """One `CheckpointError` naming every missing, unexpected or misshapen tensor, in the names and orientation
+    of the checkpoint's own files (what the user can look up)."""
+    problems = [f"missing tensor {n} (expected shape {want[n]})" for n in sorted(want.keys() - tensors.keys())]
+    problems += [f"unexpected tensor {n} with shape {tuple(tensors[n].shape)}"
+                 for n in sorted(tensors.keys() - want.keys())]
+    problems += [f"tensor {n} has shape {tuple(tensors[n].shape)}, expected {want[n]}"
+                 for n in sorted(want.keys() & tensors.keys()) if tuple(tensors[n].shape) != want[n]]
+    if problems:
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CheckpointError(f"{source}: weights do not match config.json:\n  " + "\n  ".join(problems[:20]) + more)

@@ -181,7 +181,7 @@ def test_train_config_input_workers_reaches_the_input_pipeline(monkeypatch):
     config = types.SimpleNamespace(task_feature_lengths=LENGTHS["arith"], batch_size=8, seed=0, num_input_shards=None,
                                    objective=types.SimpleNamespace(streams=("label",)), pack=False, packed_lengths=None,
                                    input_workers=3)
-    trainer_lib.Trainer.train_batches(types.SimpleNamespace(config=config, task="arith_sbs"), 4)
+    trainer_lib.Trainer.train_batches(types.SimpleNamespace(config=config, task="arith_sbs", layout=None), 4)
     assert seen["workers"] == 3 and seen["start_batch"] == 4 and seen["task"] == "arith_sbs"
     assert trainer_lib.TrainConfig.__dataclass_fields__["input_workers"].default == 0
 

@@ -110,7 +110,8 @@ def test_faults_give_the_clean_output(tmp_path, datasets_dir):
         assert run_cli(*common, "--out", tmp_path / "clean") == 0
         assert final_files(tmp_path / "faulty", "svamp", "train") == final_files(tmp_path / "clean", "svamp", "train")
         assert run_cli(*common, "--out", tmp_path / "clean", "--chunk_size", 100) == 0 and not idle.log
-    assert sorted(p.name for p in (tmp_path / "clean/svamp/llm").iterdir()) == ["train_CoT_0.json"]
+    assert sorted(p.name for p in (tmp_path / "clean/svamp/llm").iterdir()) == ["train_CoT_0.json",
+                                                                              "train_samples.jsonl"]
     assert json.loads((tmp_path / "clean/svamp/llm/train_CoT_0.json").read_text()) == outputs
     for q, f in faults.items():
         assert server.attempts[q] == len(f) + 1

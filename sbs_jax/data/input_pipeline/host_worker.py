@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     try:
         serve(conn)
     except (EOFError, BrokenPipeError, ConnectionResetError):
-        pass  # the pool went away
+        return 0  # the pool went away: nothing is left to report to
     except Exception:  # noqa: BLE001 - every error goes back to the pool, which re-raises it
         try:
             conn.send(("error", traceback.format_exc()))

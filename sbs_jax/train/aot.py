@@ -79,7 +79,7 @@ def train_shapes(config) -> tuple[list[Shapes], int]:
     rows = int(config.batch_size)
     streams = tuple(config.objective.streams)
     if config.pack:
-        from sbs_jax.data import packing, pipeline
+        from sbs_jax.data.input_pipeline import packing, pipeline
 
         task_lengths = pipeline.sequence_lengths(config.task_feature_lengths, schema.RATIONALE in streams)
         packed = packing.resolve_packed_lengths(task_lengths, config.packed_lengths, streams)

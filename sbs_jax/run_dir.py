@@ -108,15 +108,17 @@ def package_versions() -> dict[str, str | None]:
 
 
 def run_info(*, task: str, task_feature_lengths: Mapping[str, int], mode: str | None, seed: int,
-             train_fraction: float | None, model_config, preset: str | None) -> dict[str, Any]:
-    """The machine-readable description of a run that export, eval, infer and sweeps read."""
+             train_fraction: float | None, model_config, preset: str | None,
+             causal_format: str | None = None) -> dict[str, Any]:
+    """The machine-readable description of a run that export, eval, infer and sweeps read. `causal_format`:
+    a decoder-only student's sequence format (how its prompts and generations read), None for T5."""
     from sbs_jax import __version__
 
     arch = {k: v for k, v in model_config.to_dict().items() if k not in RUNTIME_FIELDS}
     return {"run_info_version": RUN_INFO_VERSION, "task": task,
             "task_feature_lengths": {k: int(v) for k, v in task_feature_lengths.items()},
             "mode": mode, "seed": int(seed), "train_fraction": train_fraction,
-            "model": {"preset": preset, **arch}, "sbs_jax_version": __version__, "versions": package_versions(),
+            "model": {"preset": preset, **arch}, "causal_format": causal_format, "sbs_jax_version": __version__, "versions": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

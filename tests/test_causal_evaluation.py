@@ -43,7 +43,7 @@ def test_prompts_match_training_rows_and_generation_matches_naive_loop():
     layout = causal_lm.CausalLayout(schema.MULTITASK, eos_id=SRC_EOS, bos_id=BOS, source_eos_id=SRC_EOS)
     examples = schema.EvalExamples(rows, np.array(["a", "b", "c"], object), np.array(["?", "?", "?"], object),
                                    np.array(["", "", ""], object))
-    prompts = causal_evaluation.prompts(examples, layout)
+    prompts = causal_evaluation.prompts(examples.encoder_input_tokens, layout)
     for row, prompt in zip(rows, prompts):
         n = int(np.flatnonzero(row == SRC_EOS)[0]) + 1
         parts = causal_lm.example_parts({"inputs": row[:n], "targets": np.array([20, SRC_EOS])}, layout, paired=False)

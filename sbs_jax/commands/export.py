@@ -145,6 +145,8 @@ def export(args) -> epath.Path:
     prefix = selection.run_label_prefix(model_dir, default=PREDICT_PREFIX) if model_dir else PREDICT_PREFIX
     spec = _spec(args, run_feature_lengths(model_dir) if model_dir else {}, prefix)
     vocab = args.vocab or vocab
+    if _is_decoder_only(config):
+        return _export_causal(args, output, config, params, spec, vocab, model_dir)
     if vocab is not None:
         vocab = _check_vocab(vocab, config)
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
@@ -164,6 +166,43 @@ def export(args) -> epath.Path:
 
     return export_stablehlo(output, config, params, spm_model=vocab, spec=spec, dtype=args.dtype,
                             platforms=platforms)
+
+
+def _is_decoder_only(config) -> bool:
+    from sbs_jax.model.decoder import DecoderConfig
+
+    return isinstance(config, DecoderConfig)
+
+
+def _export_causal(args, output, config, params, spec: ServingSpec, vocab, model_dir) -> epath.Path:
+    """A decoder-only student: an HF causal-LM directory (`sbs_jax.export.hf_causal`)."""
+    from sbs_jax.data import schema
+    from sbs_jax.data.input_pipeline import causal_lm
+    from sbs_jax.data.vocab import hf_tokenizer_vocabulary as hf_vocab
+    from sbs_jax.data.vocab import sentencepiece_vocab
+    from sbs_jax.export.hf_causal import export_hf_causal
+    from sbs_jax.train import causal_evaluation
+
+    if args.format != "hf":
+        raise ExportError(f"--format {args.format}: decoder-only students ({config.model_type}) export as "
+                          "--format hf (AutoModelForCausalLM; vLLM and TGI serve that directory)")
+    if args.outputs != "label":
+        raise ExportError(f"--outputs {args.outputs}: a decoder-only export serves the label prompt; its "
+                          "rationale comes from the same generation (rationale_first/label_first) or from an explain "
+                          "prompt the caller writes (multitask)")
+    if vocab is not None and not hf_vocab.is_tokenizer_json(epath.Path(vocab)):
+        vocab = _check_vocab(vocab, config)
+    causal_format = (run_dir.read_run_info(model_dir) or {}).get("causal_format") if model_dir else None
+    new_tokens = spec.max_label_length
+    if causal_format not in (None, schema.MULTITASK):
+        if vocab is None:
+            raise ExportError(f"{args.checkpoint}: records no vocabulary; pass --vocab (the {causal_format} "
+                              "format's generation length counts its marker's tokens)")
+        layout = causal_lm.layout_for(causal_format, sentencepiece_vocab.load_vocabulary(str(vocab)),
+                                      eos_ids=config.eos_ids, bos_id=config.prompt_bos_id)
+        new_tokens = causal_evaluation.new_tokens(layout, spec.max_label_length, spec.max_rationale_length)
+    return export_hf_causal(output, config, params, spec=spec, dtype=args.dtype, vocab=vocab,
+                            causal_format=causal_format, max_new_tokens=new_tokens)
 
 
 @errors.command("sbs export")

@@ -45,8 +45,10 @@ def _bpe_merges(proto) -> list[tuple[str, str]]:
     return [(left, right) for _, _, left, right in sorted(ranked)]
 
 
-def build_tokenizer(spm_model):
-    """A `tokenizers.Tokenizer` equivalent to our SentencePiece tokenisation of `spm_model` (path)."""
+def build_tokenizer(spm_model, *, causal_bos_id: int | None = None, causal: bool = False):
+    """A `tokenizers.Tokenizer` equivalent to our SentencePiece tokenisation of `spm_model` (path). `causal`:
+    the prompt of a decoder-only student instead (`[BOS] text`, BOS only with `causal_bos_id`, no EOS: the
+    model continues the text)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE, Unigram
 
@@ -93,25 +95,35 @@ def build_tokenizer(spm_model):
         raise ValueError(f"{spm_model}: no {EOS_PIECE} piece; train the vocabulary with eos_id=1")
     # Only EOS is matched in raw text: our training reads `<pad>`/`<unk>` in a text as characters.
     tokenizer.add_special_tokens([AddedToken(EOS_PIECE, special=True, normalized=False)])
+    if causal:
+        bos = [] if causal_bos_id is None else [proto.pieces[causal_bos_id].piece]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=[*bos, "$A"], pair=[*bos, "$A", "$B"],
+            special_tokens=[(bos[0], causal_bos_id)] if bos else [])
+        return tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
         single=["$A", EOS_PIECE], pair=["$A", EOS_PIECE, "$B", EOS_PIECE], special_tokens=[(EOS_PIECE, eos_id)])
     return tokenizer
 
 
-def write_tokenizer_files(output_dir, spm_model, *, model_max_length: int) -> None:
-    """`tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json` for `AutoTokenizer`."""
+def write_tokenizer_files(output_dir, spm_model, *, model_max_length: int, causal: bool = False,
+                          causal_bos_id: int | None = None) -> None:
+    """`tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json` for `AutoTokenizer`; `causal`:
+    a decoder-only student's prompt tokenizer (`build_tokenizer`), padded on the left for batched generation."""
     output_dir = epath.Path(output_dir)
     proto = _load_proto(spm_model)
-    tokenizer = build_tokenizer(spm_model)
+    tokenizer = build_tokenizer(spm_model, causal=causal, causal_bos_id=causal_bos_id)
     (output_dir / "tokenizer.json").write_text(tokenizer.to_str(pretty=True))
     pieces = proto.pieces
     special = {"eos_token": EOS_PIECE, "unk_token": pieces[proto.trainer_spec.unk_id].piece,
                "pad_token": pieces[proto.trainer_spec.pad_id].piece}
+    if causal and causal_bos_id is not None:
+        special["bos_token"] = pieces[causal_bos_id].piece
     config = {
         # The generic class: it loads tokenizer.json as it is (`T5Tokenizer` would rebuild a Unigram model).
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model_max_length,
-        "padding_side": "right",
+        "padding_side": "left" if causal else "right",
         "clean_up_tokenization_spaces": False,
         **special,
     }

@@ -63,10 +63,11 @@ class ServingSpec:
             raise ValueError(f"{source}: not a valid serving spec: {e}") from e
 
 
-def write_spec(directory, spec: ServingSpec, config, dtype: str) -> epath.Path:
-    """Record what was exported beside the artifact: the request format, the model config and the dtype."""
+def write_spec(directory, spec: ServingSpec, config, dtype: str, **extra) -> epath.Path:
+    """Record what was exported beside the artifact: the request format, the model config and the dtype (and
+    `extra` fields, e.g. a decoder-only student's `causal_format`)."""
     path = epath.Path(directory) / SPEC_FILE
-    record = {"serving": dataclasses.asdict(spec), "model": config.to_dict(), "dtype": dtype}
+    record = {"serving": dataclasses.asdict(spec), "model": config.to_dict(), "dtype": dtype, **extra}
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -1,4 +1,5 @@
-"""Evaluation of decoder-only students: greedy generation from the training prompt, the label parsed per format.
+"""Evaluation of decoder-only students: generation (greedy, or beam search) from the training prompt, the label
+parsed per format.
 
 The prompt of an example is the label stream's (`EvalExamples.encoder_input_tokens`: label prefix + input, the
 vocabulary's EOS stripped) after the model's BOS: exactly the prompt part of the training rows
@@ -17,21 +18,57 @@ from sbs_jax.data.vocab import codec
 from sbs_jax.model.decoder import decoding
 
 
-def prompts(examples: schema.EvalExamples, layout: causal_lm.CausalLayout) -> list[list[int]]:
-    """Each example's prompt tokens: [BOS] + label-stream inputs up to the vocabulary's EOS."""
+def prompts(tokens: np.ndarray, layout: causal_lm.CausalLayout) -> list[list[int]]:
+    """Each row's prompt: [BOS] + its tokens (stream prefix + input, as `EvalExamples.encoder_input_tokens`)
+    up to the vocabulary's EOS."""
     head = [] if layout.bos_id is None else [layout.bos_id]
     out = []
-    for row in np.asarray(examples.encoder_input_tokens):
+    for row in np.asarray(tokens):
         ends = np.flatnonzero(row == layout.source_eos_id)
         stop = int(ends[0]) if ends.size else int(np.count_nonzero(row))
         out.append(head + [int(t) for t in row[:stop]])
     return out
 
 
+def new_tokens(layout: causal_lm.CausalLayout, label_length: int, rationale_length: int) -> int:
+    """How many tokens a label generation may take: the label's, plus the rationale and the marker when the
+    format generates both in one sequence."""
+    if layout.format == schema.MULTITASK:
+        return int(label_length)
+    return int(label_length) + int(rationale_length) + len(layout.marker)
+
+
+def generate_texts(model, params, vocab, layout: causal_lm.CausalLayout, tokens: np.ndarray, *, batch_size: int,
+                   max_new_tokens: int, decode=None) -> list[str]:
+    """Generations of the rows' prompts (`prompts`), detokenized up to EOS; `decode` (an
+    `evaluation.DecodeConfig`) chooses greedy or beam search, greedy when None."""
+    rows_in = prompts(tokens, layout)
+    if not rows_in:
+        return []
+    generated = generate(model, params, rows_in, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         pad_to=max(len(p) for p in rows_in), num_beams=getattr(decode, "num_beams", 1),
+                         length_penalty=getattr(decode, "length_penalty", 1.0))
+    return [codec.decode_row(vocab.decode, g, eos_id=layout.eos_id, pad_id=model.config.pad_id) for g in generated]
+
+
+def run_layout(model_dir, model_config, vocab) -> causal_lm.CausalLayout:
+    """The layout a decoder-only run trained with: run.json's `causal_format` over the run's vocabulary."""
+    from sbs_jax import errors, run_dir
+
+    info = run_dir.read_run_info(model_dir) or {}
+    causal_format = info.get("causal_format")
+    if causal_format not in schema.CAUSAL_FORMATS:
+        raise errors.InputError(f"{run_dir.RunDir(model_dir).run_json}: causal_format is {causal_format!r}, "
+                                f"expected one of {schema.CAUSAL_FORMATS} (sbs train records it for decoder-only "
+                                "students)")
+    return causal_lm.layout_for(causal_format, vocab, eos_ids=model_config.eos_ids,
+                                bos_id=model_config.prompt_bos_id)
+
+
 def generate(model, params, prompt_rows: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             pad_to: int) -> np.ndarray:
-    """Greedy continuations [rows, max_new_tokens] (0 after EOS), batches of `batch_size` rows left-padded to
-    `pad_to` tokens (fixed shapes: one compilation)."""
+             pad_to: int, num_beams: int = 1, length_penalty: float = 1.0) -> np.ndarray:
+    """Continuations [rows, max_new_tokens] (0 after EOS): greedy, or HF-exact beam search with `num_beams`
+    > 1; batches of `batch_size` rows left-padded to `pad_to` tokens (fixed shapes: one compilation)."""
     out = np.zeros((len(prompt_rows), max_new_tokens), np.int32)
     for start in range(0, len(prompt_rows), batch_size):
         chunk = prompt_rows[start:start + batch_size]
@@ -40,22 +77,42 @@ def generate(model, params, prompt_rows: list[list[int]], *, batch_size: int, ma
         width = pad_to - tokens.shape[1]
         tokens = np.pad(tokens, ((0, 0), (width, 0)), constant_values=model.config.pad_id)
         valid = np.pad(valid, ((0, 0), (width, 0)))
-        result = decoding.greedy_decode(model, params, tokens, valid, max_new_tokens=max_new_tokens)
+        if num_beams > 1:
+            result = decoding.beam_search(model, params, tokens, valid, max_new_tokens=max_new_tokens,
+                                          num_beams=num_beams, length_penalty=length_penalty)
+        else:
+            result = decoding.greedy_decode(model, params, tokens, valid, max_new_tokens=max_new_tokens)
         out[start:start + len(chunk)] = np.asarray(result)[:len(chunk)]
     return out
 
 
 def predict_split(model, params, vocab, examples: schema.EvalExamples, layout: causal_lm.CausalLayout, *,
-                  metric: str, batch_size: int, max_new_tokens: int) -> tuple[dict[str, float], list[dict]]:
+                  metric: str, batch_size: int, max_new_tokens: int,
+                  decode=None) -> tuple[dict[str, float], list[dict]]:
     """(metrics {"accuracy", "parse_failures", "num_examples"}, rows {"input", "gold", "generation",
     "prediction", "rationale", "parsed", "correct"}) for every example, in order."""
-    rows_in = prompts(examples, layout)
-    pad_to = max(len(p) for p in rows_in) if rows_in else 1
-    generated = generate(model, params, rows_in, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         pad_to=pad_to)
-    texts = [codec.decode_row(vocab.decode, g, eos_id=layout.eos_id, pad_id=model.config.pad_id)
-             for g in generated]
+    texts = generate_texts(model, params, vocab, layout, examples.encoder_input_tokens, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, decode=decode)
     result, scored = causal_labels.score_generations(metric, [str(t) for t in examples.targets], texts,
                                                      layout.format)
     rows = [{"input": str(examples.inputs[i]), "generation": texts[i], **scored[i]} for i in range(len(texts))]
     return result, rows
+
+
+def predict_examples(model, params, vocab, examples: schema.EvalExamples, layout: causal_lm.CausalLayout, *,
+                     metric: str, batch_size: int, label_length: int, rationale_feature_length: int,
+                     rationale_length: int = 0, decode=None) -> tuple[dict[str, float], list[dict]]:
+    """`predict_split` with the generation length of the format (`new_tokens`); with `rationale_length` and the
+    multitask format, each row's rationale is generated from its explain prompt too (the one-sequence formats
+    already hold theirs)."""
+    metrics, rows = predict_split(model, params, vocab, examples, layout, metric=metric, batch_size=batch_size,
+                                  max_new_tokens=new_tokens(layout, label_length, rationale_feature_length),
+                                  decode=decode)
+    if rationale_length and layout.format == schema.MULTITASK and len(rows):
+        explain = codec.encode_with_vocab(vocab, list(examples.inputs), schema.RATIONALE,
+                                          examples.encoder_input_tokens.shape[1])
+        texts = generate_texts(model, params, vocab, layout, explain, batch_size=batch_size,
+                               max_new_tokens=rationale_length, decode=decode)
+        for row, text in zip(rows, texts):
+            row["rationale"] = text
+    return metrics, rows

@@ -224,16 +224,22 @@ def eval_step_with_shardings(model, config, mesh, rules):
 
 
 def load_for_inference(model_dir, step: int | None, mesh_model: int = 1, preset: str = "data_parallel"):
-    """(model, params on the mesh, vocab, mesh, rules, step) of a trained student."""
+    """(model, params on the mesh, vocab, mesh, rules, step) of a trained student: a `Transformer` (T5) or a
+    `DecoderLM` (decoder-only), as its model_config.json says."""
     from sbs_jax.data.vocab import sentencepiece_vocab as vocab_lib
     from sbs_jax.model import Transformer
+    from sbs_jax.model.decoder import DecoderConfig, DecoderLM
     from sbs_jax.train import checkpointing, state as state_lib
 
     _, step_dir = checkpointing.resolve(model_dir, step)
     model_config, params, vocab_path = checkpointing.load_params(step_dir)
     if vocab_path is None:
-        raise FileNotFoundError(f"{model_dir}: no vocab/*.model; a training run copies its vocabulary there")
-    model = Transformer(model_config.replace(dropout_rate=0.0))
+        raise FileNotFoundError(f"{model_dir}: no vocab/*.model or vocab/tokenizer.json; a training run copies its "
+                                "vocabulary there")
+    if isinstance(model_config, DecoderConfig):
+        model = DecoderLM(model_config)
+    else:
+        model = Transformer(model_config.replace(dropout_rate=0.0))
     mesh, rules = partitioning.make_mesh(data=-1, model=mesh_model), partitioning.get_rules(preset)
     _, shardings = partitioning.param_shardings(model, mesh, rules, **state_lib.dummy_inputs(model=model))
     params = jax.device_put(params, shardings)
@@ -247,15 +253,33 @@ def run_eval(config: EvalConfig) -> dict:
 
     model, params, vocab, mesh, rules, step = load_for_inference(config.model_dir, config.step, config.mesh_model,
                                                                  config.partitioning)
-    decoder = Decoder(model, mesh, rules, config.decode)
     examples = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
                                           task_feature_lengths=config.task_feature_lengths)
-    rows = predict_split(decoder, params, vocab, examples,
-                         batch_size=partitioning.round_up_to_data(config.batch_size, mesh),
-                         target_length=config.decode.label_length(config.task_feature_lengths),
-                         rationale_length=config.rationale_length, max_examples=config.max_examples)
-    metrics = score_predictions(config.mixture_or_task_name, rows)
+    batch_size = partitioning.round_up_to_data(config.batch_size, mesh)
+    label_length = config.decode.label_length(config.task_feature_lengths)
+    if is_decoder_only(model):
+        from sbs_jax.train import causal_evaluation
+
+        layout = causal_evaluation.run_layout(config.model_dir, model.config, vocab)
+        metrics, rows = causal_evaluation.predict_examples(
+            model, params, vocab, examples.head(config.max_examples), layout,
+            metric=metric_name(config.mixture_or_task_name), batch_size=batch_size, label_length=label_length,
+            rationale_feature_length=config.task_feature_lengths.get("rationales", 0),
+            rationale_length=config.rationale_length, decode=config.decode)
+    else:
+        decoder = Decoder(model, mesh, rules, config.decode)
+        rows = predict_split(decoder, params, vocab, examples, batch_size=batch_size, target_length=label_length,
+                             rationale_length=config.rationale_length, max_examples=config.max_examples)
+        metrics = score_predictions(config.mixture_or_task_name, rows)
     path = epath.Path(config.model_dir) / "predictions" / f"eval_{config.split}_step{step}.jsonl"
     write_predictions(path, rows)
     progress.MetricWriter(config.model_dir, tensorboard=False).write(step, metrics, f"eval_{config.split}")
     return {"step": step, "split": config.split, **metrics, "predictions": str(path)}
+
+
+
+def is_decoder_only(model) -> bool:
+    from sbs_jax.model.decoder import DecoderLM
+
+    return isinstance(model, DecoderLM)
+

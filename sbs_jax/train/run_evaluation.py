@@ -62,13 +62,11 @@ class RunEvaluator:
         if self.layout is not None:
             from sbs_jax.train import causal_evaluation
 
-            lengths = self.config.task_feature_lengths
-            new_tokens = label_length
-            if self.layout.format != "multitask":
-                new_tokens += int(lengths["rationales"]) + len(self.layout.marker)
-            return causal_evaluation.predict_split(self.model, params, self.vocab, self._examples(task, split),
-                                                   self.layout, metric=evaluation.metric_name(task),
-                                                   batch_size=self._batch_size(), max_new_tokens=new_tokens)
+            return causal_evaluation.predict_examples(
+                self.model, params, self.vocab, self._examples(task, split), self.layout,
+                metric=evaluation.metric_name(task), batch_size=self._batch_size(), label_length=label_length,
+                rationale_feature_length=self.config.task_feature_lengths.get("rationales", 0),
+                rationale_length=self.config.rationale_length, decode=self.config.decode)
         rows = evaluation.predict_split(self.decoder, params, self.vocab, self._examples(task, split),
                                         batch_size=self._batch_size(),
                                         target_length=label_length,

@@ -267,7 +267,8 @@ class Trainer:
         info = run_dir.run_info(task=self.task, task_feature_lengths=self.config.task_feature_lengths,
                                 mode=self.config.objective.mode, seed=self.config.seed,
                                 train_fraction=fractions.pop() if len(fractions) == 1 else None,
-                                model_config=self.model_config, preset=preset)
+                                model_config=self.model_config, preset=preset,
+                                causal_format=None if self.layout is None else self.layout.format)
         # How the rationales were read and filtered (one setting for every task, else None).
         info["rationales"] = json.loads(rationales.pop()) if len(rationales) == 1 and None not in rationales else None
         previous = run_dir.read_run_info(self.model_dir)  # a resumed run keeps its creation time

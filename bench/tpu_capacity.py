@@ -11,7 +11,9 @@ compiled for the largest bucket shape (the full lengths), which needs the most m
 compiled say why (`how`): "state exceeds HBM" (the params and AdamW state one chip holds, computed exactly from
 their shardings, already exceed its HBM), "implied by <slice>" (fits on a smaller slice of the same chip:
 a larger slice holds the same or a smaller share per chip of the fixed batch of 64 and of the state), "remat
-none fits" (full remat is compiled only where no remat does not fit), or "budget" (not reached).
+none fits" (no remat fits, so full remat is not compiled), "full does not fit" (no remat needs at least full
+remat's memory), or "budget" (not reached). Within a slice full remat is compiled first; `run --presets/--remats/
+--chips/--sizes` restrict a run to part of the grid (e.g. full remat everywhere first, the rest later).
 """
 from __future__ import annotations
 
@@ -116,7 +118,25 @@ def _versions() -> dict:
     return {"commit": commit, **{p: md.version(p) for p in ("jax", "jaxlib", "libtpu")}}
 
 
-def run(budget_minutes: float) -> None:
+def _next_cell(cells: dict, size, preset, remat, slice_name, fitted: dict) -> dict | None:
+    """The cell's entry when it follows from cells already known (None: it must be compiled). Full remat needs
+    the least memory: where it does not fit, no remat does not fit either; where no remat fits, full does."""
+    base = {"size": size, "preset": preset, "remat": remat, "slice": slice_name}
+    full = cells.get(cell_key(size, preset, "full", slice_name), {})
+    none = cells.get(cell_key(size, preset, "none", slice_name), {})
+    if remat == "full" and none.get("fits"):
+        return {**base, "how": "remat none fits", "fits": True}
+    if remat == "none" and full.get("fits") is False and full.get("how") in ("compiled", "state exceeds HBM",
+                                                                             "full does not fit"):
+        return {**base, "how": "full does not fit", "fits": False}
+    if fitted.get(remat):
+        return {**base, "how": f"implied by {fitted[remat]}", "fits": True}
+    return None
+
+
+def run(budget_minutes: float, presets=PRESETS, remats=REMATS, chips=tuple(SLICES), sizes=SIZES) -> None:
+    """Compile the cells in STAGES order (within a slice: full remat first), restricted to the given presets,
+    remat policies, chip types and sizes; cells already known are kept, cells left out are not touched."""
     from sbs_jax.tpu import topologies
 
     topologies.quiet_libtpu_environment()
@@ -125,32 +145,34 @@ def run(budget_minutes: float) -> None:
     deadline = time.monotonic() + budget_minutes * 60
     results.setdefault("runs", []).append({"started": datetime.datetime.now(datetime.timezone.utc)
                                            .isoformat(timespec="seconds"), "budget_minutes": budget_minutes,
-                                           **_versions()})
-    for preset, chips in STAGES:
-        for size in SIZES:
-            for slices in (SLICES[c] for c in chips):
+                                           "presets": list(presets), "remats": list(remats), "chips": list(chips),
+                                           "sizes": list(sizes), **_versions()})
+    for preset, stage_chips in STAGES:
+        if preset not in presets:
+            continue
+        for size in (s for s in SIZES if s in sizes):
+            for chip in (c for c in stage_chips if c in chips):
                 fitted: dict[str, str] = {}  # remat -> the smallest slice of this chip it fits on
-                for slice_name in slices:
-                    for remat in REMATS:
+                for slice_name in SLICES[chip]:
+                    for remat in ("full", "none"):
                         key = cell_key(size, preset, remat, slice_name)
-                        base = {"size": size, "preset": preset, "remat": remat, "slice": slice_name}
-                        implied = fitted.get(remat) or (fitted.get("none") if remat == "full" else None)
-                        if key in cells and cells[key]["how"] != "budget":
-                            pass
-                        elif remat == "full" and cells.get(cell_key(size, preset, "none", slice_name), {}).get("fits"):
-                            cells[key] = {**base, "how": "remat none fits", "fits": True}
-                        elif implied:
-                            cells[key] = {**base, "how": f"implied by {implied}", "fits": True}
-                        elif time.monotonic() > deadline:
-                            cells[key] = {**base, "how": "budget", "fits": None}
-                        else:
-                            t0 = time.monotonic()
-                            cells[key] = compile_cell(size, preset, remat, slice_name)
-                            print(f"{key}: {cells[key]['how']} fits={cells[key]['fits']} "
-                                  f"total={cells[key].get('total_gib')} ({time.monotonic() - t0:.0f}s)", flush=True)
-                        if cells[key]["fits"] and remat not in fitted:
+                        known = cells.get(key)
+                        if remat in remats and (known is None or known["how"] == "budget"):
+                            derived = _next_cell(cells, size, preset, remat, slice_name, fitted)
+                            if derived is not None:
+                                cells[key] = derived
+                            elif time.monotonic() > deadline:
+                                cells[key] = {"size": size, "preset": preset, "remat": remat, "slice": slice_name,
+                                              "how": "budget", "fits": None}
+                            else:
+                                t0 = time.monotonic()
+                                cells[key] = compile_cell(size, preset, remat, slice_name)
+                                print(f"{key}: {cells[key]['how']} fits={cells[key]['fits']} "
+                                      f"total={cells[key].get('total_gib')} ({time.monotonic() - t0:.0f}s)",
+                                      flush=True)
+                            _save(results)
+                        if cells.get(key, {}).get("fits") and remat not in fitted:
                             fitted[remat] = slice_name
-                        _save(results)
 
 
 _CHIP_RANK = {"v5e": 0, "v6e": 1, "v4": 2, "v5p": 3}  # rough price order: on a tie of chips, the cheaper
@@ -192,6 +214,8 @@ def _cell_text(c: dict | None) -> str:
         return "fits (" + how + ")"
     if how == "remat none fits":
         return "not compiled (none fits)"
+    if how == "full does not fit":
+        return "no (full remat does not fit)"
     if how == "does not divide":
         return "does not divide"
     if c.get("note"):
@@ -230,7 +254,8 @@ def render() -> None:
              "**What was not compiled**, and why, is said in each cell: `state` = the params + AdamW state one "
              "chip holds (exact, from the shardings) already exceed its HBM; `implied by S` = fits on the smaller "
              "slice S of the same chip (a larger slice holds the same or a smaller per-chip share of the fixed "
-             "batch and of the state); `none fits` = full remat was not compiled because no remat fits; "
+             "batch and of the state); `none fits` = full remat was not compiled because no remat fits; `full remat does "
+             "not fit` = no remat was not compiled because full remat, which needs less memory, does not fit; "
              "`budget` = not reached in the runs' time budgets (`python -m bench.tpu_capacity run` resumes and fills them).", "",
              f"HBM per chip: v5e 16 GiB, v4 32 GiB, v5p 95 GiB, v6e 32 GiB. **Coverage: {len(compiled)} train steps "
              f"compiled** of the {len(SIZES) * len(PRESETS) * len(REMATS) * sum(map(len, SLICES.values()))} cells; "
@@ -275,10 +300,19 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run")
     p.add_argument("--budget_minutes", type=float, default=40.0)
+    for name, choices in (("presets", PRESETS), ("remats", REMATS), ("chips", tuple(SLICES)), ("sizes", SIZES)):
+        p.add_argument(f"--{name}", default=",".join(choices),
+                       help=f"comma-separated subset of {','.join(choices)} to compile (default: all)")
     sub.add_parser("render")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.budget_minutes)
+        chosen = {}
+        for name, choices in (("presets", PRESETS), ("remats", REMATS), ("chips", tuple(SLICES)), ("sizes", SIZES)):
+            chosen[name] = tuple(x.strip() for x in getattr(args, name).split(",") if x.strip())
+            unknown = set(chosen[name]) - set(choices)
+            if unknown:
+                parser.error(f"--{name}: {sorted(unknown)} not among {list(choices)}")
+        run(args.budget_minutes, **chosen)
     else:
         render()
 

@@ -17,17 +17,21 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _train(model_dir, *extra):
+def _sbs(*args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SBS_")}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = ["timeout", "-s", "KILL", "900", sys.executable, "-m", "sbs_jax.cli", "train",
-           "--gin_file=models/llama_tiny.gin", "--gin_file=runs/step_by_step.gin", "--gin_file=datasets/arith.gin",
-           f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=8", "--gin.COMPUTE_DTYPE='float32'",
-           "--gin.CAUSAL_FORMAT='rationale_first'", "--gin.SAVE_EVERY=1", "--gin.EVAL_EVERY=0",
-           "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False", "--gin.TrainConfig.log_every=1",
-           # A constant rate: the schedule would otherwise depend on TRAIN_STEPS, which the resumed run changes.
-           "--gin.OptimizerConfig.schedule='constant'", *extra]
+    cmd = ["timeout", "-s", "KILL", "900", sys.executable, "-m", "sbs_jax.cli", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+
+
+def _train(model_dir, *extra):
+    return _sbs("train", "--gin_file=models/llama_tiny.gin", "--gin_file=runs/step_by_step.gin",
+                "--gin_file=datasets/arith.gin", f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=8",
+                "--gin.COMPUTE_DTYPE='float32'",
+                "--gin.CAUSAL_FORMAT='rationale_first'", "--gin.SAVE_EVERY=1", "--gin.EVAL_EVERY=0",
+                "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False", "--gin.TrainConfig.log_every=1",
+                # A constant rate: the schedule would otherwise depend on TRAIN_STEPS, which the resumed run changes.
+                "--gin.OptimizerConfig.schedule='constant'", *extra)
 
 
 def test_decoder_student_trains_evaluates_and_resumes(tmp_path):
@@ -41,6 +45,17 @@ def test_decoder_student_trains_evaluates_and_resumes(tmp_path):
     assert len(rows) == validation["num_examples"]
     assert sum(not r["parsed"] for r in rows) == validation["parse_failures"]
     assert all(not r["correct"] for r in rows if not r["parsed"])
+
+    # `sbs eval` on the same checkpoint and split gives what the trainer's evaluation gave: the same prompts,
+    # generations and parsed labels, through the run's recorded causal format.
+    lengths = json.loads((run / "run.json").read_text())["task_feature_lengths"]
+    assert json.loads((run / "run.json").read_text())["causal_format"] == "rationale_first"
+    evaluated = _sbs("eval", "--gin_file=runs/eval.gin", "--gin_file=datasets/arith.gin", f"--gin.MODEL_DIR='{run}'",
+                     "--gin.EVAL_SPLIT='validation'", "--gin.CHECKPOINT_STEP=2", f"--gin.TASK_FEATURE_LENGTHS={lengths}")
+    result = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    assert result["accuracy"] == validation["accuracy"] and result["parse_failures"] == validation["parse_failures"]
+    again = [json.loads(line) for line in pathlib.Path(result["predictions"]).read_text().splitlines()]
+    assert [r["generation"] for r in again] == [r["generation"] for r in rows]
 
     resumed = _train(run, "--gin.TRAIN_STEPS=3", "--gin.VALIDATION_SPLIT=None")
     assert "resumed from" in resumed.stdout + resumed.stderr

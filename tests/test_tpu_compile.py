@@ -297,3 +297,21 @@ def test_capacity_gin_files_load_after_their_model_and_run_files():
         assert f"PARTITIONING = '{config.partitioning}'" in text and f"MESH_MODEL = {config.mesh_model}" in text
         assert config.model.scan_layers and f"remat_policy = '{config.model.remat_policy}'" in text
         assert config.batch_size == 64 and config.cut_batches
+
+
+def test_capacity_sweep_derives_only_what_memory_order_implies():
+    """bench/tpu_capacity.py skips a compile only where the answer follows: no remat fits -> full fits; full does
+    not fit -> no remat does not; a fit on a smaller slice of the chip -> a fit on a larger one."""
+    from bench import tpu_capacity as cap
+
+    key = cap.cell_key
+    compiled_no = {"how": "compiled", "fits": False}
+    cells = {key("base", "fsdp", "none", "v5e-8"): {"how": "compiled", "fits": True},
+             key("base", "fsdp", "full", "v5e-16"): compiled_no}
+    assert cap._next_cell(cells, "base", "fsdp", "full", "v5e-8", {})["how"] == "remat none fits"
+    assert cap._next_cell(cells, "base", "fsdp", "none", "v5e-16", {})["how"] == "full does not fit"
+    assert cap._next_cell(cells, "base", "fsdp", "none", "v5e-64", {"none": "v5e-8"})["how"] == "implied by v5e-8"
+    # Nothing implies these: they must be compiled.
+    assert cap._next_cell(cells, "base", "fsdp", "full", "v5e-64", {}) is None
+    assert cap._next_cell({key("base", "fsdp", "full", "v4-8"): {"how": "compiled", "fits": True}},
+                          "base", "fsdp", "none", "v4-8", {}) is None

@@ -29,8 +29,10 @@ def export_hf_causal(output_dir, config, params, *, spec: ServingSpec, dtype: st
     output_dir = save_hf(output_dir, config, params, dtype=dtype)
     generation_path = output_dir / GENERATION_FILE
     generation = json.loads(generation_path.read_text())
+    # Finished rows are filled with pad_token_id; the EOS (special, dropped by `skip_special_tokens`) rather than
+    # the model's pad id, which in Llama 3-style vocabularies is an ordinary token ("!" is id 0).
     generation.update({"max_new_tokens": int(max_new_tokens), "num_beams": spec.num_beams,
-                       "do_sample": False})
+                       "do_sample": False, "pad_token_id": int(config.eos_ids[0])})
     if spec.num_beams > 1:
         generation["length_penalty"] = spec.length_penalty
     generation_path.write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")

@@ -84,10 +84,11 @@ class Embed(nn.Module):
     num_embeddings: int
     features: int
     dtype: jnp.dtype
+    init_std: float = 1.0  # T5's; decoder-only families use their initializer_range
 
     def setup(self):
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("vocab", "embed")),
             (self.num_embeddings, self.features), jnp.float32)
 
     def __call__(self, tokens):  # [batch, length] -> [batch, length, embed]
@@ -110,13 +111,14 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
     deterministic: bool = True
     use_bias: bool = False
+    kernel_init: nn.initializers.Initializer = fan_in_init()
 
     @nn.compact
     def __call__(self, x):  # [batch, length, embed]
         act = ACTIVATION_FNS[self.activation]
 
         def dense(features, axes, name):
-            return Dense(features, axes, self.dtype, use_bias=self.use_bias, name=name)
+            return Dense(features, axes, self.dtype, kernel_init=self.kernel_init, use_bias=self.use_bias, name=name)
 
         if self.gated:
             hidden = act(dense(self.d_ff, ("embed", "mlp"), "wi_0")(x))

@@ -58,6 +58,7 @@ class DecoderConfig:
     final_logit_softcapping: Optional[float] = None
     sliding_window: Optional[int] = None
     layer_types: tuple = ()             # () = every layer full attention
+    initializer_range: float = 0.02     # std of every kernel's and the embedding's normal init (HF _init_weights)
     pad_id: int = 0
     bos_id: Optional[int] = None
     eos_ids: tuple = ()
@@ -167,6 +168,7 @@ class DecoderConfig:
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", model_type != "llama")),
+            initializer_range=float(d.get("initializer_range", 0.02)),
         )
         fields.update(_rope_fields(d, model_type))
         fields.update(_family_fields(d, model_type, layers))
@@ -184,6 +186,7 @@ class DecoderConfig:
             "head_dim": self.head_dim, "rms_norm_eps": self.rms_norm_eps,
             "max_position_embeddings": self.max_position_embeddings, "tie_word_embeddings": self.tie_word_embeddings,
             "rope_theta": self.rope_theta, "attention_dropout": 0.0, "use_cache": True,
+            "initializer_range": self.initializer_range,
             "pad_token_id": self.pad_id, "bos_token_id": self.bos_id,
             "eos_token_id": self.eos_ids[0] if len(self.eos_ids) == 1 else list(self.eos_ids),
         }

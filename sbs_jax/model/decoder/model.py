@@ -37,6 +37,11 @@ def positions_from_mask(valid):
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def kernel_init(cfg):
+    """HF's `_init_weights` for these families: every linear kernel normal(0, initializer_range)."""
+    return nn.initializers.normal(cfg.initializer_range)
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE; scores in float32, optional tanh soft-cap, boolean mask."""
 
@@ -51,7 +56,8 @@ class Attention(nn.Module):
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
 
         def project(name, n_heads):
-            y = Dense(n_heads * head_dim, ("embed", "joined_kv"), dtype, use_bias=cfg.attention_bias, name=name)(x)
+            y = Dense(n_heads * head_dim, ("embed", "joined_kv"), dtype, kernel_init=kernel_init(cfg),
+                      use_bias=cfg.attention_bias, name=name)(x)
             y = y.reshape(y.shape[:-1] + (n_heads, head_dim))
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
@@ -80,8 +86,8 @@ class Attention(nn.Module):
         weights = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", weights, value).reshape(batch, q_len, heads, head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        out = Dense(cfg.hidden_size, ("joined_kv", "embed"), dtype, use_bias=cfg.attention_out_bias,
-                    name="o_proj")(out.reshape(batch, q_len, heads * head_dim))
+        out = Dense(cfg.hidden_size, ("joined_kv", "embed"), dtype, kernel_init=kernel_init(cfg),
+                    use_bias=cfg.attention_out_bias, name="o_proj")(out.reshape(batch, q_len, heads * head_dim))
         return nn.with_logical_constraint(out, _EMBED_AXES)
 
 
@@ -108,7 +114,8 @@ class DecoderLayer(nn.Module):
             h = norm("post_attention_layernorm")(h)
         x = x + h
         h = norm("pre_feedforward_layernorm" if cfg.sandwich_norms else "post_attention_layernorm")(x)
-        h = MlpBlock(cfg.intermediate_size, cfg.hidden_act, True, dtype, use_bias=cfg.mlp_bias, name="mlp")(h)
+        h = MlpBlock(cfg.intermediate_size, cfg.hidden_act, True, dtype, use_bias=cfg.mlp_bias,
+                     kernel_init=kernel_init(cfg), name="mlp")(h)
         if cfg.sandwich_norms:
             h = norm("post_feedforward_layernorm")(h)
         return nn.with_logical_constraint(x + h, _EMBED_AXES), None
@@ -138,7 +145,7 @@ class DecoderLM(nn.Module):
         dtype = cfg.compute_dtype
         batch, length = tokens.shape
         valid = jnp.ones((batch, length), jnp.bool_) if valid is None else valid.astype(jnp.bool_)
-        embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype, name="embed_tokens")
+        embed = Embed(cfg.vocab_size, cfg.hidden_size, dtype, init_std=cfg.initializer_range, name="embed_tokens")
         x = embed(tokens)
         if cfg.is_gemma:
             x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dtype)  # the scale rounded to the compute dtype
@@ -176,7 +183,8 @@ class DecoderLM(nn.Module):
         if cfg.tie_word_embeddings:
             logits = embed.attend(y)
         else:
-            logits = Dense(cfg.vocab_size, ("embed", "vocab"), dtype, out_dtype=jnp.float32, name="lm_head")(y)
+            logits = Dense(cfg.vocab_size, ("embed", "vocab"), dtype, kernel_init=kernel_init(cfg),
+                           out_dtype=jnp.float32, name="lm_head")(y)
         logits = logits.astype(jnp.float32)
         if cfg.final_logit_softcapping:
             logits = jnp.tanh(logits / cfg.final_logit_softcapping) * cfg.final_logit_softcapping

@@ -132,3 +132,17 @@ def test_a_run_without_its_causal_format_is_one_clear_error(student, tmp_path, c
                        f"--gin.INFER_INPUT='{tmp_path / 'in.txt'}'", f"--gin.INFER_OUTPUT='{tmp_path / 'o.jsonl'}'"])
     assert rc == 2
     assert "run.json: causal_format is None" in capsys.readouterr().err
+
+
+def test_a_causal_format_with_a_t5_student_is_refused():
+    """CAUSAL_FORMAT only shapes decoder-only rows; with a T5 it would be silently ignored, so it is refused."""
+    from sbs_jax.model import get_config
+    from sbs_jax.train.trainer import TrainConfig
+
+    fields = dict(model_dir="/unused", mixture_or_task_name="unused", train_steps=1, batch_size=8,
+                  task_feature_lengths={"inputs": 8, "targets": 4})
+    with pytest.raises(ValueError, match="applies to decoder-only students"):
+        TrainConfig(model=get_config("t5_1_1_tiny"), causal_format="rationale_first", **fields)
+    from sbs_jax.model.decoder import presets
+
+    TrainConfig(model=presets.get_config("llama_tiny"), causal_format="rationale_first", **fields)

@@ -30,3 +30,4 @@ def test_initializer_range_round_trips_through_the_hf_config():
     config = presets.get_config("llama_tiny", initializer_range=0.03)
     assert config.to_hf_dict()["initializer_range"] == 0.03
     assert DecoderConfig.from_hf_dict(config.to_hf_dict()).initializer_range == 0.03
+

@@ -40,9 +40,16 @@ def export_hf_causal(output_dir, config, params, *, spec: ServingSpec, dtype: st
         vocab = epath.Path(vocab)
         if hf_vocab.is_tokenizer_json(vocab):
             # The run's own tokenizer files; its config.json is the pretrained model's, not the student's.
-            for name in (hf_vocab.TOKENIZER_FILENAME, hf_vocab.TOKENIZER_CONFIG_FILENAME):
-                if (vocab.parent / name).is_file():
-                    (vocab.parent / name).copy(output_dir / name, overwrite=True)
+            vocab.copy(output_dir / hf_vocab.TOKENIZER_FILENAME, overwrite=True)
+            source = vocab.parent / hf_vocab.TOKENIZER_CONFIG_FILENAME
+            settings = json.loads(source.read_text()) if source.is_file() else {}
+            # Batched generation needs left padding and a pad token; Llama 3's tokenizer has none, so the
+            # EOS pads (masked by the attention mask, and the fill of finished rows anyway).
+            settings["padding_side"] = "left"
+            if settings.get("pad_token") is None and settings.get("eos_token") is not None:
+                settings["pad_token"] = settings["eos_token"]
+            (output_dir / hf_vocab.TOKENIZER_CONFIG_FILENAME).write_text(
+                json.dumps(settings, indent=2, sort_keys=True) + "\n")
         else:
             write_tokenizer_files(output_dir, vocab, model_max_length=spec.max_input_length, causal=True,
                                   causal_bos_id=config.prompt_bos_id)

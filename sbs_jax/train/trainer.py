@@ -118,6 +118,9 @@ class TrainConfig:
         if self.causal_format not in schema.CAUSAL_FORMATS:
             raise ValueError(f"TrainConfig.causal_format: expected one of {schema.CAUSAL_FORMATS}, got "
                              f"{self.causal_format!r}")
+        if self.causal_format != schema.MULTITASK and not isinstance(self.model, DecoderConfig):
+            raise ValueError(f"TrainConfig.causal_format={self.causal_format!r} (CAUSAL_FORMAT) applies to "
+                             "decoder-only students; a T5 student always trains the two streams (multitask)")
         if isinstance(self.model, DecoderConfig) and (self.pack or self.cut_batches):
             raise ValueError("TrainConfig: PACK and LENGTH_BUCKETS are not available for decoder-only students yet; "
                              "set PACK = False and LENGTH_BUCKETS = False")

@@ -3,8 +3,10 @@ on packed rows and on length-bucketed batches (slow: Trainer runs with train-ste
 
 - Bucketed: every step's loss, metrics and gradient norm, and the final parameters, equal an unbucketed run's.
 - Packed: the first step's batch is packed rows; its loss and metrics, as the trainer logs them, equal the loss of
-  the unpacked rows of exactly the examples it holds at the initial parameters.
+  the unpacked rows of exactly the examples it holds at the initial parameters; a run resumed from step 1 ends
+  with the parameters of the uninterrupted run.
 """
+import shutil
 import dataclasses
 import json
 import pathlib
@@ -65,10 +67,12 @@ def test_bucketed_decoder_run_trains_like_full_padding(tmp_path, capsys):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
-def test_packed_decoder_run_steps_on_packed_rows_with_the_unpacked_loss(tmp_path):
+def test_packed_decoder_run_steps_on_packed_rows_with_the_unpacked_loss_and_resumes(tmp_path):
     # One sequence per example, so the examples of the first batch are whole: the first `n` of the data order.
     config = _config(tmp_path, "packed", "CAUSAL_FORMAT = 'rationale_first'", "PACK = True",
-                     "PACKED_LENGTHS = {'decoder': 160}")
+                     "PACKED_LENGTHS = {'decoder': 160}", "SAVE_EVERY = 1",
+                     # A constant rate, so that a resumed run follows the same schedule.
+                     "OptimizerConfig.schedule = 'constant'")
     assert config.pack and config.packed_lengths == {"decoder": 160}
     run = trainer.Trainer(config)
     params = run.initial_state()[0].params
@@ -90,7 +94,16 @@ def test_packed_decoder_run_steps_on_packed_rows_with_the_unpacked_loss(tmp_path
     np.testing.assert_allclose(train[0]["loss"], float(expected_loss), rtol=2e-5)
     for k in ("label/loss", "rationale/loss", "label/num_tokens", "rationale/num_tokens"):
         np.testing.assert_allclose(train[0][k], float(expected[k]), rtol=2e-5, err_msg=k)
-    assert (tmp_path / "packed" / "checkpoints" / "3").exists()
+    # Resume: drop the checkpoints after step 1; the run restarts from it at data position 1.
+    _, straight, _ = checkpointing.load_params(tmp_path / "packed", step=3)
+    for step in ("2", "3"):
+        shutil.rmtree(tmp_path / "packed" / "checkpoints" / step)
+    resumed_run = trainer.Trainer(config)
+    assert resumed_run.initial_state()[1] == 1
+    resumed_run.run()
+    _, resumed, _ = checkpointing.load_params(tmp_path / "packed", step=3)
+    for x, y in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_packed_lengths_too_short_refuses_the_run_before_writing(tmp_path):

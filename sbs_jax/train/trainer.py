@@ -47,13 +47,12 @@ class TrainConfig:
     (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
     `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step); decoder-only
-    students pack causal sequences (`causal_lm.packed_rows`) into rows of {"decoder": L} tokens (default
-    `causal_lm.default_packed_length`: the summed lengths of one example's unpacked causal rows).
+    students: {"decoder": L} (`causal_lm.resolve_packed_length`).
     cut_batches: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
     (`min_bucket_length · 2^k`, or with `bucket_step` `min_bucket_length` then multiples of it; capped at
     TASK_FEATURE_LENGTHS) holding its real tokens, separately for the encoder and each stream's decoder
-    (decoder-only students: each batch key's causal rows; `batch_cutting.py`); same loss and gradients, one
-    compiled step per shape seen. Off by default:
+    (decoder-only: each batch key's rows; `batch_cutting.py`); same loss and gradients, one compiled step per
+    shape seen. Off by default:
     shapes, compile count and the first step's memory figure stay fixed.
     Incompatible with `pack` (packed rows are full by construction). (Decoding batches are a separate
     matter: `DecodeConfig.length_sorted_batches`.) length_buckets: deprecated old name of `cut_batches`.
@@ -215,10 +214,9 @@ class Trainer:
 
             self.layout = causal_lm.layout_for(config.causal_format, self.vocab, eos_ids=model_config.eos_ids,
                                                bos_id=model_config.prompt_bos_id)
-            if config.pack:  # a wrong PACKED_LENGTHS refuses the run here, before MODEL_DIR is written
-                paired_rows = schema.RATIONALE in config.objective.streams
-                rows = self.layout.row_lengths(config.task_feature_lengths, paired_rows)
-                causal_lm.resolve_packed_length(rows, config.packed_lengths)
+            if config.pack:  # a wrong PACKED_LENGTHS refuses the run before MODEL_DIR is written
+                causal_lm.resolve_packed_length(self.layout.row_lengths(
+                    config.task_feature_lengths, schema.RATIONALE in config.objective.streams), config.packed_lengths)
         setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model)
         self.model, self.mesh, self.rules = setup.model, setup.mesh, setup.rules
         self.schedule, self.tx = setup.schedule, setup.tx

@@ -1,6 +1,6 @@
 """Length-bucket cutting of causal rows (decoder-only students, `TrainConfig.cut_batches`): a cut batch has the
-full-length batch's loss, metrics and gradients in every format, and every cut shape is one `aot.train_shapes`
-compiles."""
+full-length batch's loss and metrics (label_first; multitask with gradients, slow), and every cut shape is one
+`aot.train_shapes` compiles (multitask, label_first)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

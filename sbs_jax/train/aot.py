@@ -72,10 +72,62 @@ def _unpacked(rows: int, lengths: Mapping[str, tuple[int, int]]) -> Shapes:
             for s, (enc, dec) in lengths.items()}
 
 
-def train_shapes(config) -> tuple[list[Shapes], int]:
+def causal_layout(config):
+    """The `causal_lm.CausalLayout` that sizes a decoder-only run's rows. Their lengths need the model's BOS and,
+    for the one-sequence formats of step-by-step runs, the length of the tokenized format marker: that needs
+    the task's vocabulary, so the task must be registered (a `PlanError` says so otherwise)."""
+    from sbs_jax.data.input_pipeline import causal_lm
+
+    model = config.model
+    paired = schema.RATIONALE in tuple(config.objective.streams)
+    if not paired or config.causal_format == schema.MULTITASK:  # no marker in these rows
+        return causal_lm.CausalLayout(schema.MULTITASK, eos_id=model.eos_ids[0], bos_id=model.prompt_bos_id)
+    import seqio
+
+    try:
+        vocab = seqio.get_mixture_or_task(config.mixture_or_task_name).output_features["inputs"].vocabulary
+    except ValueError:
+        raise PlanError(f"CAUSAL_FORMAT={config.causal_format!r} rows hold the tokenized marker "
+                        f"{schema.FORMAT_MARKERS[config.causal_format]!r}, whose length needs the task's vocabulary; "
+                        f"task {config.mixture_or_task_name!r} is not registered") from None
+    return causal_lm.layout_for(config.causal_format, vocab, eos_ids=model.eos_ids, bos_id=model.prompt_bos_id)
+
+
+def _causal_train_shapes(config, layout) -> tuple[list[Shapes], int]:
+    """`train_shapes` of a decoder-only run: causal rows per batch key (`CausalLayout.row_lengths`), packed rows
+    of `causal_lm.resolve_packed_length`, or with `cut_batches` every combination of the keys' bucket lengths."""
+    from sbs_jax.data.input_pipeline import causal_lm
+
+    rows = int(config.batch_size)
+    paired = schema.RATIONALE in tuple(config.objective.streams)
+    full = (layout or causal_layout(config)).row_lengths(config.task_feature_lengths, paired)
+    if config.pack:
+        try:
+            length = causal_lm.resolve_packed_length(full, config.packed_lengths)
+        except ValueError as e:
+            raise PlanError(str(e)) from None
+        keys = schema.CAUSAL_KEYS + (schema.DECODER_SEGMENT_IDS,)
+        return [{schema.PACKED: {k: (rows, length) for k in keys}}], 1
+
+    def shapes(lengths):
+        return {g: {k: (rows, n) for k in schema.CAUSAL_KEYS} for g, n in lengths.items()}
+    if not config.cut_batches:
+        return [shapes(full)], 1
+    ladders = [batch_cutting.train_bucket_lengths(n, config.min_bucket_length, config.bucket_step)
+               for n in full.values()]
+    combos = sorted(itertools.product(*ladders), reverse=True)
+    return [shapes(dict(zip(full, combo))) for combo in combos], len(combos)
+
+
+def train_shapes(config, layout=None) -> tuple[list[Shapes], int]:
     """(the global batch shapes to compile, largest first; how many the run may meet). Unpacked: the padded
     lengths, and with `cut_batches` every combination of the encoder's and each stream decoder's bucket
-    lengths. Packed: rows of the packed lengths (`packing.resolve_packed_lengths`)."""
+    lengths. Packed: rows of the packed lengths (`packing.resolve_packed_lengths`). Decoder-only runs: their
+    causal rows (`_causal_train_shapes`; `layout` as the trainer builds it, default `causal_layout`)."""
+    from sbs_jax.model.decoder import DecoderConfig
+
+    if isinstance(config.model, DecoderConfig):
+        return _causal_train_shapes(config, layout)
     rows = int(config.batch_size)
     streams = tuple(config.objective.streams)
     if config.pack:

@@ -14,6 +14,13 @@ position is invisible to every real one; its input token (the last target shifte
 T5's relative position biases depend on distances, not on the padded length, so loss and gradients are those
 of the full-length batch (tests/test_batch_cutting.py).
 
+Causal rows of decoder-only students (`causal_lm`: every feature `decoder_*`) are cut the same way, each batch
+key (`label`, `rationale`, `sequence`) to its own length: a row's real length is one past the last non-zero
+value of any of its features (`decoder_valid` is 1 on every real token, even a token id 0), and what follows
+it is padding that no real position attends to under the causal mask; positions are explicit (RoPE), so
+the kept positions' logits, the loss and the gradients are the full-length batch's
+(tests/test_causal_batch_cutting.py).
+
 Every process must cut to the same lengths, but each holds only its rows of the global batch: the processes
 exchange their needed lengths (one all-gather of a few int32 per step, `agree_lengths`) and all take the max.
 """

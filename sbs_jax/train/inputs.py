@@ -39,7 +39,9 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
     skips whole batches. `backend`, `workers`: as `pipeline.train_batches` (every back end and worker count
     gives the same batches; `workers` processes per input shard this process reads). With a
     `causal_lm.CausalLayout` (decoder-only students), batches are causal rows in its format
-    (`causal_batches.train_batches`; both streams for step-by-step, the label stream otherwise).
+    (`causal_batches.train_batches`; both streams for step-by-step, the label stream otherwise), or with
+    `pack` `{"packed": rows}` of causal segments (`packed_lengths` `{"decoder": L}` or None for
+    `causal_lm.default_packed_length`); `workers` and `backend` do not apply to them.
     """
     import itertools
 
@@ -58,7 +60,7 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
 
             it = causal_batches.train_batches(mixture_or_task_name, layout, task_feature_lengths=task_feature_lengths,
                                               batch_size=batch_size, paired=schema.RATIONALE in streams, split=split,
-                                              seed=seed, shard_info=shard)
+                                              seed=seed, shard_info=shard, pack=pack, packed_lengths=packed_lengths)
             iterators.append(itertools.islice(it, start_batch, None))
             continue
         it = pipeline.train_batches(mixture_or_task_name, task_feature_lengths=task_feature_lengths,
@@ -68,7 +70,7 @@ def train_batches(mixture_or_task_name: str, *, task_feature_lengths: Mapping[st
                                     workers=workers)
         iterators.append(itertools.islice(it, start_batch, None))
     keys = (schema.PACKED,) if pack else tuple(streams)
-    if layout is not None:
+    if layout is not None and not pack:
         keys = layout.groups(schema.RATIONALE in streams)
     while True:
         parts = [next(it) for it in iterators]

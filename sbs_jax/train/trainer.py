@@ -46,11 +46,13 @@ class TrainConfig:
     pack: PACK. Train on packed rows (`sbs_jax.data.input_pipeline.packing`): BATCH_SIZE counts rows, each holding several
     (example, stream) segments, so the number of examples per step varies (metric `num_examples`).
     Evaluation stays unpacked. packed_lengths: PACKED_LENGTHS, row lengths {"inputs", "targets"} (default
-    `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step).
+    `packing.default_packed_lengths`: 2·inputs and targets + rationales for step-by-step); decoder-only
+    students: {"decoder": L} (`causal_lm.resolve_packed_length`).
     cut_batches: LENGTH_BUCKETS. Cut each unpacked global batch to the smallest bucket length
     (`min_bucket_length · 2^k`, or with `bucket_step` `min_bucket_length` then multiples of it; capped at
     TASK_FEATURE_LENGTHS) holding its real tokens, separately for the encoder and each stream's decoder
-    (`batch_cutting.py`); same loss and gradients, one compiled step per shape seen. Off by default:
+    (decoder-only: each batch key's rows; `batch_cutting.py`); same loss and gradients, one compiled step per
+    shape seen. Off by default:
     shapes, compile count and the first step's memory figure stay fixed.
     Incompatible with `pack` (packed rows are full by construction). (Decoding batches are a separate
     matter: `DecodeConfig.length_sorted_batches`.) length_buckets: deprecated old name of `cut_batches`.
@@ -121,9 +123,6 @@ class TrainConfig:
         if self.causal_format != schema.MULTITASK and not isinstance(self.model, DecoderConfig):
             raise ValueError(f"TrainConfig.causal_format={self.causal_format!r} (CAUSAL_FORMAT) applies to "
                              "decoder-only students; a T5 student always trains the two streams (multitask)")
-        if isinstance(self.model, DecoderConfig) and (self.pack or self.cut_batches):
-            raise ValueError("TrainConfig: PACK and LENGTH_BUCKETS are not available for decoder-only students yet; "
-                             "set PACK = False and LENGTH_BUCKETS = False")
         if self.batch_size % self.grad_accum_steps:
             raise ValueError(f"TrainConfig: BATCH_SIZE={self.batch_size} is not divisible by "
                              f"grad_accum_steps={self.grad_accum_steps}")
@@ -218,6 +217,9 @@ class Trainer:
 
             self.layout = causal_lm.layout_for(config.causal_format, self.vocab, eos_ids=model_config.eos_ids,
                                                bos_id=model_config.prompt_bos_id)
+            if config.pack:  # a wrong PACKED_LENGTHS refuses the run before MODEL_DIR is written
+                causal_lm.resolve_packed_length(self.layout.row_lengths(
+                    config.task_feature_lengths, schema.RATIONALE in config.objective.streams), config.packed_lengths)
         setup = compile_lib.step_setup(model_config, config.optimizer, config.partitioning, config.mesh_model)
         self.model, self.mesh, self.rules = setup.model, setup.mesh, setup.rules
         self.schedule, self.tx = setup.schedule, setup.tx

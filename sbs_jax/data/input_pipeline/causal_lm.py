@@ -152,14 +152,13 @@ def causal_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayo
     return out
 
 
-def packed_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayout, *, paired: bool,
-                row_length: int) -> dict[str, dict[str, np.ndarray]]:
-    """Examples' sequences packed greedily, in data order (label_i, rationale_i, label_i+1, ... for multitask),
-    into `{"packed": {causal key + decoder_segment_ids: [rows, row_length]}}`: each sequence is one segment
-    (ids 1, 2, ... from each row's start, 0 on padding), positions restart at 0 in every segment, a sequence
-    that does not fit closes the row. With segment-masked attention the per-stream losses equal the unpacked
-    rows' (tests/test_causal_packing.py). A sequence longer than a row is an error naming the example."""
-    segments = []
+def packable_sequences(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayout, *, paired: bool,
+                       row_length: int) -> list[dict[str, np.ndarray]]:
+    """Examples' sequences as unpadded rows in data order (label_i, rationale_i, label_i+1, ... for multitask).
+    A sequence with no weighted target (the rationale sequence of an unparsed teacher output) is left out, as
+    the T5 packer leaves out such segments: it would add no loss and only take room. A sequence longer than a
+    row is an error naming the example."""
+    out = []
     for i, features in enumerate(examples):
         for key, parts in example_parts(features, layout, paired).items():
             row = sequence_arrays(parts)
@@ -167,16 +166,46 @@ def packed_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayo
             if n > row_length:
                 raise ValueError(f"causal sequence of example {i} ({key}) has {n} tokens; packed rows hold "
                                  f"{row_length}")
-            segments.append(row)
-    rows: list[list[dict]] = []
-    used = row_length
-    for seg in segments:
-        n = seg[schema.DECODER_TOKENS].shape[0]
-        if used + n > row_length:
-            rows.append([])
-            used = 0
-        rows[-1].append(seg)
-        used += n
+            if row[schema.DECODER_LOSS_WEIGHTS].any():
+                out.append(row)
+    return out
+
+
+class GreedyPacker:
+    """Packs sequences greedily in the order added into rows of `row_length` tokens: a sequence that does not
+    fit closes the row. Rows are the same however the sequences are split between calls of `add`, so a
+    stream of examples packs to the same rows whatever chunks it is read in."""
+
+    def __init__(self, row_length: int):
+        self.row_length = int(row_length)
+        self.closed: list[list[dict[str, np.ndarray]]] = []
+        self._open: list[dict[str, np.ndarray]] = []
+        self._used = 0
+
+    def add(self, sequences: Sequence[dict[str, np.ndarray]]) -> None:
+        for seq in sequences:
+            n = seq[schema.DECODER_TOKENS].shape[0]
+            if self._open and self._used + n > self.row_length:
+                self.closed.append(self._open)
+                self._open, self._used = [], 0
+            self._open.append(seq)
+            self._used += n
+
+    def flush(self) -> None:
+        """Closes the open row (the end of the data)."""
+        if self._open:
+            self.closed.append(self._open)
+            self._open, self._used = [], 0
+
+    def take(self, count: int) -> list[list[dict[str, np.ndarray]]]:
+        """The first `count` closed rows (removed)."""
+        rows, self.closed = self.closed[:count], self.closed[count:]
+        return rows
+
+
+def row_arrays(rows: Sequence[Sequence[dict[str, np.ndarray]]], row_length: int) -> dict[str, np.ndarray]:
+    """Rows of sequences -> `{causal key + decoder_segment_ids: [len(rows), row_length]}`, zero-padded: each
+    sequence is one segment (ids 1, 2, ... from each row's start, 0 on padding), positions restart at 0."""
     keys = schema.CAUSAL_KEYS + (schema.DECODER_SEGMENT_IDS,)
     out = {k: np.zeros((len(rows), row_length), np.int32) for k in keys}
     for r, row in enumerate(rows):
@@ -187,4 +216,42 @@ def packed_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayo
                 out[k][r, start:start + n] = v
             out[schema.DECODER_SEGMENT_IDS][r, start:start + n] = s
             start += n
-    return {schema.PACKED: out}
+    return out
+
+
+def packed_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayout, *, paired: bool,
+                row_length: int) -> dict[str, dict[str, np.ndarray]]:
+    """Examples' sequences (`packable_sequences`) packed greedily in data order (`GreedyPacker`) into
+    `{"packed": {causal key + decoder_segment_ids: [rows, row_length]}}` (`row_arrays`). With segment-masked
+    attention the per-stream losses equal the unpacked rows' (tests/test_causal_packing.py)."""
+    packer = GreedyPacker(row_length)
+    packer.add(packable_sequences(examples, layout, paired=paired, row_length=row_length))
+    packer.flush()
+    return {schema.PACKED: row_arrays(packer.closed, row_length)}
+
+
+def default_packed_length(row_lengths: Mapping[str, int]) -> int:
+    """Rows with the capacity of one unpacked example: the sum of its rows' lengths (label + rationale rows
+    for multitask, the one sequence's row otherwise; `CausalLayout.row_lengths`). A packed batch of B rows
+    then costs about what an unpacked batch of B examples costs in the dense layers, as T5's default."""
+    return sum(int(v) for v in row_lengths.values())
+
+
+PACKED_LENGTH_KEY = "decoder"
+
+
+def resolve_packed_length(row_lengths: Mapping[str, int], packed_lengths: Mapping[str, int] | None) -> int:
+    """The packed row length of decoder-only runs from `TrainConfig.packed_lengths` (`{"decoder": L}`, None for
+    `default_packed_length`), checked to hold the longest sequence the task lengths allow."""
+    need = max(int(v) for v in row_lengths.values())
+    if packed_lengths is None:
+        return default_packed_length(row_lengths)
+    if set(packed_lengths) != {PACKED_LENGTH_KEY}:
+        raise ValueError(f"TrainConfig.packed_lengths (PACKED_LENGTHS): decoder-only rows have one length, "
+                         f"expected {{'{PACKED_LENGTH_KEY}': L}}, got keys {sorted(packed_lengths)}")
+    length = int(packed_lengths[PACKED_LENGTH_KEY])
+    if length < need:
+        raise ValueError(f"TrainConfig.packed_lengths['{PACKED_LENGTH_KEY}'] = {length} is shorter than one "
+                         f"causal sequence may be after trimming ({need} tokens from TASK_FEATURE_LENGTHS, "
+                         f"CausalLayout.row_lengths); expected at least {need}")
+    return length

@@ -315,3 +315,29 @@ def test_capacity_sweep_derives_only_what_memory_order_implies():
     assert cap._next_cell(cells, "base", "fsdp", "full", "v5e-64", {}) is None
     assert cap._next_cell({key("base", "fsdp", "full", "v4-8"): {"how": "compiled", "fits": True}},
                           "base", "fsdp", "none", "v4-8", {}) is None
+
+
+@pytest.mark.slow
+def test_sbs_compile_plans_a_decoder_only_student(tmp_path):
+    """A decoder-only student compiles for a slice with its causal rows: train step, eval step and generation
+    (prompt [BOS] + inputs, label + marker + rationale new tokens for rationale_first); the one-sequence format's
+    marker length needs the task's vocabulary, which `--register_tasks` provides (one clear error without)."""
+    gin = ["models/llama_tiny.gin", "runs/step_by_step.gin", "datasets/arith.gin"]
+
+    def sbs_compile(*extra):
+        return subprocess.run([sys.executable, "-m", "sbs_jax.cli", "compile", "--topology=v5e:2x2",
+                               *[f"--gin_file={f}" for f in gin], "--gin.BATCH_SIZE=8",
+                               "--gin.CAUSAL_FORMAT='rationale_first'", *extra],
+                              capture_output=True, text=True, timeout=900, cwd=REPO)
+
+    refused = sbs_compile()
+    assert refused.returncode == 2 and "--register_tasks" in refused.stderr, refused.stderr[-2000:]
+    ok = sbs_compile("--register_tasks", f"--output_dir={tmp_path}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    result = json.loads((tmp_path / "compile_report.json").read_text())
+    programs = {p["name"]: p for p in result["programs"]}
+    assert list(programs) == ["train_step", "eval_step", "decode"] and result["fits"]
+    assert set(programs["train_step"]["shapes"]) == {"sequence"}  # one sequence per example
+    lengths = {"inputs": 40, "targets": 4, "rationales": 12}  # datasets/arith.gin
+    assert programs["decode"]["shapes"]["prompt_tokens"][1] == 1 + lengths["inputs"] - 1
+    assert programs["decode"]["shapes"]["decode_length"] > lengths["targets"] + lengths["rationales"]

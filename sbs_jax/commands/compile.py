@@ -34,24 +34,37 @@ def _flags() -> flags.FlagValues:
                       "(default: the largest, which needs the most memory)", flag_values=fv)
     flags.DEFINE_bool("train_only", False, "compile the train step only (not the eval step and decoder)",
                       flag_values=fv)
+    flags.DEFINE_bool("register_tasks", False, "register the run's tasks as `sbs train` does (needs their data dir "
+                      "and vocabulary): a decoder-only student's rationale_first/label_first rows hold the tokenized "
+                      "format marker, whose length needs the vocabulary", flag_values=fv)
     flags.DEFINE_string("log_level", "WARNING", "Python logging level", flag_values=fv)
     return fv
 
 
-def load_train_config(gin_files, bindings, search_paths=()):
-    """The `TrainConfig` `sbs train` would build from these gin files and bindings, without registering the
-    tasks (no data dir, vocabulary or MODEL_DIR needed)."""
+def load_train_config(gin_files, bindings, search_paths=(), register_tasks: bool = False):
+    """The `TrainConfig` `sbs train` would build from these gin files and bindings, by default without
+    registering the tasks (no data dir, vocabulary or MODEL_DIR needed)."""
     from sbs_jax.commands import gin_utils
 
     gin_utils.parse(gin_files, list(_PLACEHOLDER_BINDINGS) + list(bindings), search_paths)
     # Bindings read only by the task registrations (DATA_DIR, SPIECE_MODEL, ...) go unread here by design;
     # any other unread binding is the error `sbs train` gives.
-    return gin_utils.build("TrainConfig", command="sbs compile", register_tasks=False)
+    return gin_utils.build("TrainConfig", command="sbs compile", register_tasks=register_tasks)
+
+
+def model_name(model_config) -> str | None:
+    """The T5 size preset, or a decoder-only student's family and size."""
+    from sbs_jax.model.decoder import DecoderConfig
+    from sbs_jax.model.t5 import config as model_config_lib
+
+    if isinstance(model_config, DecoderConfig):
+        return (f"{model_config.model_type} ({model_config.num_hidden_layers} layers, hidden "
+                f"{model_config.hidden_size})")
+    return model_config_lib.preset_name(model_config)
 
 
 def compile_for_slice(config, slice_, *, all_buckets: bool = False, train_only: bool = False) -> dict:
     """Plan and compile `config` for `slice_`; the report dict (`sbs_jax.tpu.report.build`)."""
-    from sbs_jax.model.t5 import config as model_config_lib
     from sbs_jax.tpu import analysis, report, topologies
     from sbs_jax.train import aot
 
@@ -62,7 +75,7 @@ def compile_for_slice(config, slice_, *, all_buckets: bool = False, train_only: 
         raise errors.UsageError(f"{slice_.given_as}: {e}") from None
     programs = aot.compile_run(plan, all_buckets=all_buckets, eval_programs=not train_only,
                                is_refusal=analysis.is_hbm_oom)
-    return report.build(plan, slice_, programs, model_name=model_config_lib.preset_name(config.model))
+    return report.build(plan, slice_, programs, model_name=model_name(config.model))
 
 
 def usage(fv: flags.FlagValues) -> str:
@@ -96,7 +109,7 @@ def main(argv) -> int:
     except ValueError as e:
         raise errors.UsageError(str(e)) from None
     topologies.quiet_libtpu_environment(slice_)  # before anything imports jax
-    config = load_train_config(fv.gin_file, fv.gin_bindings, fv.gin_search_paths)
+    config = load_train_config(fv.gin_file, fv.gin_bindings, fv.gin_search_paths, register_tasks=fv.register_tasks)
     result = compile_for_slice(config, slice_, all_buckets=fv.all_buckets, train_only=fv.train_only)
     print(report.render_text(result), flush=True)
     if fv.output_dir:

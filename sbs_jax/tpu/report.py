@@ -85,12 +85,16 @@ def _collective_text(entry: dict) -> str:
 
 def _shapes_text(shapes: dict) -> str:
     if "decode_length" in shapes:
-        rows, length = shapes["encoder_input_tokens"]
+        rows, length = shapes.get("encoder_input_tokens") or shapes["prompt_tokens"]
         return f"{rows}×{length} → {shapes['decode_length']}"
     parts = []
     for stream, features in shapes.items():
-        rows, enc = features["encoder_input_tokens"]
-        parts.append(f"{stream} {rows}×{enc}/{features['decoder_target_tokens'][1]}")
+        if "encoder_input_tokens" in features:
+            rows, enc = features["encoder_input_tokens"]
+            parts.append(f"{stream} {rows}×{enc}/{features['decoder_target_tokens'][1]}")
+        else:  # decoder-only rows: one length
+            rows, length = features["decoder_tokens"]
+            parts.append(f"{stream} {rows}×{length}")
     return ", ".join(parts)
 
 

@@ -48,6 +48,7 @@ class RunPlan:
     all_train_shapes: int              # how many shapes the run may compile (bucket combinations)
     num_hosts: int
     num_input_shards: int
+    layout: Any = None                 # a decoder-only run's causal_lm.CausalLayout (None: T5)
 
     @property
     def rows_per_host(self) -> int:
@@ -89,7 +90,8 @@ def causal_layout(config):
     except ValueError:
         raise PlanError(f"CAUSAL_FORMAT={config.causal_format!r} rows hold the tokenized marker "
                         f"{schema.FORMAT_MARKERS[config.causal_format]!r}, whose length needs the task's vocabulary; "
-                        f"task {config.mixture_or_task_name!r} is not registered") from None
+                        f"task {config.mixture_or_task_name!r} is not registered (`sbs compile --register_tasks`)") \
+            from None
     return causal_lm.layout_for(config.causal_format, vocab, eos_ids=model.eos_ids, bos_id=model.prompt_bos_id)
 
 
@@ -183,8 +185,10 @@ def _check_divisible(config, setup: compile_lib.StepSetup, num_hosts: int, num_s
                             f"{config.partitioning!r} (dims {axes}); change MESH_MODEL or the preset")
 
 
-def plan_run(config, model_config, devices: Sequence[jax.Device] | None = None, num_hosts: int = 1) -> RunPlan:
-    """Lay the run out on `devices` (default: this host's) over `num_hosts` hosts, checking that it divides."""
+def plan_run(config, model_config, devices: Sequence[jax.Device] | None = None, num_hosts: int = 1,
+             layout=None) -> RunPlan:
+    """Lay the run out on `devices` (default: this host's) over `num_hosts` hosts, checking that it divides.
+    A decoder-only run's rows follow `layout` (default: `causal_layout(config)`)."""
     n = len(jax.devices() if devices is None else devices)
     if config.mesh_model < 1 or n % config.mesh_model:
         raise PlanError(f"MESH_MODEL={config.mesh_model} does not divide the slice's {n} chips")
@@ -195,9 +199,13 @@ def plan_run(config, model_config, devices: Sequence[jax.Device] | None = None, 
         raise PlanError(f"the run's (data, model) mesh cannot be built on these devices: {e}") from None
     shards = num_hosts if config.num_input_shards is None else int(config.num_input_shards)
     _check_divisible(config, setup, num_hosts, shards)
-    shapes, count = train_shapes(config)
+    from sbs_jax.model.decoder import DecoderConfig
+
+    if isinstance(model_config, DecoderConfig) and layout is None:
+        layout = causal_layout(config)
+    shapes, count = train_shapes(config, layout)
     return RunPlan(config=config, setup=setup, train_shapes=shapes, all_train_shapes=count, num_hosts=num_hosts,
-                   num_input_shards=shards)
+                   num_input_shards=shards, layout=layout)
 
 
 def _timed(name: str, shapes, lower: Callable[[], Any], is_refusal: Callable[[BaseException], bool]) -> Program:
@@ -229,6 +237,8 @@ def compile_run(plan: RunPlan, *, all_buckets: bool = False, eval_programs: bool
         return programs
     params = s.abstract_state.params
     eval_rows = partitioning.round_up_to_data(cfg.eval_batch_size, s.mesh)
+    if plan.layout is not None:
+        return programs + _causal_eval_programs(plan, eval_rows, is_refusal)
     eval_shapes = _unpacked(eval_rows, _stream_lengths(cfg))
     eval_batch = abstract_batch(eval_shapes, s.mesh)
     eval_fn = evaluation.eval_step_jit(s.model, cfg.objective, s.mesh)
@@ -245,6 +255,41 @@ def compile_run(plan: RunPlan, *, all_buckets: bool = False, eval_programs: bool
     tokens = jax.ShapeDtypeStruct((eval_rows, inputs_len), np.int32, sharding=partitioning.data_sharding(s.mesh))
     programs.append(_timed("decode", {"encoder_input_tokens": (eval_rows, inputs_len), "decode_length": length},
                            lambda: decoder.lower(params, tokens, length), is_refusal))
+    return programs
+
+
+def _causal_eval_programs(plan: RunPlan, eval_rows: int, is_refusal) -> list[Program]:
+    """A decoder-only run's eval programs: the teacher-forced eval step on unpacked causal rows and greedy
+    generation (`causal_evaluation.generate`) from the longest label prompt, [BOS] + inputs without EOS, for
+    the format's number of new tokens."""
+    import dataclasses
+
+    import flax.linen as nn
+
+    from sbs_jax.model.decoder import decoding
+    from sbs_jax.train import causal_evaluation
+
+    cfg, s, layout = plan.config, plan.setup, plan.layout
+    params = s.abstract_state.params
+    unpacked = dataclasses.replace(cfg, batch_size=eval_rows, pack=False, packed_lengths=None, cut_batches=False)
+    (eval_shapes,), _ = _causal_train_shapes(unpacked, layout)
+    eval_batch = abstract_batch(eval_shapes, s.mesh)
+    eval_fn = evaluation.eval_step_jit(s.model, cfg.objective, s.mesh)
+
+    def under_mesh(lower):
+        with jax.set_mesh(s.mesh), nn.logical_axis_rules(s.rules):
+            return lower()
+    programs = [_timed("eval_step", eval_shapes, lambda: under_mesh(lambda: eval_fn.lower(params, eval_batch)),
+                       is_refusal)]
+    lengths = cfg.task_feature_lengths
+    prompt = int(layout.bos_id is not None) + int(lengths["inputs"]) - 1
+    new = causal_evaluation.new_tokens(layout, cfg.decode.label_length(lengths), int(lengths.get("rationales", 0)))
+    sharding = partitioning.data_sharding(s.mesh)
+    tokens = jax.ShapeDtypeStruct((eval_rows, prompt), np.int32, sharding=sharding)
+    valid = jax.ShapeDtypeStruct((eval_rows, prompt), np.bool_, sharding=sharding)
+    programs.append(_timed("decode", {"prompt_tokens": (eval_rows, prompt), "decode_length": new},
+                           lambda: under_mesh(lambda: decoding.greedy_decode.lower(
+                               s.model, params, tokens, valid, max_new_tokens=new)), is_refusal))
     return programs
 
 

@@ -59,3 +59,20 @@ def test_prompts_match_training_rows_and_generation_matches_naive_loop():
     assert [r["generation"] for r in out] == texts
     assert len(set(texts)) > 1
     assert result == {"accuracy": 200 / 3, "parse_failures": 0.0, "num_examples": 3.0}
+
+
+def test_label_first_stops_after_the_label_unless_the_rationale_is_wanted():
+    from sbs_jax.data.input_pipeline import causal_lm
+    from sbs_jax.model.decoder import presets
+
+    config = presets.get_config("llama_tiny", eos_ids=(1, 7))
+    marker = (40, 41, 42)
+    layout = causal_lm.CausalLayout("label_first", eos_id=1, bos_id=2, source_eos_id=1, marker=marker)
+    assert causal_evaluation.stop_ids(config, layout, label_only=True) == (1, 7, 40)
+    assert causal_evaluation.stop_ids(config, layout, label_only=False) == (1, 7)
+    other = causal_lm.CausalLayout("rationale_first", eos_id=1, bos_id=2, source_eos_id=1, marker=marker)
+    assert causal_evaluation.stop_ids(config, other, label_only=True) == (1, 7)  # its label comes last
+    # The marker token ends the label; text after it (none was generated) and the marker itself are not kept.
+    assert causal_evaluation.cut_at_stop([5, 6, 40, 0, 0], (1, 7, 40), 1) == [5, 6, 1]
+    assert causal_evaluation.cut_at_stop([5, 6, 7, 0], (1, 7, 40), 1) == [5, 6, 1]
+    assert causal_evaluation.cut_at_stop([5, 6], (1, 7, 40), 1) == [5, 6]

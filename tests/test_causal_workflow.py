@@ -56,7 +56,8 @@ def _infer(student, rationale_length=0) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module", params=["multitask", pytest.param("rationale_first", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["multitask", pytest.param("rationale_first", marks=pytest.mark.slow),
+                                        pytest.param("label_first", marks=pytest.mark.slow)])
 def student(request, tmp_path_factory):
     return _student(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -106,7 +107,7 @@ def test_infer_gives_rationales_on_request(student):
     assert all(isinstance(r["rationale"], str) for r in rows)
     if student["format"] == "multitask":  # generated from the explain prompt: a different text than the label's
         assert sum(r["rationale"] != r["prediction"] for r in rows) >= 6
-    else:  # the same generation as the label
+    else:  # the same generation as the label (label_first without a rationale stops after the label)
         plain = {r["input"]: r["prediction"] for r in _infer(student)}
         assert all(plain[r["input"]] == r["prediction"] for r in rows)
 

@@ -1,8 +1,9 @@
 """Evaluation of decoder-only students: greedy generation from the training prompt, the label parsed per format.
 
 The prompt of an example is the label stream's (`EvalExamples.encoder_input_tokens`: label prefix + input, the
-vocabulary's EOS stripped) after the model's BOS: exactly the prompt part of the training rows
-(`causal_lm.example_parts`), so the model continues where training taught it to. Generations are cut at the
+vocabulary's EOS stripped) after the model's BOS, with the prefix moved after the input for
+`multitask_shared_prompt` (`causal_lm.label_prompt`): exactly the prompt part of the training rows, so the
+model continues where training taught it to. Generations are cut at the
 model's EOS, detokenized and parsed by `causal_labels` (multitask: the label; rationale_first: after the
 marker, a missing label counts wrong and counts as a parse failure; label_first: before it).
 """
@@ -18,13 +19,13 @@ from sbs_jax.model.decoder import decoding
 
 
 def prompts(examples: schema.EvalExamples, layout: causal_lm.CausalLayout) -> list[list[int]]:
-    """Each example's prompt tokens: [BOS] + label-stream inputs up to the vocabulary's EOS."""
-    head = [] if layout.bos_id is None else [layout.bos_id]
+    """Each example's prompt tokens: the label stream's prompt (`causal_lm.label_prompt`) of its label-stream
+    inputs up to the vocabulary's EOS."""
     out = []
     for row in np.asarray(examples.encoder_input_tokens):
         ends = np.flatnonzero(row == layout.source_eos_id)
         stop = int(ends[0]) if ends.size else int(np.count_nonzero(row))
-        out.append(head + [int(t) for t in row[:stop]])
+        out.append(causal_lm.label_prompt(layout, row[:stop]))
     return out
 
 

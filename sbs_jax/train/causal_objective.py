@@ -1,7 +1,8 @@
 """The step-by-step objective for decoder-only students: completion-only, per-stream token means.
 
 Batches are causal rows (`sbs_jax.data.input_pipeline.causal_lm`): `{"label": rows, "rationale": rows}`
-(multitask), `{"sequence": rows}` (rationale_first / label_first) or `{"packed": rows}`. One model pass per
+(multitask), `{"sequence": rows}` (rationale_first / label_first; multitask_shared_prompt's tree rows, with
+`decoder_branch_ids`) or `{"packed": rows}`. One model pass per
 group of rows; each stream's targets are picked out of its group by `decoder_stream_ids`, so every format
 gives the same per-stream losses, metrics (`label/loss`, `rationale/num_tokens`, ...) and weighting
 (`ObjectiveConfig`: `L_label + λ·L_rationale` or the official α form) as the T5 objective.
@@ -56,9 +57,11 @@ def num_examples(batch) -> jax.Array:
 
 
 def logits(model, params, rows: Mapping[str, jax.Array]) -> jax.Array:
-    """[rows, length, vocab] float32 next-token logits of causal rows (segments, if packed, kept apart)."""
+    """[rows, length, vocab] float32 next-token logits of causal rows (segments, if packed, kept apart; the
+    branches of tree rows each seeing the shared prompt and itself only)."""
     return model.apply({"params": params}, rows[schema.DECODER_TOKENS], rows[schema.DECODER_VALID],
-                       rows[schema.DECODER_POSITIONS], rows.get(schema.DECODER_SEGMENT_IDS))
+                       rows[schema.DECODER_POSITIONS], rows.get(schema.DECODER_SEGMENT_IDS),
+                       branch_ids=rows.get(schema.DECODER_BRANCH_IDS))
 
 
 def loss_fn(model, params, batch, rng, config: objective_lib.ObjectiveConfig, *, enable_dropout: bool = True,
@@ -68,7 +71,7 @@ def loss_fn(model, params, batch, rng, config: objective_lib.ObjectiveConfig, *,
     del rng, enable_dropout
     if config.fused:
         raise ValueError("ObjectiveConfig.fused joins T5 encoder passes; decoder-only students have no encoder "
-                         "(use the shared-prompt step instead)")
+                         "(causal format multitask_shared_prompt computes the shared prompt once)")
     by_group = {key: logits(model, params, rows) for key, rows in train_inputs(config, batch).items()}
     per_stream = {}
     for s in config.streams:

@@ -64,7 +64,7 @@ class RunEvaluator:
 
             lengths = self.config.task_feature_lengths
             new_tokens = label_length
-            if self.layout.format != "multitask":
+            if self.layout.generates_rationale:
                 new_tokens += int(lengths["rationales"]) + len(self.layout.marker)
             return causal_evaluation.predict_split(self.model, params, self.vocab, self._examples(task, split),
                                                    self.layout, metric=evaluation.metric_name(task),

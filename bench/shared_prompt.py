@@ -41,8 +41,8 @@ BOS, EOS = 1, 2
 PREFIX_TOKENS = 2  # `predict: ` / `explain: ` are 2 SentencePiece tokens each (`▁predict`, `:`) in sbs-jax's vocabularies
 LABEL_PREFIX, RATIONALE_PREFIX = (3, 5), (4, 5)
 # A small Llama-style student (vocabulary of the measured CQA tokenizer's size) and a tiny one for the test.
-MODEL = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=64, vocab_size=8000)
+MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, vocab_size=8000)
 TINY_MODEL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   num_key_value_heads=1, head_dim=16, vocab_size=256)
 PADDINGS = ("batch_max", "task_lengths")
@@ -176,15 +176,15 @@ def table(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model and few examples (the test's smoke run)")
-    parser.add_argument("--examples", type=int, default=None, help="examples per step (default 32; tiny 4)")
-    parser.add_argument("--windows", type=int, default=None, help="timed windows per step (default 6; tiny 2)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per window (default 3; tiny 1)")
+    parser.add_argument("--examples", type=int, default=None, help="examples per step (default 16; tiny 4)")
+    parser.add_argument("--windows", type=int, default=None, help="timed windows per step (default 4; tiny 2)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per window (default 2; tiny 1)")
     parser.add_argument("--padding", choices=PADDINGS, action="append", help="only these paddings (default both)")
     parser.add_argument("--out", type=pathlib.Path, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
     where = machine()
-    report = run(tiny=args.tiny, examples=args.examples or (4 if args.tiny else 32),
-                 windows=args.windows or (2 if args.tiny else 6), steps=args.steps or (1 if args.tiny else 3),
+    report = run(tiny=args.tiny, examples=args.examples or (4 if args.tiny else 16),
+                 windows=args.windows or (2 if args.tiny else 4), steps=args.steps or (1 if args.tiny else 2),
                  paddings=tuple(args.padding or PADDINGS))
     text = f"Machine: {where}\n\n" + table(report)
     print(text)

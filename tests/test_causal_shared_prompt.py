@@ -14,7 +14,7 @@ from sbs_jax.data.input_pipeline import causal_lm
 from sbs_jax.data.scoring import causal_labels
 from sbs_jax.model.decoder import DecoderConfig, DecoderLM
 from sbs_jax.model.decoder.model import branch_mask
-from sbs_jax.train import causal_objective
+from sbs_jax.train import causal_evaluation, causal_objective
 from sbs_jax.train.objective import ObjectiveConfig
 
 LABEL_PREFIX, RATIONALE_PREFIX = (11,), (12,)  # what causal_cases' inputs / rationale_inputs start with
@@ -108,6 +108,9 @@ def test_label_prompt_bad_inputs_and_parsing():
     assert causal_lm.label_prompt(layout, [11, 5, 6, 7]) == [BOS, 5, 6, 7, 11]
     plain = causal_lm.CausalLayout(schema.MULTITASK, eos_id=EOS, bos_id=BOS, source_eos_id=SRC_EOS)
     assert causal_lm.label_prompt(plain, [11, 5, 6, 7]) == [BOS, 11, 5, 6, 7]
+    # Evaluation generates from it (the label-stream inputs as EvalExamples hold them: prefix first, EOS, padding).
+    held = schema.EvalExamples(np.array([[11, 5, 6, 7, SRC_EOS, 0], [11, 8, SRC_EOS, 0, 0, 0]]), None, None, None)
+    assert causal_evaluation.prompts(held, layout) == [[BOS, 5, 6, 7, 11], [BOS, 8, 11]]
     examples = random_examples(3, n=3)
     bad = [examples[0], {**examples[1], "inputs": examples[1]["inputs"][1:]}]
     with pytest.raises(ValueError, match=r"example 1: inputs does not start with the stream prefix tokens \[11\]"):
@@ -173,3 +176,67 @@ def test_shared_prompt_step_equals_two_sequence_step(case):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_t), jax.tree.leaves(g_p), strict=True):
         scale = float(np.max(np.abs(b)))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.slow
+def test_sbs_train_with_the_shared_prompt_format(tmp_path):
+    """`sbs train` (subprocess, embedded arith task): two steps on tree rows, then validation by generation from
+    `[BOS] x predict:` and teacher-forced per-stream losses."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SBS_")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    run = tmp_path / "run"
+    subprocess.run(["timeout", "-s", "KILL", "600", sys.executable, "-m", "sbs_jax.cli", "train",
+                    "--gin_file=models/llama_tiny.gin", "--gin_file=runs/step_by_step.gin",
+                    "--gin_file=datasets/arith.gin", f"--gin.MODEL_DIR='{run}'", "--gin.BATCH_SIZE=8",
+                    "--gin.TRAIN_STEPS=2", "--gin.CAUSAL_FORMAT='multitask_shared_prompt'", "--gin.EVAL_EVERY=0",
+                    "--gin.TEST_SPLIT=None", "--gin.TrainConfig.tensorboard=False"],
+                   cwd=repo, env=env, check=True, capture_output=True, text=True)
+    validation = json.loads((run / "summary.json").read_text())["validation"]
+    assert validation["num_examples"] > 0 and validation["parse_failures"] == 0
+    assert validation["label/num_tokens"] > 0 and validation["rationale/num_tokens"] > 0
+    rows = [json.loads(line) for line in (run / "predictions" / "validation_step2.jsonl").read_text().splitlines()]
+    assert len(rows) == validation["num_examples"]
+
+
+@pytest.mark.parametrize("fmt,global_counts", [(SHARED, True), pytest.param(SHARED, False, marks=pytest.mark.slow),
+                                                pytest.param("rationale_first", False, marks=pytest.mark.slow)])
+def test_one_pass_gradient_equals_the_per_stream_sum(fmt, global_counts):
+    """`causal_objective.loss_fn` differentiates one cross-entropy per group of rows (`group_loss`); its value
+    and gradient are those of `sum_s weight_s · L_s` taken stream by stream (with global token counts too, as
+    gradient accumulation passes them)."""
+    from sbs_jax.train import objective as objective_lib
+
+    config = DecoderConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, eos_ids=(EOS,), dtype="float32")
+    model = DecoderLM(config)
+    params = model.init(jax.random.key(2), jnp.ones((1, 4), jnp.int32))["params"]
+    layout = (shared_layout() if fmt == SHARED else
+              causal_lm.CausalLayout(fmt, eos_id=EOS, bos_id=BOS, source_eos_id=SRC_EOS, marker=(9, 10)))
+    batch = causal_lm.causal_rows(random_examples(6, n=4), layout, paired=True,
+                                  lengths=layout.row_lengths(FEATURE_LENGTHS, True))
+    objective = ObjectiveConfig(alpha=0.3, z_loss=1e-3)
+    counts = ({s: jnp.float32(v * 3) for s, v in causal_objective.token_counts(objective, batch).items()}
+              if global_counts else None)
+    rows = batch[schema.SEQUENCE]
+
+    def per_stream_sum(p):
+        group_logits = causal_objective.logits(model, p, rows)
+        per_stream = {s: objective_lib.stream_loss(
+            group_logits, {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
+                           schema.DECODER_LOSS_WEIGHTS: causal_objective.stream_weights(rows, s)},
+            objective, None if counts is None else counts[s]) for s in objective.streams}
+        return objective_lib.combine(per_stream, objective.stream_weights(), 0.0)[0]
+
+    l_ref, g_ref = jax.jit(jax.value_and_grad(per_stream_sum))(params)
+    (l_one, _), g_one = jax.jit(jax.value_and_grad(
+        lambda p: causal_objective.loss_fn(model, p, batch, None, objective, num_tokens=counts), has_aux=True))(params)
+    np.testing.assert_allclose(l_one, l_ref, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_one), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))

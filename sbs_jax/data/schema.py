@@ -55,9 +55,14 @@ DECODER_VALID = "decoder_valid"
 CAUSAL_KEYS = (DECODER_TOKENS, DECODER_TARGET_TOKENS, DECODER_LOSS_WEIGHTS, DECODER_POSITIONS, DECODER_VALID,
                DECODER_STREAM_IDS)
 # Causal formats (`sbs_jax.data.input_pipeline.causal_lm`): the paper's two streams, or one sequence per
-# example with the rationale before (chain of thought) or after ("post-thinking") the label.
+# example with the rationale before (chain of thought) or after ("post-thinking") the label, or the two streams
+# as one tree-shaped row whose prompt (the input, each stream's prefix after it) is computed once.
 MULTITASK, RATIONALE_FIRST, LABEL_FIRST = "multitask", "rationale_first", "label_first"
-CAUSAL_FORMATS = (MULTITASK, RATIONALE_FIRST, LABEL_FIRST)
+MULTITASK_SHARED_PROMPT = "multitask_shared_prompt"
+CAUSAL_FORMATS = (MULTITASK, RATIONALE_FIRST, LABEL_FIRST, MULTITASK_SHARED_PROMPT)
+# Tree-shaped rows (MULTITASK_SHARED_PROMPT): per token, 0 on the shared prompt (visible to every token after
+# it) and the stream id of the completion branch it belongs to (visible only to its own branch).
+DECODER_BRANCH_IDS = "decoder_branch_ids"
 # The one-sequence formats' batch key, and the text between a completion's two parts (the label is parsed
 # from a generation by it).
 SEQUENCE = "sequence"

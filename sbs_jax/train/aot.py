@@ -88,11 +88,19 @@ def causal_layout(config):
     try:
         vocab = seqio.get_mixture_or_task(config.mixture_or_task_name).output_features["inputs"].vocabulary
     except ValueError:
-        raise PlanError(f"CAUSAL_FORMAT={config.causal_format!r} rows hold the tokenized marker "
-                        f"{schema.FORMAT_MARKERS[config.causal_format]!r}, whose length needs the task's vocabulary; "
-                        f"task {config.mixture_or_task_name!r} is not registered (`sbs compile --register_tasks`)") \
-            from None
-    return causal_lm.layout_for(config.causal_format, vocab, eos_ids=model.eos_ids, bos_id=model.prompt_bos_id)
+        what = (f"the tokenized marker {schema.FORMAT_MARKERS[config.causal_format]!r}"
+                if config.causal_format in schema.FORMAT_MARKERS else "the tokenized stream prefixes")
+        raise PlanError(f"CAUSAL_FORMAT={config.causal_format!r} rows hold {what}, whose length needs the task's "
+                        f"vocabulary; task {config.mixture_or_task_name!r} is not registered "
+                        "(`sbs compile --register_tasks`)") from None
+    prefixes = (schema.PREDICT_PREFIX, schema.EXPLAIN_PREFIX)
+    if config.causal_format == schema.MULTITASK_SHARED_PROMPT:  # as the Trainer: the task's own prefixes
+        from sbs_jax.data.registry import register
+
+        info = register.get_task_info(config.mixture_or_task_name)
+        prefixes = (info.label_prefix, info.rationale_prefix)
+    return causal_lm.layout_for(config.causal_format, vocab, eos_ids=model.eos_ids, bos_id=model.prompt_bos_id,
+                                prefixes=prefixes)
 
 
 def _causal_train_shapes(config, layout) -> tuple[list[Shapes], int]:
@@ -102,7 +110,8 @@ def _causal_train_shapes(config, layout) -> tuple[list[Shapes], int]:
 
     rows = int(config.batch_size)
     paired = schema.RATIONALE in tuple(config.objective.streams)
-    full = (layout or causal_layout(config)).row_lengths(config.task_feature_lengths, paired)
+    layout = layout or causal_layout(config)
+    full = layout.row_lengths(config.task_feature_lengths, paired)
     if config.pack:
         try:
             length = causal_lm.resolve_packed_length(full, config.packed_lengths)
@@ -112,7 +121,7 @@ def _causal_train_shapes(config, layout) -> tuple[list[Shapes], int]:
         return [{schema.PACKED: {k: (rows, length) for k in keys}}], 1
 
     def shapes(lengths):
-        return {g: {k: (rows, n) for k in schema.CAUSAL_KEYS} for g, n in lengths.items()}
+        return {g: {k: (rows, n) for k in layout.row_keys(paired)} for g, n in lengths.items()}
     if not config.cut_batches:
         return [shapes(full)], 1
     ladders = [batch_cutting.train_bucket_lengths(n, config.min_bucket_length, config.bucket_step)

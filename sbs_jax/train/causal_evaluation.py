@@ -2,12 +2,15 @@
 parsed per format.
 
 The prompt of an example is the label stream's (`EvalExamples.encoder_input_tokens`: label prefix + input, the
-vocabulary's EOS stripped) after the model's BOS: exactly the prompt part of the training rows
-(`causal_lm.example_parts`), so the model continues where training taught it to. Generations are cut at the
+vocabulary's EOS stripped) after the model's BOS, with the prefix moved after the input for
+`multitask_shared_prompt` (`causal_lm.label_prompt`): exactly the prompt part of the training rows, so the
+model continues where training taught it to. Generations are cut at the
 model's EOS, detokenized and parsed by `causal_labels` (multitask: the label; rationale_first: after the
 marker, a missing label counts wrong and counts as a parse failure; label_first: before it).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -19,21 +22,21 @@ from sbs_jax.model.decoder import decoding
 
 
 def prompts(tokens: np.ndarray, layout: causal_lm.CausalLayout) -> list[list[int]]:
-    """Each row's prompt: [BOS] + its tokens (stream prefix + input, as `EvalExamples.encoder_input_tokens`)
-    up to the vocabulary's EOS."""
-    head = [] if layout.bos_id is None else [layout.bos_id]
+    """Each row's prompt: the label stream's prompt (`causal_lm.label_prompt`: [BOS] + its tokens, stream prefix
+    + input as `EvalExamples.encoder_input_tokens`, up to the vocabulary's EOS; the prefix moved after the input
+    for `multitask_shared_prompt`)."""
     out = []
     for row in np.asarray(tokens):
         ends = np.flatnonzero(row == layout.source_eos_id)
         stop = int(ends[0]) if ends.size else int(np.count_nonzero(row))
-        out.append(head + [int(t) for t in row[:stop]])
+        out.append(causal_lm.label_prompt(layout, row[:stop]))
     return out
 
 
 def new_tokens(layout: causal_lm.CausalLayout, label_length: int, rationale_length: int) -> int:
     """How many tokens a label generation may take: the label's, plus the rationale and the marker when the
     format generates both in one sequence."""
-    if layout.format == schema.MULTITASK:
+    if not layout.generates_rationale:
         return int(label_length)
     return int(label_length) + int(rationale_length) + len(layout.marker)
 
@@ -83,8 +86,12 @@ def run_layout(model_dir, model_config, vocab) -> causal_lm.CausalLayout:
         raise errors.InputError(f"{run_dir.RunDir(model_dir).run_json}: causal_format is {causal_format!r}, "
                                 f"expected one of {schema.CAUSAL_FORMATS} (sbs train records it for decoder-only "
                                 "students)")
+    from sbs_jax.data.registry import selection
+
+    # The label prefix the run trained with (its selection manifest); multitask_shared_prompt moves it after x.
+    prefixes = (selection.run_label_prefix(model_dir, default=schema.PREDICT_PREFIX), schema.EXPLAIN_PREFIX)
     return causal_lm.layout_for(causal_format, vocab, eos_ids=model_config.eos_ids,
-                                bos_id=model_config.prompt_bos_id)
+                                bos_id=model_config.prompt_bos_id, prefixes=prefixes)
 
 
 def generate(model, params, prompt_rows: list[list[int]], *, batch_size: int, max_new_tokens: int,
@@ -134,10 +141,12 @@ def predict_examples(model, params, vocab, examples: schema.EvalExamples, layout
     metrics, rows = predict_split(model, params, vocab, examples, layout, metric=metric, batch_size=batch_size,
                                   max_new_tokens=new_tokens(layout, label_length, rationale_feature_length),
                                   decode=decode, label_only=not rationale_length)
-    if rationale_length and layout.format == schema.MULTITASK and len(rows):
+    if rationale_length and not layout.generates_rationale and len(rows):
         explain = codec.encode_with_vocab(vocab, list(examples.inputs), schema.RATIONALE,
                                           examples.encoder_input_tokens.shape[1])
-        texts = generate_texts(model, params, vocab, layout, explain, batch_size=batch_size,
+        # The explain stream's prompt: its prefix in place of the label's (after x for multitask_shared_prompt).
+        explain_layout = dataclasses.replace(layout, label_prefix=layout.rationale_prefix)
+        texts = generate_texts(model, params, vocab, explain_layout, explain, batch_size=batch_size,
                                max_new_tokens=rationale_length, decode=decode)
         for row, text in zip(rows, texts):
             row["rationale"] = text

@@ -1,10 +1,14 @@
 """The step-by-step objective for decoder-only students: completion-only, per-stream token means.
 
 Batches are causal rows (`sbs_jax.data.input_pipeline.causal_lm`): `{"label": rows, "rationale": rows}`
-(multitask), `{"sequence": rows}` (rationale_first / label_first) or `{"packed": rows}`. One model pass per
+(multitask), `{"sequence": rows}` (rationale_first / label_first; multitask_shared_prompt's tree rows, with
+`decoder_branch_ids`) or `{"packed": rows}`. One model pass per
 group of rows; each stream's targets are picked out of its group by `decoder_stream_ids`, so every format
 gives the same per-stream losses, metrics (`label/loss`, `rationale/num_tokens`, ...) and weighting
-(`ObjectiveConfig`: `L_label + λ·L_rationale` or the official α form) as the T5 objective.
+(`ObjectiveConfig`: `L_label + λ·L_rationale` or the official α form) as the T5 objective. The gradient comes
+from one cross-entropy per group whose token weights fold in each stream's weight and token count
+(`group_loss`): a group holding both streams (one-sequence, tree and packed rows) then runs one softmax backward
+over the vocabulary per token, not one per stream.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sbs_jax.data import schema
+from sbs_jax.model import losses
 from sbs_jax.train import objective as objective_lib
 
 
@@ -56,9 +61,26 @@ def num_examples(batch) -> jax.Array:
 
 
 def logits(model, params, rows: Mapping[str, jax.Array]) -> jax.Array:
-    """[rows, length, vocab] float32 next-token logits of causal rows (segments, if packed, kept apart)."""
+    """[rows, length, vocab] float32 next-token logits of causal rows (segments, if packed, kept apart; the
+    branches of tree rows each seeing the shared prompt and itself only)."""
     return model.apply({"params": params}, rows[schema.DECODER_TOKENS], rows[schema.DECODER_VALID],
-                       rows[schema.DECODER_POSITIONS], rows.get(schema.DECODER_SEGMENT_IDS))
+                       rows[schema.DECODER_POSITIONS], rows.get(schema.DECODER_SEGMENT_IDS),
+                       branch_ids=rows.get(schema.DECODER_BRANCH_IDS))
+
+
+def group_loss(group_logits, rows, streams, config: objective_lib.ObjectiveConfig, weights,
+               num_tokens: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    """`sum_s weights[s] · L_s` over the `streams` whose targets are in `rows`, as one weighted cross-entropy:
+    token t weighs `sum_s weights[s] · w_s(t) / n_s` (n_s: the stream's token count here, or `num_tokens[s]`),
+    the same sum `objective.stream_loss` gives stream by stream."""
+    token_weights = jnp.zeros(rows[schema.DECODER_TARGET_TOKENS].shape, jnp.float32)
+    for s in streams:
+        w = stream_weights(rows, s).astype(jnp.float32)
+        count = jnp.sum(w > 0).astype(jnp.float32) if num_tokens is None else num_tokens[s]
+        token_weights = token_weights + weights[s] * w / jnp.maximum(count, 1.0)
+    mean, _ = losses.token_mean_cross_entropy(group_logits, rows[schema.DECODER_TARGET_TOKENS], token_weights,
+                                              label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+    return mean * jnp.sum(token_weights)
 
 
 def loss_fn(model, params, batch, rng, config: objective_lib.ObjectiveConfig, *, enable_dropout: bool = True,
@@ -68,13 +90,18 @@ def loss_fn(model, params, batch, rng, config: objective_lib.ObjectiveConfig, *,
     del rng, enable_dropout
     if config.fused:
         raise ValueError("ObjectiveConfig.fused joins T5 encoder passes; decoder-only students have no encoder "
-                         "(use the shared-prompt step instead)")
+                         "(causal format multitask_shared_prompt computes the shared prompt once)")
     by_group = {key: logits(model, params, rows) for key, rows in train_inputs(config, batch).items()}
-    per_stream = {}
+    weights = config.stream_weights()
+    per_stream = {}  # metrics only: no gradient flows through them
     for s in config.streams:
         rows = batch[group_of(batch, s)]
         stream = {schema.DECODER_TARGET_TOKENS: rows[schema.DECODER_TARGET_TOKENS],
                   schema.DECODER_LOSS_WEIGHTS: stream_weights(rows, s)}
-        per_stream[s] = objective_lib.stream_loss(by_group[group_of(batch, s)], stream, config,
-                                                  None if num_tokens is None else num_tokens[s])
-    return objective_lib.combine(per_stream, config.stream_weights(), num_examples(batch))
+        per_stream[s] = objective_lib.stream_loss(jax.lax.stop_gradient(by_group[group_of(batch, s)]), stream,
+                                                  config, None if num_tokens is None else num_tokens[s])
+    total, metrics = objective_lib.combine(per_stream, weights, num_examples(batch))
+    differentiable = sum(group_loss(group_logits, batch[key], [s for s in config.streams if group_of(batch, s) == key],
+                                    config, weights, num_tokens) for key, group_logits in by_group.items())
+    # The value is the per-stream combination (exactly the metrics'); the gradient is the one-pass form's.
+    return differentiable + jax.lax.stop_gradient(total - differentiable), metrics

@@ -60,7 +60,9 @@ class TrainConfig:
     process; the batches are the same for every count). max_unparsed_fraction: MAX_UNPARSED_FRACTION. A step-by-step run stops before training when more than
     this fraction of its training examples have no usable teacher rationale (and always when none has one).
     causal_format: CAUSAL_FORMAT, decoder-only students only: `multitask` (the paper's two streams),
-    `rationale_first` or `label_first` (one sequence; `sbs_jax.data.input_pipeline.causal_lm`).
+    `rationale_first` or `label_first` (one sequence; `sbs_jax.data.input_pipeline.causal_lm`), or
+    `multitask_shared_prompt` (the two streams with their prefixes after the input, trained as one tree-shaped
+    row per example that computes the shared prompt once; the same losses as two sequences of that prompt).
     """
     model_dir: str
     mixture_or_task_name: str
@@ -215,8 +217,12 @@ class Trainer:
         if isinstance(model_config, DecoderConfig):
             from sbs_jax.data.input_pipeline import causal_lm
 
+            prefixes = (schema.PREDICT_PREFIX, schema.EXPLAIN_PREFIX)
+            if config.causal_format == schema.MULTITASK_SHARED_PROMPT:  # the prefixes move after the input
+                info = register.get_task_info(self.task)
+                prefixes = (info.label_prefix, info.rationale_prefix)
             self.layout = causal_lm.layout_for(config.causal_format, self.vocab, eos_ids=model_config.eos_ids,
-                                               bos_id=model_config.prompt_bos_id)
+                                               bos_id=model_config.prompt_bos_id, prefixes=prefixes)
             if config.pack:  # a wrong PACKED_LENGTHS refuses the run before MODEL_DIR is written
                 causal_lm.resolve_packed_length(self.layout.row_lengths(
                     config.task_feature_lengths, schema.RATIONALE in config.objective.streams), config.packed_lengths)

@@ -10,6 +10,13 @@ Qwen2) and EOS; the vocabulary's EOS is stripped from every feature first. Forma
 - `rationale_first` (chain of thought): one sequence `[BOS] inputs rationale MARKER label EOS`.
 - `label_first` (post-thinking): one sequence `[BOS] inputs label MARKER rationale EOS`.
   One-sequence batches are `{"sequence": rows}`; `MARKER` is `schema.FORMAT_MARKERS[format]` tokenized.
+- `multitask_shared_prompt`: the paper's two streams with each stream's prefix after the input, so both share
+  the prompt `[BOS] x`; one tree-shaped row per example, `[BOS] x | label-prefix label EOS | explain-prefix
+  rationale EOS` (`{"sequence": rows}` plus `decoder_branch_ids`: 0 on the shared prompt, the stream id on
+  each completion branch, whose positions continue from the prompt's end). With `DecoderLM(branch_ids=)` each
+  branch sees the prompt and itself only, so the per-stream losses are those of the two sequences
+  `[BOS] x label-prefix label EOS` and `[BOS] x explain-prefix rationale EOS`, with the prompt computed once.
+  Generation runs the label branch: prompt `[BOS] x label-prefix` (`label_prompt`).
 
 Rows (`schema.CAUSAL_KEYS`, [rows, length] int32): `decoder_tokens` (the sequence without its last token),
 `decoder_target_tokens` (without its first), `decoder_loss_weights` (1 on targets in the completion or EOS,
@@ -40,17 +47,21 @@ class CausalLayout:
     bos_id: the model's begin-of-sequence id, or None where the family adds none (Qwen2).
     source_eos_id: the task vocabulary's EOS that ends each tokenized feature (stripped).
     marker: the tokens of `schema.FORMAT_MARKERS[format]` (one-sequence formats only).
+    label_prefix, rationale_prefix: the tokens the label / rationale stream's inputs start with (the task's
+    prefixes tokenized; `multitask_shared_prompt` only, which moves them after the input).
     """
     format: str = schema.MULTITASK
     eos_id: int = 1
     bos_id: int | None = None
     source_eos_id: int = 1
     marker: tuple[int, ...] = ()
+    label_prefix: tuple[int, ...] = ()
+    rationale_prefix: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.format not in schema.CAUSAL_FORMATS:
             raise ValueError(f"causal format: expected one of {schema.CAUSAL_FORMATS}, got {self.format!r}")
-        if self.format != schema.MULTITASK and not self.marker:
+        if self.format in schema.FORMAT_MARKERS and not self.marker:
             raise ValueError(f"causal format {self.format!r} needs the tokens of its marker "
                              f"{schema.FORMAT_MARKERS[self.format]!r} between label and rationale")
 
@@ -59,6 +70,19 @@ class CausalLayout:
         if not paired:
             return (schema.LABEL,)
         return schema.STREAMS if self.format == schema.MULTITASK else (schema.SEQUENCE,)
+
+    def tree_rows(self, paired: bool) -> bool:
+        """Whether rows are tree-shaped (shared prompt, one branch per stream: `decoder_branch_ids`)."""
+        return paired and self.format == schema.MULTITASK_SHARED_PROMPT
+
+    def row_keys(self, paired: bool) -> tuple[str, ...]:
+        """The arrays of each row."""
+        return schema.CAUSAL_KEYS + ((schema.DECODER_BRANCH_IDS,) if self.tree_rows(paired) else ())
+
+    @property
+    def generates_rationale(self) -> bool:
+        """Whether a generation from the label prompt holds the rationale too (the one-sequence formats)."""
+        return self.format in schema.FORMAT_MARKERS
 
     def row_lengths(self, task_feature_lengths: Mapping[str, int], paired: bool) -> dict[str, int]:
         """Row length per batch key that holds any example the task lengths allow: prompt (<= inputs - 1),
@@ -70,13 +94,21 @@ class CausalLayout:
         lr = int(task_feature_lengths["rationales"])
         if self.format == schema.MULTITASK:
             return {schema.LABEL: li + lt - 1 + bos, schema.RATIONALE: li + lr - 1 + bos}
+        if self.tree_rows(paired):
+            # x <= inputs minus the longer prefix; each branch drops its own last token (+1 where a branch's first
+            # token is a weighted target, so the last prompt token is repeated in every branch: `tree_arrays`).
+            pl, pr = len(self.label_prefix), len(self.rationale_prefix)
+            return {schema.SEQUENCE: li + lt + lr - 2 + bos + min(pl, pr) + (1 if min(pl, pr) == 0 else 0)}
         return {schema.SEQUENCE: li + lt + lr - 2 + bos + len(self.marker)}
 
 
-def layout_for(causal_format: str, vocab, *, eos_ids: Sequence[int], bos_id: int | None) -> CausalLayout:
+def layout_for(causal_format: str, vocab, *, eos_ids: Sequence[int], bos_id: int | None,
+               prefixes: tuple[str, str] = (schema.PREDICT_PREFIX, schema.EXPLAIN_PREFIX)) -> CausalLayout:
     """The layout of a model (its EOS ids and the BOS it starts sequences with: `DecoderConfig.eos_ids`,
     `.prompt_bos_id`) over a task vocabulary; the vocabulary's EOS must be one of the model's, or generations
-    would never end where the text does."""
+    would never end where the text does. `prefixes`: the task's (label, rationale) stream prefixes, which
+    `multitask_shared_prompt` moves after the input (a SentencePiece vocabulary tokenizes `prefix + x` as
+    `prefix` then `x`; `shared_prompt_row` checks it on every example)."""
     if vocab.eos_id not in tuple(eos_ids):
         raise ValueError(f"the task vocabulary ends texts with id {vocab.eos_id}, the model's eos_ids are "
                          f"{tuple(eos_ids)}; set the model's eos_ids to include {vocab.eos_id} (or use the "
@@ -84,8 +116,11 @@ def layout_for(causal_format: str, vocab, *, eos_ids: Sequence[int], bos_id: int
     marker = ()
     if causal_format in schema.FORMAT_MARKERS:
         marker = tuple(int(t) for t in vocab.encode(schema.FORMAT_MARKERS[causal_format]))
+    label_prefix = rationale_prefix = ()
+    if causal_format == schema.MULTITASK_SHARED_PROMPT:
+        label_prefix, rationale_prefix = (tuple(int(t) for t in vocab.encode(p)) for p in prefixes)
     return CausalLayout(causal_format, eos_id=int(vocab.eos_id), bos_id=bos_id, source_eos_id=int(vocab.eos_id),
-                        marker=marker)
+                        marker=marker, label_prefix=label_prefix, rationale_prefix=rationale_prefix)
 
 
 def _strip_eos(tokens: np.ndarray, eos_id: int) -> np.ndarray:
@@ -102,6 +137,11 @@ def example_parts(features: Mapping[str, np.ndarray], layout: CausalLayout,
     label = schema.LABEL_STREAM_ID
     rationale = schema.RATIONALE_STREAM_ID
     prompt = head + [(strip("inputs"), 0, _NO_STREAM)]
+    if layout.format == schema.MULTITASK_SHARED_PROMPT:
+        if paired:
+            raise ValueError("multitask_shared_prompt rows are trees, not sequences: build them with "
+                             "causal_rows (example_rows); packing does not take them")
+        prompt = [(np.asarray(label_prompt(layout, strip("inputs")), np.int32), 0, _NO_STREAM)]
     if not paired:
         return {schema.LABEL: prompt + [(strip("targets"), 1, label), (eos, 1, label)]}
     marker = np.array(layout.marker, np.int32)
@@ -131,6 +171,77 @@ def sequence_arrays(parts: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, n
             schema.DECODER_POSITIONS: np.arange(n, dtype=np.int32), schema.DECODER_VALID: np.ones(n, np.int32)}
 
 
+def _after_prefix(tokens: np.ndarray, prefix: tuple[int, ...], feature: str) -> np.ndarray:
+    if tuple(int(t) for t in tokens[:len(prefix)]) != prefix:
+        raise ValueError(f"{feature} does not start with the stream prefix tokens {list(prefix)} (starts "
+                         f"{tokens[:len(prefix)].tolist()}); the layout's prefixes must be the task's (layout_for)")
+    return tokens[len(prefix):]
+
+
+def label_prompt(layout: CausalLayout, label_inputs: Sequence[int]) -> list[int]:
+    """The label stream's prompt, from which generation starts: `[BOS] + label_inputs` (the vocabulary's EOS
+    stripped), or for `multitask_shared_prompt` `[BOS] x label-prefix` (the prefix moved after the input)."""
+    head = [] if layout.bos_id is None else [layout.bos_id]
+    tokens = np.asarray(label_inputs, np.int32)
+    if layout.format == schema.MULTITASK_SHARED_PROMPT:
+        tokens = np.concatenate([_after_prefix(tokens, layout.label_prefix, "inputs"),
+                                 np.asarray(layout.label_prefix, np.int32)])
+    return head + [int(t) for t in tokens]
+
+
+def shared_prompt_parts(features: Mapping[str, np.ndarray], layout: CausalLayout):
+    """(the shared prompt `[BOS] x`, {branch id: the branch's parts}) of a `multitask_shared_prompt` example:
+    branch 1 `label-prefix label EOS`, branch 2 `explain-prefix rationale EOS`, as (tokens, weight, stream)."""
+    strip = lambda key: _strip_eos(features[key], layout.source_eos_id)  # noqa: E731
+    if layout.label_prefix == layout.rationale_prefix:
+        raise ValueError(f"multitask_shared_prompt: both streams have the prefix tokens {list(layout.label_prefix)}; "
+                         "the branches would have the same prompt (the streams need different prefixes)")
+    x = _after_prefix(strip("inputs"), layout.label_prefix, "inputs")
+    x_rationale = _after_prefix(strip("rationale_inputs"), layout.rationale_prefix, "rationale_inputs")
+    if not np.array_equal(x, x_rationale):
+        raise ValueError(f"inputs and rationale_inputs differ after their prefixes ({x.size} and "
+                         f"{x_rationale.size} tokens): the prompt cannot be shared (a truncated input? raise the "
+                         "inputs length)")
+    head = [] if layout.bos_id is None else [(np.array([layout.bos_id], np.int32), 0, _NO_STREAM)]
+    eos = np.array([layout.eos_id], np.int32)
+    reason = strip("rationales")
+    weight = 1 if reason.size else 0  # an unparsed teacher output: the branch stays, with no weighted target
+    label, rationale = schema.LABEL_STREAM_ID, schema.RATIONALE_STREAM_ID
+    branches = {
+        label: [(np.asarray(layout.label_prefix, np.int32), 0, _NO_STREAM), (strip("targets"), 1, label),
+                (eos, 1, label)],
+        rationale: [(np.asarray(layout.rationale_prefix, np.int32), 0, _NO_STREAM), (reason, weight, rationale),
+                    (eos, weight, rationale)]}
+    return head + [(x, 0, _NO_STREAM)], branches
+
+
+def tree_arrays(prompt: Sequence[tuple[np.ndarray, int, int]],
+                branches: Mapping[int, Sequence[tuple[np.ndarray, int, int]]]) -> dict[str, np.ndarray]:
+    """One tree-shaped row: each branch's own sequence `prompt + branch` shifted (`sequence_arrays`), the
+    prompt's slots once (branch id 0), then each branch's remaining slots (its id), positions continuing from
+    the prompt's. The last prompt slot predicts each branch's first token; it is shared only where no branch
+    weights that target (a prompt target), else every branch repeats the last prompt token."""
+    rows = {b: sequence_arrays(list(prompt) + list(parts)) for b, parts in branches.items()}
+    n = sum(len(p[0]) for p in prompt)
+    shared = n if n and all(r[schema.DECODER_LOSS_WEIGHTS][n - 1] == 0 for r in rows.values()) else max(n - 1, 0)
+    first = next(iter(rows.values()))
+    out = {k: [v[:shared]] for k, v in first.items()}
+    out[schema.DECODER_BRANCH_IDS] = [np.zeros(shared, np.int32)]
+    for b, row in rows.items():
+        for k, v in row.items():
+            out[k].append(v[shared:])
+        out[schema.DECODER_BRANCH_IDS].append(np.full(row[schema.DECODER_TOKENS].shape[0] - shared, b, np.int32))
+    return {k: np.concatenate(v).astype(np.int32) for k, v in out.items()}
+
+
+def example_rows(features: Mapping[str, np.ndarray], layout: CausalLayout,
+                 paired: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Per batch key, the example's unpadded row (`CausalLayout.row_keys`)."""
+    if layout.tree_rows(paired):
+        return {schema.SEQUENCE: tree_arrays(*shared_prompt_parts(features, layout))}
+    return {key: sequence_arrays(parts) for key, parts in example_parts(features, layout, paired).items()}
+
+
 def causal_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayout, *, paired: bool,
                 lengths: Mapping[str, int]) -> dict[str, dict[str, np.ndarray]]:
     """Examples' task features -> `{batch key: {causal key: [len(examples), lengths[key]] int32}}`, zero-padded.
@@ -139,10 +250,13 @@ def causal_rows(examples: Sequence[Mapping[str, np.ndarray]], layout: CausalLayo
     `CausalLayout.row_lengths` gives rows that hold them)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in layout.groups(paired):
-        out[key] = {k: np.zeros((len(examples), int(lengths[key])), np.int32) for k in schema.CAUSAL_KEYS}
+        out[key] = {k: np.zeros((len(examples), int(lengths[key])), np.int32) for k in layout.row_keys(paired)}
     for i, features in enumerate(examples):
-        for key, parts in example_parts(features, layout, paired).items():
-            row = sequence_arrays(parts)
+        try:
+            rows = example_rows(features, layout, paired)
+        except ValueError as e:
+            raise ValueError(f"causal rows of example {i}: {e}") from e
+        for key, row in rows.items():
             n = row[schema.DECODER_TOKENS].shape[0]
             if n > lengths[key]:
                 raise ValueError(f"causal row of example {i} ({key}) has {n} tokens; the row length is "

@@ -26,7 +26,7 @@ class ParsedGeneration:
 def parse_generation(text: str, causal_format: str) -> ParsedGeneration:
     if causal_format not in schema.CAUSAL_FORMATS:
         raise ValueError(f"causal format: expected one of {schema.CAUSAL_FORMATS}, got {causal_format!r}")
-    if causal_format == schema.MULTITASK:
+    if causal_format not in schema.FORMAT_MARKERS:  # a label-stream generation: all of it is the label
         return ParsedGeneration(text.strip(), "", True)
     marker = schema.FORMAT_MARKERS[causal_format].strip()
     if causal_format == schema.RATIONALE_FIRST:

@@ -5,7 +5,10 @@ Teacher forcing:
 `valid` [batch, length] bool is the attention mask (padding is never inferred from token ids: id 0 is a real
 token in Llama 3). `positions` default to 0..L-1 as in transformers' forward; left-padded rows pass
 `positions_from_mask(valid)` (what HF's `generate` computes). Packed rows pass `segment_ids` and restarted
-positions.
+positions. Tree-shaped rows (one shared prompt, several completions after it) pass `branch_ids`: 0 on the
+prompt, k > 0 on the tokens of completion k, whose positions continue from the prompt's end; a token sees the
+prompt and its own branch only (`branch_mask`), so each completion is computed as if it were alone after the
+prompt. Sliding windows then count position (not slot) distances.
 
 KV-cache decoding (`sbs_jax.model.decoder.decoding` builds on it):
     cache = init_decode_cache(model, batch, max_length)
@@ -30,6 +33,12 @@ from sbs_jax.model.layers import NEG_INF, Dense, Embed, MlpBlock, RMSNorm, atten
 from sbs_jax.model.scan import apply_layer_stack
 
 _EMBED_AXES = ("batch", "length", "embed")
+
+
+def branch_mask(branch_ids):
+    """Bool [b, 1, q, k]: the key is on the shared prompt (branch 0) or on the query's own branch."""
+    keys = branch_ids[:, None, :]
+    return ((keys == 0) | (keys == branch_ids[:, :, None]))[:, None]
 
 
 def positions_from_mask(valid):
@@ -139,9 +148,12 @@ class DecoderLM(nn.Module):
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens, valid=None, positions=None, segment_ids=None, decode: bool = False):
+    def __call__(self, tokens, valid=None, positions=None, segment_ids=None, decode: bool = False,
+                 branch_ids=None):
         """tokens [batch, length] -> logits [batch, length, vocab] float32."""
         cfg = self.config
+        if decode and branch_ids is not None:
+            raise ValueError("DecoderLM: branch_ids are for teacher-forced tree rows; decoding runs one branch")
         dtype = cfg.compute_dtype
         batch, length = tokens.shape
         valid = jnp.ones((batch, length), jnp.bool_) if valid is None else valid.astype(jnp.bool_)
@@ -172,9 +184,14 @@ class DecoderLM(nn.Module):
             positions = jnp.arange(length, dtype=jnp.int32)[None, :] if positions is None else positions
             query_slots = key_slots = jnp.arange(length)
             full = attention_mask(valid, valid, segment_ids, segment_ids, causal=True)
+            if branch_ids is not None:
+                full = full & branch_mask(branch_ids)
         sliding = None
         if any(cfg.sliding_layers):
-            window = (key_slots[None, :] > query_slots[:, None] - cfg.sliding_window)[None, None]
+            if branch_ids is None:
+                window = (key_slots[None, :] > query_slots[:, None] - cfg.sliding_window)[None, None]
+            else:  # a later branch's slots sit past the earlier branches: its distances are position ones
+                window = (positions[:, None, :] > positions[:, :, None] - cfg.sliding_window)[:, None]
             sliding = full & window
 
         global_rope = rope_tables(positions, inverse_frequencies(cfg))

@@ -110,7 +110,7 @@ def test_label_prompt_bad_inputs_and_parsing():
     assert causal_lm.label_prompt(plain, [11, 5, 6, 7]) == [BOS, 11, 5, 6, 7]
     # Evaluation generates from it (the label-stream inputs as EvalExamples hold them: prefix first, EOS, padding).
     held = schema.EvalExamples(np.array([[11, 5, 6, 7, SRC_EOS, 0], [11, 8, SRC_EOS, 0, 0, 0]]), None, None, None)
-    assert causal_evaluation.prompts(held, layout) == [[BOS, 5, 6, 7, 11], [BOS, 8, 11]]
+    assert causal_evaluation.prompts(held.encoder_input_tokens, layout) == [[BOS, 5, 6, 7, 11], [BOS, 8, 11]]
     examples = random_examples(3, n=3)
     bad = [examples[0], {**examples[1], "inputs": examples[1]["inputs"][1:]}]
     with pytest.raises(ValueError, match=r"example 1: inputs does not start with the stream prefix tokens \[11\]"):

@@ -157,7 +157,10 @@ def _flags(tokens) -> list[str]:
 
 
 def _unknown(flags, help_text) -> list[str]:
-    return [f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", help_text)]
+    def listed(flag):  # absl lists a boolean flag as `--[no]name`
+        forms = [flag] + ([f"--[no]{flag[2:]}"] if flag.startswith("--") else [])
+        return any(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", help_text) for f in forms)
+    return [f for f in flags if not listed(f)]
 
 
 def parse_command(tokens):

@@ -62,6 +62,7 @@ def test_sigkill_resume_is_bit_identical(tmp_path):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its `timeout` wrapper: their own process group
     proc.wait()
+    assert (run / "checkpoints").is_dir(), "no checkpoint within 600 s: the machine is too slow for this test"
     done = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert done and done[-1] < 12, f"the run was not interrupted: {done}"
 

@@ -175,6 +175,14 @@ def run(budget_minutes: float, presets=PRESETS, remats=REMATS, chips=tuple(SLICE
                             fitted[remat] = slice_name
 
 
+def _restriction(run: dict) -> str:
+    """`, only fsdp, remat full, v5e/v5p/v4` for a run restricted to part of the grid."""
+    parts = [("presets", PRESETS), ("remats", REMATS), ("chips", tuple(SLICES)), ("sizes", SIZES)]
+    only = [("remat " if k == "remats" else "") + "/".join(run[k]) for k, full in parts
+            if run.get(k) and tuple(run[k]) != tuple(full)]
+    return ", only " + ", ".join(only) if only else ""
+
+
 _CHIP_RANK = {"v5e": 0, "v6e": 1, "v4": 2, "v5p": 3}  # rough price order: on a tie of chips, the cheaper
 
 
@@ -237,10 +245,11 @@ def render() -> None:
              "analysis, or the TPU compiler's own out-of-HBM refusal. Nothing here ran on a TPU.", "",
              "Runs: " + "; ".join(f"{r['started']} at commit {r['commit']} (jax {r['jax']}, libtpu {r['libtpu']}"
                                   + (f", budget {r['budget_minutes']:g} min" if r.get("budget_minutes") else "")
-                                  + ")" for r in runs) + ". Compile order: " + ", ".join(p + " on " + "/".join(c) for p, c in STAGES) + "; "
-             "within each, sizes small to XXL and each chip's slices smallest first. The compile times in "
-             "the JSON are wall times on a 2-core machine shared with other jobs (load 10-16), not a "
-             "measure of the compiler.", "",
+                                  + _restriction(r) + ")" for r in runs)
+             + ". Compile order: " + ", ".join(p + " on " + "/".join(c) for p, c in STAGES) + "; "
+             "within each, sizes small to XXL, each chip's slices smallest first, full remat before none (runs "
+             "without a restriction compiled none first). The compile times in the JSON are wall times on a "
+             "2-core machine shared with other jobs (load 4-16), not a measure of the compiler.", "",
              "**Run compiled**: models/t5_1_1_SIZE.gin + runs/step_by_step.gin + runs/paper_recipe.gin + "
              "datasets/cqa.gin, i.e. step-by-step (label + rationale streams), batch 64, TASK_FEATURE_LENGTHS "
              "1,024 / 256 / 256 with length buckets, bfloat16 compute, float32 params and AdamW state; the train "
@@ -259,9 +268,9 @@ def render() -> None:
              "`budget` = not reached in the runs' time budgets (`python -m bench.tpu_capacity run` resumes and fills them).", "",
              f"HBM per chip: v5e 16 GiB, v4 32 GiB, v5p 95 GiB, v6e 32 GiB. **Coverage: {len(compiled)} train steps "
              f"compiled** of the {len(SIZES) * len(PRESETS) * len(REMATS) * sum(map(len, SLICES.values()))} cells; "
-             "every cell without a number says why. On the 2-core machine this was made on (shared, load 10-16) "
-             "one compile of the paper-recipe step took 7 to 40+ minutes of wall time, so the budget covered only "
-             "the first cells of the order; `run` resumes where it stopped.",
+             "every cell without a number says why. On the 2-core machine this was made on (shared, load 4-16) "
+             "one compile of the paper-recipe step took 0.4 to 18 minutes of wall time (refusals are the quick "
+             "ones), so the budget covered only part of the grid; `run` resumes where it stopped.",
              ""]
     best = best_fits(cells)
     lines += ["## Smallest slice that fits, per size", "",

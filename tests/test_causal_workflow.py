@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import export_fixtures as fx
-from sbs_jax.data import schema
 from sbs_jax.data.scoring import causal_labels
 
 INPUT_LENGTH, LABEL_LENGTH, RATIONALE_LENGTH = 48, 12, 20

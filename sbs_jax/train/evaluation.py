@@ -253,11 +253,12 @@ def run_eval(config: EvalConfig) -> dict:
 
     model, params, vocab, mesh, rules, step = load_for_inference(config.model_dir, config.step, config.mesh_model,
                                                                  config.partitioning)
+    decoder = None if is_decoder_only(model) else Decoder(model, mesh, rules, config.decode)
     examples = pipeline.get_eval_examples(config.mixture_or_task_name, split=config.split,
                                           task_feature_lengths=config.task_feature_lengths)
     batch_size = partitioning.round_up_to_data(config.batch_size, mesh)
     label_length = config.decode.label_length(config.task_feature_lengths)
-    if is_decoder_only(model):
+    if decoder is None:
         from sbs_jax.train import causal_evaluation
 
         layout = causal_evaluation.run_layout(config.model_dir, model.config, vocab)
@@ -267,7 +268,6 @@ def run_eval(config: EvalConfig) -> dict:
             rationale_feature_length=config.task_feature_lengths.get("rationales", 0),
             rationale_length=config.rationale_length, decode=config.decode)
     else:
-        decoder = Decoder(model, mesh, rules, config.decode)
         rows = predict_split(decoder, params, vocab, examples, batch_size=batch_size, target_length=label_length,
                              rationale_length=config.rationale_length, max_examples=config.max_examples)
         metrics = score_predictions(config.mixture_or_task_name, rows)
